@@ -1,0 +1,63 @@
+"""Shared fixtures: a real local Ray, real photos, and models the tests make."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from PIL import Image
+
+from helpers import save_random_resnet
+
+from xai_batch.synthetic import generate_dataset
+from xai_batch.training import TrainConfig, train_model
+
+PHOTOS = {"cat/chelsea.jpg": "chelsea", "people/astronaut.png": "astronaut", "coffee.jpg": "coffee"}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray for the whole session (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> str:
+    """A folder of real photographs (scikit-image's sample photos), nested."""
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("photos")
+    for rel, name in PHOTOS.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(getattr(skimage.data, name)()).save(path, quality=92)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> str:
+    return save_random_resnet(str(tmp_path_factory.mktemp("ckpt") / "random.pt"), num_classes=4)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> dict[str, str]:
+    """Generated shapes: a training folder and a held-out folder."""
+    root = tmp_path_factory.mktemp("shapes")
+    generate_dataset(str(root / "train"), per_class=20, seed=0)
+    generate_dataset(str(root / "holdout"), per_class=2, seed=1)
+    return {"train": str(root / "train"), "holdout": str(root / "holdout")}
+
+
+@pytest.fixture(scope="session")
+def trained(shapes_data, tmp_path_factory):
+    """A ResNet18 trained by ``train_model`` on the generated shapes (about 30 s)."""
+    out = str(tmp_path_factory.mktemp("trained") / "model.pt")
+    result = train_model(
+        TrainConfig(shapes_data["train"], out, epochs=3, batch_size=16, pretrained="none", seed=0),
+        report=lambda line: None,
+    )
+    return result

@@ -1,0 +1,45 @@
+"""Helpers the tests share: models made on the spot and the seed's classifier."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+
+def save_random_resnet(path: str, num_classes: int, seed: int = 0) -> str:
+    """An untrained but real ResNet18 checkpoint in our format."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=num_classes).eval()
+    names = [f"label{i}" for i in range(num_classes)]
+    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": names}, path)
+    return path
+
+
+def checkpoint_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def seed_batch_predict(model: torch.nn.Module):
+    """The seed notebook's ``batch_predict``: each image built and normalised on the CPU."""
+    from torchvision import transforms
+
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+    )
+
+    def batch_predict(images):
+        model.eval()
+        batch = torch.stack(tuple(transform(i) for i in images), dim=0)
+        with torch.no_grad():
+            logits = model(batch)
+        return torch.nn.functional.softmax(logits, dim=1).numpy()
+
+    return batch_predict
+
+
+def load_model(path: str) -> torch.nn.Module:
+    from xai_batch.models import build_resnet18, parse_checkpoint
+
+    loaded = parse_checkpoint(checkpoint_bytes(path))
+    return build_resnet18(len(loaded.class_names), loaded.state_dict)

@@ -1,0 +1,87 @@
+"""End to end on a real local Ray: exactness against lime and reproducibility."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from lime.lime_image import LimeImageExplainer
+
+from helpers import load_model, seed_batch_predict
+from xai_batch.config import ExplainConfig
+from xai_batch.explain import MASK_AGAINST, MASK_FOR
+from xai_batch.images import load_image
+from xai_batch.manifest import SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.runtime import run_explain
+
+pytestmark = pytest.mark.slow
+
+
+def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path):
+    num_samples = 120
+    config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
+                           num_samples=num_samples, seed=42, batch_size=50)
+    result = run_explain(config, progress=False)
+    assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
+    table = read_manifest(config.out)
+    assert table.schema == SCHEMA
+    batch_predict = seed_batch_predict(load_model(random_checkpoint))
+    for row in table.to_pylist():
+        with open(os.path.join(photos, row["path"]), "rb") as handle:
+            image = load_image(handle.read()).pixels
+        seed = row["seed"]
+        lime = LimeImageExplainer(random_state=seed).explain_instance(
+            image, batch_predict, top_labels=1, hide_color=0, num_samples=num_samples, random_seed=seed
+        )
+        segments = decode_segments(row["segments"])
+        assert np.array_equal(segments, lime.segments), row["path"]
+        assert row["num_segments"] == len(np.unique(lime.segments)) == len(row["weights"])
+        label = lime.top_labels[0]
+        assert row["explained_index"] == label == row["pred_index"]
+        expected = np.zeros(row["num_segments"])
+        for segment, weight in lime.local_exp[label]:
+            expected[segment] = weight
+        np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
+        assert row["intercept"] == pytest.approx(lime.intercept[label], abs=1e-4)
+        _, lime_mask = lime.get_image_and_mask(label, positive_only=False, num_features=5, hide_rest=False)
+        mask = decode_mask(row["mask"])
+        assert np.array_equal(mask == MASK_FOR, lime_mask == 1) and np.array_equal(mask == MASK_AGAINST, lime_mask == -1)
+    record = json.loads((tmp_path / "run" / "job.json").read_text())
+    assert record["state"] == "completed"
+    assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
+    assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
+
+
+def _explain(source, out, checkpoint, **options):
+    config = ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7, **options)
+    run_explain(config, progress=False)
+    return read_manifest(out).to_pylist()
+
+
+def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, shapes_data, trained, tmp_path):
+    one = _explain(shapes_data["holdout"], str(tmp_path / "one"), trained.checkpoint, actors=1, batch_size=256)
+    two = _explain(shapes_data["holdout"], str(tmp_path / "two"), trained.checkpoint, actors=2, batch_size=37)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        for column in ("path", "sha256", "status", "seed", "segments", "mask", "pred_index", "explained_index",
+                       "topk_index", "num_segments", "config_hash"):
+            assert a[column] == b[column], (a["path"], column)
+        np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a["topk_prob"], b["topk_prob"], atol=1e-6, rtol=0)
+
+
+def test_several_labels_and_a_bad_file(ray_session, shapes_data, trained, tmp_path):
+    source = tmp_path / "mixed"
+    source.mkdir()
+    first = sorted(os.listdir(os.path.join(shapes_data["holdout"], "disc")))[0]
+    (source / "disc.png").write_bytes(open(os.path.join(shapes_data["holdout"], "disc", first), "rb").read())
+    (source / "broken.png").write_text("this is not a PNG")
+    (source / "readme.txt").write_text("ignored")
+    rows = _explain(str(source), str(tmp_path / "out"), trained.checkpoint, top_labels=2)
+    assert [(r["path"], r["status"]) for r in rows] == [("broken.png", "error"), ("disc.png", "ok"), ("disc.png", "ok")]
+    assert rows[0]["error"].startswith("not an image: ") and rows[0]["weights"] is None
+    ok = sorted(rows[1:], key=lambda r: -r["explained_prob"])
+    assert [r["explained_index"] for r in ok] == ok[0]["topk_index"][:2]
+    assert ok[0]["explained_index"] == ok[0]["pred_index"]
+    assert ok[0]["pred_name"] == trained.class_names[ok[0]["pred_index"]]
+    assert ok[0]["segments"] == ok[1]["segments"] and ok[0]["weights"] != ok[1]["weights"]

@@ -1,0 +1,131 @@
+"""The command line through Click's CliRunner, on the session's real Ray."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from xai_batch.cli import cli
+from xai_batch.manifest import read_manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_version_and_help():
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("xai-batch, version ")
+    help_text = invoke("explain", "-h").output
+    for option in ("--out", "--checkpoint", "--num-samples", "--top-labels", "--hide-color", "--seed",
+                   "--batch-size", "--actors", "--precision", "--address"):
+        assert option in help_text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-samples", "1"], "Invalid value for '--num-samples'"),
+        (["--precision", "fp8"], "Invalid value for '--precision'"),
+        (["--hide-color", "300"], "Invalid value for '--hide-color'"),
+        (["--hide-color", "grey"], "'grey' is neither a grey level 0..255 nor 'mean'"),
+        (["--actors", "0"], "Invalid value for '--actors'"),
+        (["--checkpoint", "/no/such/model.pt"], "Invalid value for '--checkpoint'"),
+    ],
+)
+def test_bad_options_are_usage_errors(photos, tmp_path, args, message):
+    result = invoke("explain", photos, "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_source_and_out(tmp_path):
+    missing = invoke("explain", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.exit_code == 2 and "Invalid value for 'SOURCE'" in missing.output
+    no_out = invoke("explain", str(tmp_path))
+    assert no_out.exit_code == 2 and "Missing option '--out'" in no_out.output
+
+
+def test_top_labels_beyond_the_models_classes_is_a_usage_error(photos, random_checkpoint, tmp_path):
+    result = invoke("explain", photos, "--out", str(tmp_path / "o"), "--checkpoint", random_checkpoint,
+                    "--top-labels", "5")
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--top-labels': top_labels 5 exceeds the model's 4 classes" in result.output
+
+
+def test_a_bad_checkpoint_is_a_one_line_error(photos, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    result = invoke("explain", photos, "--out", str(tmp_path / "o"), "--checkpoint", str(bad))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "does not load with torch.load(weights_only=True)" in result.output
+
+
+def test_missing_imagenet_weights_offline(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    result = invoke("explain", photos, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1, result.output
+    assert "ResNet18 ImageNet weights are not cached" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_explain_end_to_end(ray_session, shapes_data, trained, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
+                    "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "6 images: 6 explained, 0 errors, 6 rows" in result.output
+    table = read_manifest(str(out))
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    assert table.column("path").to_pylist()[0] == "disc/disc_0000.png"
+    record = json.loads((out / "job.json").read_text())
+    assert record["config"]["hide_color"] is None and record["state"] == "completed"
+    again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint)
+    assert again.exit_code == 2 and "already holds a manifest; choose another --out" in again.output
+    assert read_manifest(str(out)).num_rows == 6
+
+
+def test_an_empty_folder_is_a_warning_not_a_failure(ray_session, random_checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        cli, ["explain", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--checkpoint", random_checkpoint])
+    assert result.exit_code == 0, result.output
+    assert "0 images: 0 explained" in result.stdout and "warning: no image files under" in result.stderr
+    assert json.loads((tmp_path / "o" / "job.json").read_text())["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_job_entrypoint_runs_the_same_command(shapes_data, trained, tmp_path):
+    """``python jobs/explain.py`` as Ray's job driver runs it (own embedded Ray here)."""
+    source = tmp_path / "one"
+    source.mkdir()
+    disc = os.path.join(shapes_data["holdout"], "disc", "disc_0000.png")
+    (source / "disc.png").write_bytes(open(disc, "rb").read())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "jobs/explain.py", str(source), "--out", str(tmp_path / "out"), "--checkpoint",
+         trained.checkpoint, "--num-samples", "20", "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 images: 1 explained, 0 errors, 1 rows" in done.stdout
+    assert read_manifest(str(tmp_path / "out")).column("path").to_pylist() == ["disc.png"]
+
+
+def test_help_does_not_import_torch_or_ray():
+    """`xai-batch --help` answers at once: the heavy imports wait for a command to need them."""
+    code = "import sys, xai_batch.cli; print('torch' in sys.modules, 'ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"], done.stderr

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from helpers import checkpoint_bytes, load_model, seed_batch_predict
+from xai_batch.config import Quickshift
+from xai_batch.engine import TorchEngine
+from xai_batch.explain import hidden_image, perturb, quickshift_segments, sample_rows
+from xai_batch.images import preprocess
+
+
+@pytest.fixture(scope="module")
+def case():
+    image = preprocess(Image.fromarray(skimage.data.chelsea()))
+    segments = quickshift_segments(image, Quickshift(), seed=0)
+    rows = sample_rows(9, 24, int(segments.max()) + 1)
+    return image, hidden_image(image, segments, 0), segments, rows
+
+
+@pytest.mark.parametrize("batch_size", [5, 24, 64])
+def test_probabilities_equal_the_seeds_batch_predict(random_checkpoint, case, batch_size):
+    image, hidden, segments, rows = case
+    engine = TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=batch_size)
+    ours = engine.predict(image, hidden, segments, rows.astype(np.uint8))
+    images = perturb(torch.from_numpy(image), torch.from_numpy(hidden), torch.from_numpy(segments),
+                     torch.from_numpy(rows)).numpy()
+    expected = seed_batch_predict(load_model(random_checkpoint))(images)
+    assert ours.dtype == np.float32 and ours.shape == (24, 4)
+    np.testing.assert_allclose(ours, expected, atol=1e-6, rtol=0)
+
+
+def test_bf16_is_close_to_fp32(random_checkpoint, case):
+    image, hidden, segments, rows = case
+    data = checkpoint_bytes(random_checkpoint)
+    exact = TorchEngine(data).predict(image, hidden, segments, rows[:4])
+    fast = TorchEngine(data, precision="bf16").predict(image, hidden, segments, rows[:4])
+    assert np.abs(fast - exact).max() < 0.05
+    assert (fast.argmax(1) == exact.argmax(1)).mean() >= 0.75
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp32_matches_cpu(random_checkpoint, case):
+    image, hidden, segments, rows = case
+    data = checkpoint_bytes(random_checkpoint)
+    cpu = TorchEngine(data, device="cpu").predict(image, hidden, segments, rows)
+    gpu = TorchEngine(data, device="cuda").predict(image, hidden, segments, rows)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)

@@ -1,0 +1,40 @@
+"""xai-batch: LIME explanations for every image of a dataset, on Ray.
+
+The library call behind ``xai-batch explain``::
+
+    from xai_batch import ExplainConfig, run_explain
+    result = run_explain(ExplainConfig(source="photos", out="run1", checkpoint="model.pt"))
+
+and the manifest it writes: ``read_manifest("run1")``. Names are imported on
+first use, so ``xai-batch --help`` does not pay for torch and Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+
+__version__ = metadata.version("xai-batch")
+
+_EXPORTS = {
+    "ConfigError": "xai_batch.errors",
+    "ExplainConfig": "xai_batch.config",
+    "ImageError": "xai_batch.errors",
+    "JobResult": "xai_batch.runtime",
+    "ModelError": "xai_batch.errors",
+    "SCHEMA": "xai_batch.manifest",
+    "TrainConfig": "xai_batch.training",
+    "TrainResult": "xai_batch.training",
+    "XaiBatchError": "xai_batch.errors",
+    "read_manifest": "xai_batch.manifest",
+    "run_explain": "xai_batch.runtime",
+    "train_model": "xai_batch.training",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'xai_batch' has no attribute {name!r}")

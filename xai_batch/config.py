@@ -1,0 +1,114 @@
+"""The validated, frozen description of an explain job.
+
+Everything a run depends on is in :class:`ExplainConfig`; it is built once at
+the edge (CLI, job entrypoint, or a user's script) and never mutated. Fields
+that change results are hashed into ``config_hash`` so a manifest row says
+exactly which settings produced it; fields that only change speed (actors,
+batch size, address) are left out, because results do not depend on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from xai_batch.errors import ConfigError
+
+__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "config_hash"]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Quickshift:
+    """Quickshift superpixel parameters; the defaults are lime's."""
+
+    kernel_size: float = 4
+    max_dist: float = 200
+    ratio: float = 0.2
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """One explain job: which images, which model, which LIME settings.
+
+    ``hide_color`` is an RGB grey level 0..255 painted over hidden superpixels,
+    or ``None`` for lime's per-superpixel mean colour. ``actors=None`` means
+    one model replica per GPU in the cluster, else one. ``address=None`` starts
+    an embedded local Ray unless ``RAY_ADDRESS`` is set.
+    """
+
+    source: str
+    out: str
+    checkpoint: str | None = None
+    num_samples: int = 1000
+    top_labels: int = 1
+    num_features: int = 5
+    hide_color: int | None = 0
+    seed: int = 0
+    batch_size: int = 256
+    actors: int | None = None
+    precision: Precision = "fp32"
+    address: str | None = None
+    segmentation: Quickshift = field(default_factory=Quickshift)
+
+    def __post_init__(self) -> None:
+        _check_int(self.num_samples, "num_samples", minimum=2)
+        _check_int(self.top_labels, "top_labels", minimum=1)
+        _check_int(self.num_features, "num_features", minimum=1)
+        _check_int(self.batch_size, "batch_size", minimum=1)
+        _check_int(self.seed, "seed", minimum=0)
+        if self.actors is not None:
+            _check_int(self.actors, "actors", minimum=1)
+        if self.hide_color is not None and not 0 <= self.hide_color <= 255:
+            raise ConfigError(
+                f"hide_color must be 0..255 or None (superpixel mean), got {self.hide_color}",
+                "hide_color",
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                "precision",
+            )
+        if not os.path.isdir(self.source):
+            raise ConfigError(f"SOURCE {self.source!r} is not a folder", "source")
+        if not os.access(self.source, os.R_OK | os.X_OK):
+            raise ConfigError(f"SOURCE {self.source!r} is not readable", "source")
+        if self.checkpoint is not None and not os.path.isfile(self.checkpoint):
+            raise ConfigError(f"checkpoint {self.checkpoint!r} is not a file", "checkpoint")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"--out {self.out!r} exists and is not a folder", "out")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready form, as recorded in ``job.json``."""
+        return dataclasses.asdict(self)
+
+
+def config_hash(config: ExplainConfig, model_id: str) -> str:
+    """Hash of everything that changes a manifest row's content.
+
+    Two runs with the same hash and the same image bytes produce the same row,
+    whatever the number of actors or the batch size.
+    """
+    material = {
+        "model_id": model_id,
+        "num_samples": config.num_samples,
+        "top_labels": config.top_labels,
+        "num_features": config.num_features,
+        "hide_color": config.hide_color,
+        "seed": config.seed,
+        "precision": config.precision,
+        "segmentation": dataclasses.asdict(config.segmentation),
+    }
+    blob = json.dumps(material, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_int(value: object, name: str, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}", name)

@@ -1,0 +1,93 @@
+"""Model engines: turn (image, segments, sample rows) into class probabilities.
+
+An engine is what a model replica holds. It builds the perturbed images on its
+own device from the three small arrays and returns softmax probabilities as
+CPU numpy, so only a few hundred KB per image travel to it and a few KB per
+sample back. ``TorchEngine`` normalises exactly as the seed's ``batch_predict``
+does (``ToTensor`` then ``Normalize``), so in fp32 each perturbed input is
+bit-identical to the one lime would feed the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from xai_batch.explain.perturbation import perturb
+from xai_batch.models import build_resnet18, parse_checkpoint
+
+__all__ = ["Engine", "TorchEngine", "IMAGENET_MEAN", "IMAGENET_STD", "normalise"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Engine(Protocol):
+    """What a model replica runs.
+
+    ``predict(image, hidden, segments, rows)`` takes the (224, 224, 3) uint8
+    image, the uint8 image hidden superpixels show, the (224, 224) segment ids
+    and a (B, S) 0/1 matrix, and returns (B, num_classes) float32 softmax
+    probabilities, row b for the image with superpixels ``rows[b] == 0`` hidden.
+    """
+
+    def predict(
+        self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray: ...
+
+
+def normalise(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 to normalised float32 (H, W, 3), with ToTensor's and
+    Normalize's operations in their order, so every value is bit-identical."""
+    pixels = torch.tensor(image, device=device)  # a copy: Ray's arrays are read-only
+    scaled = pixels.to(torch.float32).div(255)
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32, device=device)
+    return scaled.sub(mean).div(std)
+
+
+class TorchEngine:
+    """ResNet18 in PyTorch, on CUDA when available, channels-last.
+
+    ``precision`` 'fp32' is exact; 'bf16' and 'fp16' run under autocast.
+    Batches larger than ``batch_size`` are split, so memory stays bounded.
+    """
+
+    def __init__(
+        self, checkpoint_bytes: bytes, precision: str = "fp32", batch_size: int = 256, device: str | None = None
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loaded = parse_checkpoint(checkpoint_bytes)
+        model = build_resnet18(len(loaded.class_names), loaded.state_dict)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.precision = precision
+        self.batch_size = batch_size
+        self.num_classes = len(loaded.class_names)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def predict(
+        self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        with torch.inference_mode():
+            image_t = normalise(image, self.device)
+            hidden_t = normalise(hidden, self.device)
+            segments_t = torch.tensor(segments, dtype=torch.long, device=self.device)
+            rows_t = torch.tensor(rows, device=self.device)
+            out = np.empty((rows.shape[0], self.num_classes), dtype=np.float32)
+            for start in range(0, rows.shape[0], self.batch_size):
+                stop = min(start + self.batch_size, rows.shape[0])
+                batch = perturb(image_t, hidden_t, segments_t, rows_t[start:stop]).permute(0, 3, 1, 2)
+                with self._autocast():
+                    logits = self.model(batch)
+                probs = torch.softmax(logits.float(), dim=1)
+                out[start:stop] = probs.cpu().numpy()
+        return out

@@ -1,0 +1,149 @@
+"""The Parquet manifest: its schema, its writer and its reader.
+
+A manifest is a folder of part files (one Parquet dataset) with one row per
+image and explained label, or one ``status='error'`` row per image that could
+not be explained. Parts are written as results arrive, each to a hidden
+temporary name and then renamed, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from PIL import Image
+
+from xai_batch._atomic import atomic_file
+
+__all__ = [
+    "SCHEMA",
+    "MANIFEST_DIR",
+    "ManifestWriter",
+    "read_manifest",
+    "encode_segments",
+    "decode_segments",
+    "encode_mask",
+    "decode_mask",
+]
+
+MANIFEST_DIR = "manifest"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("model_id", pa.string()),
+        pa.field("pred_index", pa.int32()),
+        pa.field("pred_name", pa.string()),
+        pa.field("pred_prob", pa.float32()),
+        pa.field("topk_index", pa.list_(pa.int32())),
+        pa.field("topk_prob", pa.list_(pa.float32())),
+        pa.field("explained_index", pa.int32()),
+        pa.field("explained_name", pa.string()),
+        pa.field("explained_prob", pa.float32()),
+        pa.field("seed", pa.int64()),
+        pa.field("num_samples", pa.int32()),
+        pa.field("num_segments", pa.int32()),
+        pa.field("segments", pa.binary()),
+        pa.field("weights", pa.list_(pa.float64())),
+        pa.field("intercept", pa.float64()),
+        pa.field("score", pa.float64()),
+        pa.field("local_pred", pa.float64()),
+        pa.field("mask", pa.binary()),
+        pa.field("config_hash", pa.string()),
+        pa.field("seconds", pa.float32()),
+    ]
+)
+
+
+def encode_segments(segments: np.ndarray) -> bytes:
+    """Segment map as a 16-bit grayscale PNG (pixel value = segment id)."""
+    if segments.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{int(segments.max()) + 1} segments do not fit a 16-bit PNG")
+    return _png(Image.fromarray(segments.astype(np.uint16)))
+
+
+def decode_segments(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image).astype(np.int64)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Explanation mask as an 8-bit grayscale PNG (0 none, 1 for, 2 against)."""
+    return _png(Image.fromarray(mask.astype(np.uint8), mode="L"))
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+class ManifestWriter:
+    """Buffers rows and writes them as atomic part files.
+
+    A part is written when ``rows_per_part`` rows are buffered or
+    ``seconds_per_part`` have passed since the last one, so a long job's
+    finished images are on disk long before it ends.
+    """
+
+    def __init__(self, out: str, rows_per_part: int = 256, seconds_per_part: float = 30.0) -> None:
+        self.folder = os.path.join(out, MANIFEST_DIR)
+        os.makedirs(self.folder, exist_ok=True)
+        self.rows_per_part = rows_per_part
+        self.seconds_per_part = seconds_per_part
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self._buffer: list[Mapping] = []
+        self._parts = 0
+        self._last_flush = time.monotonic()
+        self.rows_written = 0
+
+    def add(self, rows: Iterable[Mapping]) -> None:
+        self._buffer.extend(rows)
+        due = time.monotonic() - self._last_flush >= self.seconds_per_part
+        if len(self._buffer) >= self.rows_per_part or (due and self._buffer):
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        name = f"part-{self.run_id}-{self._parts:05d}.parquet"
+        with atomic_file(os.path.join(self.folder, name)) as handle:
+            pq.write_table(table, handle)
+        self._parts += 1
+        self.rows_written += len(self._buffer)
+        self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_manifest(out: str) -> pa.Table:
+    """All rows of the manifest under ``out``, sorted by path and label.
+
+    Hidden files (temporary parts of a killed job) are ignored.
+    """
+    folder = os.path.join(out, MANIFEST_DIR)
+    if not os.path.isdir(folder):
+        return SCHEMA.empty_table()
+    dataset = ds.dataset(folder, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
+    table = dataset.to_table()
+    return table.sort_by([("path", "ascending"), ("explained_index", "ascending")])

@@ -1,0 +1,152 @@
+"""The two CPU stages of explaining one image, around the model work.
+
+``prepare`` reads and decodes a file, segments it and draws its sample rows;
+``finish`` fits the surrogate to the model's outputs and builds the manifest
+rows. Both are plain functions: Ray runs them as tasks, tests call them
+directly. Model evaluation in between belongs to an :class:`~xai_batch.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from xai_batch.config import ExplainConfig
+from xai_batch.errors import ImageError
+from xai_batch.explain import explanation_mask, fit_surrogate, hidden_image, quickshift_segments, sample_rows
+from xai_batch.images import image_seed, load_image
+from xai_batch.manifest import encode_mask, encode_segments
+
+__all__ = ["ImageHeader", "PreparedImage", "RowContext", "prepare", "finish", "error_row", "TOPK"]
+
+TOPK = 5
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """The small facts about one input the driver needs; ``error`` if it failed."""
+
+    path: str
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    num_segments: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What the model replicas need to evaluate one image's perturbations."""
+
+    image: np.ndarray  # (224, 224, 3) uint8
+    hidden: np.ndarray  # (224, 224, 3) uint8, what hidden superpixels show
+    segments: np.ndarray  # (224, 224) int32, ids 0..S-1
+    rows: np.ndarray  # (num_samples, S) uint8, 1 keeps a superpixel
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """Job-wide values every manifest row carries."""
+
+    model_id: str
+    class_names: tuple[str, ...]
+    config_hash: str
+    num_samples: int
+    top_labels: int
+    num_features: int
+
+
+def prepare(source: str, path: str, config: ExplainConfig) -> tuple[ImageHeader, PreparedImage | None]:
+    """Read, decode and segment one file; a bad file gives a header with ``error``."""
+    try:
+        with open(os.path.join(source, path), "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return ImageHeader(path, error=f"cannot read: {exc.strerror}"), None
+    try:
+        loaded = load_image(data)
+    except ImageError as exc:
+        return ImageHeader(path, sha256=None, error=str(exc)), None
+    seed = image_seed(config.seed, loaded.sha256)
+    segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
+    num_segments = int(segments.max()) + 1
+    rows = sample_rows(seed, config.num_samples, num_segments)
+    prepared = PreparedImage(
+        image=loaded.pixels,
+        hidden=hidden_image(loaded.pixels, segments, config.hide_color),
+        segments=segments.astype(np.int32),
+        rows=rows.astype(np.uint8),
+    )
+    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, seed, num_segments)
+    return header, prepared
+
+
+def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> list[dict]:
+    """Fit one surrogate per explained label and build the manifest rows.
+
+    ``probs`` is (num_samples, num_classes), row i the model's output on
+    sample i. The labels explained are the ``top_labels`` most probable on the
+    original image (row 0), in decreasing order, as lime chooses them.
+    """
+    original = probs[0]
+    ranked = np.argsort(original)  # ascending, lime's own ranking
+    topk = ranked[::-1][:TOPK]
+    explained = list(ranked[-context.top_labels :])[::-1]
+    rows64 = prepared.rows.astype(np.int64)
+    segments_png = encode_segments(prepared.segments)
+    pred = int(topk[0])
+    out = []
+    for label in explained:
+        label = int(label)
+        surrogate = fit_surrogate(rows64, probs[:, label], header.seed)
+        mask = explanation_mask(prepared.segments, surrogate.weights, context.num_features, surrogate.order)
+        out.append(
+            {
+                "path": header.path,
+                "sha256": header.sha256,
+                "status": "ok",
+                "error": None,
+                "width": header.width,
+                "height": header.height,
+                "model_id": context.model_id,
+                "pred_index": pred,
+                "pred_name": context.class_names[pred],
+                "pred_prob": float(original[pred]),
+                "topk_index": [int(i) for i in topk],
+                "topk_prob": [float(original[i]) for i in topk],
+                "explained_index": label,
+                "explained_name": context.class_names[label],
+                "explained_prob": float(original[label]),
+                "seed": header.seed,
+                "num_samples": context.num_samples,
+                "num_segments": header.num_segments,
+                "segments": segments_png,
+                "weights": surrogate.weights.tolist(),
+                "intercept": surrogate.intercept,
+                "score": surrogate.score,
+                "local_pred": surrogate.local_pred,
+                "mask": encode_mask(mask),
+                "config_hash": context.config_hash,
+            }
+        )
+    return out
+
+
+def error_row(header: ImageHeader, context: RowContext, error: str | None = None) -> dict:
+    """The single row recording that an image could not be explained."""
+    return {
+        "path": header.path,
+        "sha256": header.sha256,
+        "status": "error",
+        "error": error or header.error,
+        "width": header.width,
+        "height": header.height,
+        "model_id": context.model_id,
+        "seed": header.seed,
+        "num_samples": context.num_samples,
+        "num_segments": header.num_segments,
+        "config_hash": context.config_hash,
+    }
