@@ -9,7 +9,7 @@ from PIL import Image
 
 from helpers import save_random_resnet
 
-from xai_batch.synthetic import generate_dataset
+from xai_batch.synthetic import SHAPES, generate_dataset
 from xai_batch.training import TrainConfig, train_model
 
 PHOTOS = {"cat/chelsea.jpg": "chelsea", "people/astronaut.png": "astronaut", "coffee.jpg": "coffee"}
@@ -45,10 +45,11 @@ def random_checkpoint(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory) -> dict[str, str]:
-    """Generated shapes: a training folder and a held-out folder."""
+    """Generated shapes: a training folder (four classes, "none" included) and
+    a held-out folder of two images of each object (six in all)."""
     root = tmp_path_factory.mktemp("shapes")
     generate_dataset(str(root / "train"), per_class=20, seed=0)
-    generate_dataset(str(root / "holdout"), per_class=2, seed=1)
+    generate_dataset(str(root / "holdout"), per_class=2, seed=1, shapes=SHAPES[:3])
     return {"train": str(root / "train"), "holdout": str(root / "holdout")}
 
 
