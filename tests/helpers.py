@@ -43,3 +43,15 @@ def load_model(path: str) -> torch.nn.Module:
 
     loaded = parse_checkpoint(checkpoint_bytes(path))
     return build_resnet18(len(loaded.class_names), loaded.state_dict)
+
+
+def assert_verified(out: str, source: str | None = None) -> None:
+    """``xai-batch verify`` passes on ``out`` (the suite runs it after every end-to-end test)."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    args = ["verify", out] + (["--source", source] if source else [])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("— OK"), result.output

@@ -8,6 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from helpers import assert_verified
 from xai_batch.cli import cli
 from xai_batch.manifest import read_manifest
 
@@ -45,6 +46,23 @@ def test_bad_options_are_usage_errors(photos, tmp_path, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_start_no_ray(tmp_path):
+    code = ("import sys\nfrom xai_batch.cli import cli\n"
+            f"try:\n    cli(['explain', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'o')!r}])\n"
+            "except SystemExit as e:\n    print(e.code, 'ray' in sys.modules, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert "Invalid value for 'SOURCE'" in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_source_is_a_usage_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    result = invoke("explain", str(locked), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "SOURCE" in result.output
 
 
 def test_missing_source_and_out(tmp_path):
@@ -86,15 +104,17 @@ def test_explain_end_to_end(ray_session, shapes_data, trained, tmp_path):
     result = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
                     "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "6 images: 6 explained, 0 errors, 6 rows" in result.output
+    assert "6 images: 6 explained, 0 errors, 0 already done; 6 rows" in result.output
     table = read_manifest(str(out))
     assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
     assert table.column("path").to_pylist()[0] == "disc/disc_0000.png"
     record = json.loads((out / "job.json").read_text())
     assert record["config"]["hide_color"] is None and record["state"] == "completed"
-    again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint)
-    assert again.exit_code == 2 and "already holds a manifest; choose another --out" in again.output
-    assert read_manifest(str(out)).num_rows == 6
+    assert_verified(str(out), shapes_data["holdout"])
+    again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
+                   "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
+    assert again.exit_code == 0 and "6 images: 0 explained, 0 errors, 6 already done; 0 rows" in again.output
+    assert read_manifest(str(out), current=False).num_rows == 6
 
 
 def test_an_empty_folder_is_a_warning_not_a_failure(ray_session, random_checkpoint, tmp_path):
@@ -102,7 +122,7 @@ def test_an_empty_folder_is_a_warning_not_a_failure(ray_session, random_checkpoi
     result = CliRunner().invoke(
         cli, ["explain", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--checkpoint", random_checkpoint])
     assert result.exit_code == 0, result.output
-    assert "0 images: 0 explained" in result.stdout and "warning: no image files under" in result.stderr
+    assert "0 images: 0 explained, 0 errors, 0 already done" in result.stdout and "warning: no image files under" in result.stderr
     assert json.loads((tmp_path / "o" / "job.json").read_text())["state"] == "completed"
 
 
@@ -120,8 +140,9 @@ def test_job_entrypoint_runs_the_same_command(shapes_data, trained, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "1 images: 1 explained, 0 errors, 1 rows" in done.stdout
+    assert "1 images: 1 explained, 0 errors, 0 already done; 1 rows" in done.stdout
     assert read_manifest(str(tmp_path / "out")).column("path").to_pylist() == ["disc.png"]
+    assert_verified(str(tmp_path / "out"), str(source))
 
 
 def test_help_does_not_import_torch_or_ray():

@@ -50,3 +50,48 @@ def test_image_seed_depends_on_job_seed_and_content_only():
     assert a != image_seed(1, "ab" * 32)
     assert a != image_seed(0, "cd" * 32)
     assert all(0 <= image_seed(s, "ef" * 32) < 2**31 for s in range(50))
+
+
+def test_modes_become_rgb_sensibly():
+    from xai_batch.images import open_rgb
+
+    def encode(image, fmt="PNG", **options):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    grey16 = Image.fromarray(np.full((4, 4), 40000, np.uint16))
+    assert np.asarray(open_rgb(encode(grey16)))[0, 0].tolist() == [156, 156, 156]  # scaled, not clipped to 255
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(open_rgb(gif))[0, 0].tolist() == [255, 0, 0]  # the first frame
+    assert open_rgb(encode(Image.new("CMYK", (3, 2)), "JPEG")).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty file (0 bytes)"),
+        (b"plain text", "not an image: no known image format recognised"),
+    ],
+)
+def test_unusable_bytes_give_one_line_reasons(data, reason):
+    with pytest.raises(ImageError) as info:
+        load_image(data)
+    assert str(info.value) == reason
+
+
+def test_size_guard_reads_the_header_only():
+    from hostile import png_claiming
+
+    with pytest.raises(ImageError, match=r"^image too large: 40000×40000 > limit 100000000 pixels \(--max-pixels\)$"):
+        load_image(png_claiming(40000, 40000))
+    with pytest.raises(ImageError, match="image too large: 30×20 > limit 500"):
+        load_image(png_claiming(30, 20), max_pixels=500)
+
+
+def test_discovery_skips_hidden_files_and_links_out_of_the_folder(tmp_path):
+    from hostile import make_hostile_folder
+
+    expect = make_hostile_folder(str(tmp_path / "src"), str(tmp_path / "outside"))
+    assert discover_images(str(tmp_path / "src")) == sorted(p for p, e in expect.items() if e is not None)

@@ -8,8 +8,11 @@ naming the option (exit 2), any other ``XaiBatchError`` a one-line error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from importlib import metadata
 
@@ -17,6 +20,7 @@ import click
 
 from xai_batch.config import PRECISIONS, ExplainConfig
 from xai_batch.errors import ConfigError, XaiBatchError
+from xai_batch.images import DEFAULT_MAX_PIXELS
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -36,6 +40,7 @@ _OPTION_NAMES = {
     "batch_size": "--batch-size",
     "actors": "--actors",
     "precision": "--precision",
+    "max_pixels": "--max-pixels",
     "epochs": "--epochs",
     "lr": "--lr",
     "val_fraction": "--val-fraction",
@@ -105,6 +110,10 @@ def explain_options(func: Callable) -> Callable:
                      help="Model replicas. Default: one per GPU, else one."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="fp32 is exact; bf16/fp16 autocast is faster on GPUs, approximately."),
+        click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+                     help="Larger images (width x height, read from the header) become error rows undecoded."),
+        click.option("--overwrite", is_flag=True,
+                     help="Discard results already in --out instead of resuming them."),
         click.option("--address", default=None,
                      help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."),
@@ -136,19 +145,45 @@ def explain(progress: bool, **options) -> None:
     """Explain every image under SOURCE into a Parquet manifest in --out.
 
     Folders are walked recursively; jpg, jpeg, png, bmp, gif, webp, tif and tiff
-    files (any case) are explained, everything else is ignored.
+    files (any case) are explained, everything else is ignored. Running again
+    into the same --out resumes: unchanged images already explained are skipped.
     """
+    config = explain_config(**options)  # a bad option fails here, before torch or Ray is loaded
     from xai_batch.runtime import run_explain
 
-    config = explain_config(**options)
-    result = run_explain(config, progress=progress)
+    try:
+        with _sigterm_as_interrupt():
+            result = run_explain(config, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished images are kept in {config.out}; run the same command to resume", err=True)
+        raise SystemExit(130) from None
     if result.images == 0:
         click.echo(f"warning: no image files under {config.source}", err=True)
     click.echo(
-        f"{result.images} images: {result.ok} explained, {result.errors} errors, "
+        f"{result.images} images: {result.ok} explained, {result.errors} errors, {result.skipped} already done; "
         f"{result.rows} rows in {result.seconds:.1f}s"
     )
     click.echo(f"manifest: {result.manifest}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@click.option("--source", type=click.Path(exists=True, file_okay=False),
+              help="The job's SOURCE: also check that its images, and only they, have rows.")
+@_reporting_errors
+def verify(out: str, source: str | None) -> None:
+    """Check the manifest in OUT: schema, one row per image and label, decodable PNGs.
+
+    Prints a summary and every problem; exits 1 if there is any.
+    """
+    from xai_batch.verify import verify_manifest
+
+    report = verify_manifest(out, source)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    click.echo(report.summary())
+    if report.problems:
+        raise SystemExit(1)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -185,6 +220,23 @@ def demo(**options) -> None:
     from xai_batch.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(**options), report=click.echo)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Let ``ray job stop`` or ``kill`` end a run as cleanly as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xai_batch.errors import ConfigError
+from xai_batch.images import DEFAULT_MAX_PIXELS
 
 __all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "config_hash"]
 
@@ -40,7 +41,9 @@ class ExplainConfig:
     ``hide_color`` is an RGB grey level 0..255 painted over hidden superpixels,
     or ``None`` for lime's per-superpixel mean colour. ``actors=None`` means
     one model replica per GPU in the cluster, else one. ``address=None`` starts
-    an embedded local Ray unless ``RAY_ADDRESS`` is set.
+    an embedded local Ray unless ``RAY_ADDRESS`` is set. ``max_pixels`` bounds
+    an input's size, read from its header before decoding. ``overwrite``
+    discards results already in ``out`` instead of resuming them.
     """
 
     source: str
@@ -55,6 +58,8 @@ class ExplainConfig:
     actors: int | None = None
     precision: Precision = "fp32"
     address: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
@@ -63,6 +68,7 @@ class ExplainConfig:
         _check_int(self.num_features, "num_features", minimum=1)
         _check_int(self.batch_size, "batch_size", minimum=1)
         _check_int(self.seed, "seed", minimum=0)
+        _check_int(self.max_pixels, "max_pixels", minimum=1)
         if self.actors is not None:
             _check_int(self.actors, "actors", minimum=1)
         if self.hide_color is not None and not 0 <= self.hide_color <= 255:

@@ -74,7 +74,8 @@ def run_demo(config: DemoConfig, report: Callable[[str], None] = print) -> DemoR
     report(f"3/3 explaining {per_class * len(OBJECTS)} held-out images with LIME on a local Ray")
     run = os.path.join(config.out, "run")
     result = run_explain(
-        ExplainConfig(source=holdout, out=run, checkpoint=checkpoint, num_samples=config.num_samples, seed=config.seed)
+        ExplainConfig(source=holdout, out=run, checkpoint=checkpoint, num_samples=config.num_samples,
+                      seed=config.seed, overwrite=True)
     )
     table = read_manifest(run).to_pylist()
     correct, on_object, by_chance = 0, [], []

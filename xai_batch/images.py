@@ -4,6 +4,14 @@ Preprocessing reproduces the workflow in CONTEXT.md exactly: EXIF orientation,
 RGB, ``Resize((256, 256))`` (square, not aspect-preserving), ``CenterCrop(224)``.
 It is written with Pillow alone, so CPU workers need not import torch; a test
 checks it against torchvision's transforms pixel for pixel.
+
+Inputs are whatever users have lying around, so decoding is defensive: any
+mode Pillow opens becomes RGB (16-bit and float images scaled to 8 bits,
+animations give their first frame), and every failure is an ``ImageError``
+with a one-line reason a person understands. The size guard (``max_pixels``)
+is checked on the header, before a single pixel is decoded; it replaces
+Pillow's own decompression-bomb check, which would fire first with its own
+message.
 """
 
 from __future__ import annotations
@@ -15,22 +23,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xai_batch.errors import ImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "INPUT_SIZE",
+    "DEFAULT_MAX_PIXELS",
     "LoadedImage",
     "discover_images",
     "load_image",
+    "open_rgb",
+    "preprocess",
     "image_seed",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 RESIZE_TO = 256
 INPUT_SIZE = 224
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: 300 MB decoded as RGB
+
+Image.MAX_IMAGE_PIXELS = None  # our max_pixels guard replaces Pillow's (see module docstring)
 
 
 @dataclass(frozen=True)
@@ -44,34 +58,79 @@ class LoadedImage:
 
 
 def discover_images(source: str) -> list[str]:
-    """Image files under ``source``, as sorted ``/``-separated relative paths."""
+    """Image files under ``source``, as sorted ``/``-separated relative paths.
+
+    Hidden files and folders (names starting with ``.``) are skipped. Folder
+    symlinks are not followed; file symlinks are, when their target lies
+    inside ``source``.
+    """
     return sorted(_walk(source))
 
 
 def _walk(source: str) -> Iterator[str]:
+    root = os.path.realpath(source)
     for dirpath, dirnames, filenames in os.walk(source):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                rel = os.path.relpath(os.path.join(dirpath, name), source)
-                yield rel.replace(os.sep, "/")
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) and os.path.commonpath([root, os.path.realpath(full)]) != root:
+                continue
+            yield os.path.relpath(full, source).replace(os.sep, "/")
 
 
-def load_image(data: bytes) -> LoadedImage:
+def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode file bytes into the preprocessed 224x224 RGB array.
 
-    Raises ``ImageError`` with a one-line reason for anything Pillow cannot
-    decode, so the caller can record an error row and go on.
+    Raises ``ImageError`` with a one-line reason for anything that cannot be
+    explained, so the caller can record an error row and go on.
     """
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            upright = ImageOps.exif_transpose(opened)
-            rgb = upright.convert("RGB")
-    except Exception as exc:  # Pillow raises many types for bad files
-        raise ImageError(f"not an image: {_one_line(exc)}") from exc
+    rgb = open_rgb(data, max_pixels)
     width, height = rgb.size
     return LoadedImage(pixels=preprocess(rgb), sha256=digest, width=width, height=height)
+
+
+def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The upright RGB image in ``data`` (first frame of an animation)."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not an image: no known image format recognised") from None
+    except Exception as exc:
+        raise ImageError(f"not an image: {_one_line(exc)}") from exc
+    kind = opened.format or "image"
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageError(f"image too large: {width}×{height} > limit {max_pixels} pixels (--max-pixels)")
+    try:
+        opened.load()
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc) else "corrupt"
+        raise ImageError(f"{reason} {kind}: {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise ImageError(f"corrupt {kind}: {_one_line(exc)}") from exc
+    try:
+        upright = ImageOps.exif_transpose(opened)
+    except Exception:  # unreadable EXIF: the pixels are still good
+        upright = opened
+    return _to_rgb(upright)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, scaling high-bit-depth grey to 8 bits instead of clipping it."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        scale = 257.0 if values.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(np.rint(values / scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values * (255.0 if values.max(initial=0) <= 1.0 else 1.0))
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def preprocess(rgb: Image.Image) -> np.ndarray:

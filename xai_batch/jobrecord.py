@@ -9,7 +9,7 @@ from importlib import metadata
 
 from xai_batch._atomic import atomic_file
 
-__all__ = ["JOB_FILE", "write_job_record", "software_versions"]
+__all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
 
 JOB_FILE = "job.json"
 _PACKAGES = ("xai-batch", "torch", "torchvision", "lime", "ray", "numpy", "scikit-image", "pyarrow", "pillow")
@@ -33,3 +33,12 @@ def write_job_record(out: str, record: dict) -> str:
         json.dump(record, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
     return path
+
+
+def load_job_record(out: str) -> dict:
+    """The record in ``OUT/job.json``, or an empty one."""
+    try:
+        with open(os.path.join(out, JOB_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

@@ -4,10 +4,16 @@ A manifest is a folder of part files (one Parquet dataset) with one row per
 image and explained label, or one ``status='error'`` row per image that could
 not be explained. Parts are written as results arrive, each to a hidden
 temporary name and then renamed, so readers never see half a file.
+
+Every row carries the ``run_id`` of the run that wrote it, and run ids sort
+in time. When a resumed run redoes an image (its file changed, or it failed
+before), the new rows supersede the old: the current rows of a path are those
+of the latest run that wrote it. ``read_manifest`` returns only those.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import time
@@ -16,6 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
@@ -27,6 +34,7 @@ __all__ = [
     "MANIFEST_DIR",
     "ManifestWriter",
     "read_manifest",
+    "new_run_id",
     "encode_segments",
     "decode_segments",
     "encode_mask",
@@ -63,6 +71,7 @@ SCHEMA = pa.schema(
         pa.field("mask", pa.binary()),
         pa.field("config_hash", pa.string()),
         pa.field("seconds", pa.float32()),
+        pa.field("run_id", pa.string(), nullable=False),
     ]
 )
 
@@ -95,27 +104,35 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def new_run_id() -> str:
+    """A unique id that sorts by start time (UTC, to the microsecond)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:6]}"
+
+
 class ManifestWriter:
-    """Buffers rows and writes them as atomic part files.
+    """Buffers rows and writes them as atomic part files, stamped with ``run_id``.
 
     A part is written when ``rows_per_part`` rows are buffered or
     ``seconds_per_part`` have passed since the last one, so a long job's
     finished images are on disk long before it ends.
     """
 
-    def __init__(self, out: str, rows_per_part: int = 256, seconds_per_part: float = 30.0) -> None:
+    def __init__(
+        self, out: str, run_id: str, rows_per_part: int = 256, seconds_per_part: float = 30.0
+    ) -> None:
         self.folder = os.path.join(out, MANIFEST_DIR)
         os.makedirs(self.folder, exist_ok=True)
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
-        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.run_id = run_id
         self._buffer: list[Mapping] = []
         self._parts = 0
         self._last_flush = time.monotonic()
         self.rows_written = 0
 
     def add(self, rows: Iterable[Mapping]) -> None:
-        self._buffer.extend(rows)
+        self._buffer.extend({**row, "run_id": self.run_id} for row in rows)
         due = time.monotonic() - self._last_flush >= self.seconds_per_part
         if len(self._buffer) >= self.rows_per_part or (due and self._buffer):
             self.flush()
@@ -136,14 +153,20 @@ class ManifestWriter:
         self.flush()
 
 
-def read_manifest(out: str) -> pa.Table:
-    """All rows of the manifest under ``out``, sorted by path and label.
+def read_manifest(out: str, current: bool = True) -> pa.Table:
+    """The manifest under ``out``, sorted by path and label.
 
-    Hidden files (temporary parts of a killed job) are ignored.
+    With ``current`` (the default) only each path's rows from the latest run
+    that wrote it; otherwise every row ever written. Hidden files (temporary
+    parts of a killed job) are ignored.
     """
     folder = os.path.join(out, MANIFEST_DIR)
     if not os.path.isdir(folder):
         return SCHEMA.empty_table()
-    dataset = ds.dataset(folder, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"])
-    table = dataset.to_table()
-    return table.sort_by([("path", "ascending"), ("explained_index", "ascending")])
+    table = ds.dataset(folder, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"]).to_table()
+    if current and table.num_rows:
+        latest = table.group_by("path").aggregate([("run_id", "max")])
+        keys = table.select(["path", "run_id"]).append_column("row", pa.array(range(table.num_rows), pa.int64()))
+        joined = keys.join(latest, "path")  # joins cannot carry list columns: join the keys, take the rows
+        table = table.take(joined.filter(pc.equal(joined["run_id"], joined["run_id_max"]))["row"])
+    return table.sort_by([("path", "ascending"), ("explained_index", "ascending"), ("run_id", "ascending")])

@@ -8,6 +8,7 @@ directly. Model evaluation in between belongs to an :class:`~xai_batch.engine.En
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class ImageHeader:
     seed: int | None = None
     num_segments: int | None = None
     error: str | None = None
+    skipped: bool = False  # already in the manifest with the same content
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,25 @@ class RowContext:
     num_features: int
 
 
-def prepare(source: str, path: str, config: ExplainConfig) -> tuple[ImageHeader, PreparedImage | None]:
-    """Read, decode and segment one file; a bad file gives a header with ``error``."""
+def prepare(
+    source: str, path: str, config: ExplainConfig, done_sha256: str | None = None
+) -> tuple[ImageHeader, PreparedImage | None]:
+    """Read, decode and segment one file; a bad file gives a header with ``error``.
+
+    ``done_sha256`` is the content hash the manifest already holds results for:
+    when the file still has it, the header says ``skipped`` and nothing is decoded.
+    """
     try:
         with open(os.path.join(source, path), "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        return ImageHeader(path, error=f"cannot read: {exc.strerror}"), None
+        return ImageHeader(path, error=f"cannot read: {exc.strerror or exc}"), None
+    if done_sha256 is not None and hashlib.sha256(data).hexdigest() == done_sha256:
+        return ImageHeader(path, sha256=done_sha256, skipped=True), None
     try:
-        loaded = load_image(data)
+        loaded = load_image(data, config.max_pixels)
     except ImageError as exc:
-        return ImageHeader(path, sha256=None, error=str(exc)), None
+        return ImageHeader(path, sha256=hashlib.sha256(data).hexdigest(), error=str(exc)), None
     seed = image_seed(config.seed, loaded.sha256)
     segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
     num_segments = int(segments.max()) + 1

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
 from xai_batch.errors import ConfigError
-from xai_batch.images import IMAGE_EXTENSIONS, preprocess
+from xai_batch.images import IMAGE_EXTENSIONS, open_rgb, preprocess
 from xai_batch.models import build_resnet18, imagenet_weights_path, parse_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "class_folders"]
@@ -113,9 +112,8 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.items[index]
-        with Image.open(path) as opened:
-            rgb = ImageOps.exif_transpose(opened).convert("RGB")
-        pixels = preprocess(rgb)
+        with open(path, "rb") as handle:
+            pixels = preprocess(open_rgb(handle.read()))
         if self.augment:
             pixels = _augment(pixels)
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div(255)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from helpers import assert_verified
 from xai_batch.manifest import read_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,7 +48,7 @@ def head(tmp_path_factory):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
@@ -71,5 +72,6 @@ def test_explain_joins_a_running_head(head, shapes_data, trained, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((tmp_path / "out" / "job.json").read_text())
-    assert record["ray"]["cluster_resources"].get("xai_test_head") == 1.0  # it ran on that cluster
+    assert record["runs"][-1]["ray"]["cluster_resources"].get("xai_test_head") == 1.0  # it ran on that cluster
     assert read_manifest(str(tmp_path / "out")).column("status").to_pylist() == ["ok"]
+    assert_verified(str(tmp_path / "out"), str(source))

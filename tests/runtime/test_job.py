@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from lime.lime_image import LimeImageExplainer
 
-from helpers import load_model, seed_batch_predict
+from helpers import assert_verified, load_model, seed_batch_predict
 from xai_batch.config import ExplainConfig
 from xai_batch.explain import MASK_AGAINST, MASK_FOR
 from xai_batch.images import load_image
@@ -46,6 +46,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
         _, lime_mask = lime.get_image_and_mask(label, positive_only=False, num_features=5, hide_rest=False)
         mask = decode_mask(row["mask"])
         assert np.array_equal(mask == MASK_FOR, lime_mask == 1) and np.array_equal(mask == MASK_AGAINST, lime_mask == -1)
+    assert_verified(config.out, photos)
     record = json.loads((tmp_path / "run" / "job.json").read_text())
     assert record["state"] == "completed"
     assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
@@ -55,6 +56,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
 def _explain(source, out, checkpoint, **options):
     config = ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7, **options)
     run_explain(config, progress=False)
+    assert_verified(out, source)
     return read_manifest(out).to_pylist()
 
 

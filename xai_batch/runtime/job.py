@@ -8,6 +8,13 @@ only passes object references between them: image arrays go from the prepare
 task to the replicas through Ray's object store, and model outputs from the
 replicas to the finish task, never through the driver. It bounds the work in
 flight, so memory stays flat however many images a folder holds.
+
+Failures are recovered: tasks whose worker dies are retried by Ray
+(``TASK_RETRIES``); replicas are restarted by Ray and their calls in flight
+resent by the driver, which charges the crash to the image that caused it.
+What still fails becomes that image's error row; the job goes on. A run into an ``out`` that already holds
+results of the same configuration resumes: images whose file is unchanged
+are skipped, the others redone.
 """
 
 from __future__ import annotations
@@ -15,22 +22,24 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.errors import ConfigError
 from xai_batch.images import discover_images
-from xai_batch.jobrecord import software_versions, write_job_record
-from xai_batch.manifest import MANIFEST_DIR, ManifestWriter
+from xai_batch.jobrecord import load_job_record, software_versions, write_job_record
+from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest
 from xai_batch.models import resolve_model
 from xai_batch.runtime.cluster import connected
-from xai_batch.runtime.replica import start_replicas
+from xai_batch.runtime.replica import Replicas
 from xai_batch.stages import ImageHeader, RowContext, error_row, finish, prepare
 
 __all__ = ["JobResult", "run_explain"]
@@ -38,17 +47,20 @@ __all__ = ["JobResult", "run_explain"]
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
+TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """Counts and timings of a finished job."""
+    """Counts and timings of a finished run."""
 
     out: str
     manifest: str
+    run_id: str
     images: int
     ok: int
     errors: int
+    skipped: int
     rows: int
     seconds: float
 
@@ -56,19 +68,17 @@ class JobResult:
 def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     """Explain every image under ``config.source`` into ``config.out``.
 
-    The model is resolved before Ray starts, so a bad checkpoint costs no
-    cluster time. Returns when every image has a row.
+    The model and the output folder are checked before Ray starts, so a bad
+    checkpoint or a clash with earlier results costs no cluster time. Returns
+    when every image has its rows; on ``KeyboardInterrupt`` the rows finished
+    so far are kept and the run is recorded as interrupted.
     """
     started = time.time()
-    _refuse_existing_manifest(config.out)
     model = resolve_model(config.checkpoint)
     if config.top_labels > model.num_classes:
         raise ConfigError(
             f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
         )
-    paths = discover_images(config.source)
-    if not paths:
-        log.warning("no image files under %s", config.source)
     context = RowContext(
         model_id=model.model_id,
         class_names=model.class_names,
@@ -77,101 +87,161 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         top_labels=config.top_labels,
         num_features=config.num_features,
     )
-    record = {
-        "state": "running",
-        "config": config.to_dict(),
-        "model_id": model.model_id,
-        "config_hash": context.config_hash,
-        "versions": software_versions(),
-        "started": _iso(started),
-        "counts": {"images": len(paths)},
-    }
+    done = _resume_state(config, context.config_hash)
+    paths = discover_images(config.source)
+    if not paths:
+        log.warning("no image files under %s", config.source)
+    run_id = new_run_id()
+    record = load_job_record(config.out) if done else {}
+    record.update(
+        config=config.to_dict(),
+        model_id=model.model_id,
+        config_hash=context.config_hash,
+        versions=software_versions(),
+        state="running",
+    )
+    run = {"run_id": run_id, "state": "running", "started": _iso(started)}
+    record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
-    writer = ManifestWriter(config.out)
-    counts = {"ok": 0, "error": 0}
+    writer = ManifestWriter(config.out, run_id)
+    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0}
     timings: dict[str, float] = {}
     try:
         with connected(config.address):
             timings["ray_start_seconds"] = time.time() - started
-            replicas = start_replicas(
-                config.actors, ray.put(model.checkpoint_bytes), config.precision, config.batch_size
-            )
-            record["ray"] = {
-                "replicas": len(replicas),
-                "devices": ray.get([replica.device.remote() for replica in replicas]),
-                "cluster_resources": ray.cluster_resources(),
-            }
+            checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
+            replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}")
+            run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
             models_ready = time.time()
             timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]
             bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True)
             try:
-                _Pipeline(config, paths, replicas, ray.put(context), context, writer, bar, counts).run()
+                _Pipeline(config, paths, done, replicas, context, writer, bar, counts).run()
             finally:
                 bar.close()
                 writer.close()
-                for replica in replicas:
-                    ray.kill(replica)
+                run["ray"]["replicas_replaced"] = replicas.replaced
+                replicas.shutdown()
             timings["explain_seconds"] = time.time() - models_ready
-            timings["images_per_second"] = len(paths) / max(timings["explain_seconds"], 1e-9)
-        record["state"] = "completed"
+            worked = counts["ok"] + counts["error"]
+            timings["images_per_second"] = worked / max(timings["explain_seconds"], 1e-9)
+        run["state"] = "completed"
     except KeyboardInterrupt:
-        record["state"] = "interrupted"
+        run["state"] = "interrupted"
         raise
     except BaseException as exc:
-        record["state"] = "failed"
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        run["state"] = "failed"
+        run["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         finished = time.time()
         timings["seconds"] = finished - started
-        record.update(
+        run.update(
             finished=_iso(finished),
-            counts={"images": len(paths), **counts, "rows": writer.rows_written},
+            counts={**counts, "rows": writer.rows_written},
             timings={name: round(value, 4) for name, value in timings.items()},
         )
+        record["state"] = run["state"]
+        record["counts"] = _manifest_counts(config.out)
         write_job_record(config.out, record)
     return JobResult(
         out=config.out,
         manifest=os.path.join(config.out, MANIFEST_DIR),
+        run_id=run_id,
         images=len(paths),
         ok=counts["ok"],
         errors=counts["error"],
+        skipped=counts["skipped"],
         rows=writer.rows_written,
         seconds=timings["seconds"],
     )
 
 
+def _resume_state(config: ExplainConfig, expected_hash: str) -> dict[str, str]:
+    """Path -> sha256 of the images ``out`` already holds good rows for.
+
+    Results of another configuration are refused, unless ``overwrite`` says
+    to discard them. Error rows are not "done": a resumed run retries them.
+    """
+    existing = read_manifest(config.out)
+    if existing.num_rows == 0:
+        return {}
+    hashes = set(existing.column("config_hash").drop_null().to_pylist())
+    if hashes - {expected_hash}:
+        if not config.overwrite:
+            raise ConfigError(
+                f"{config.out!r} holds results of another configuration (config_hash {', '.join(sorted(hashes))}; "
+                f"this run: {expected_hash}); pass --overwrite to start over, or choose another --out",
+                "out",
+            )
+        shutil.rmtree(os.path.join(config.out, MANIFEST_DIR))
+        return {}
+    if config.overwrite:
+        shutil.rmtree(os.path.join(config.out, MANIFEST_DIR))
+        return {}
+    rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "sha256"]).to_pylist()
+    return {row["path"]: row["sha256"] for row in rows}
+
+
+def _manifest_counts(out: str) -> dict[str, int]:
+    """Counts over the current manifest (all runs), as job.json reports them."""
+    table = read_manifest(out).select(["path", "status"]).to_pylist()
+    ok = {row["path"] for row in table if row["status"] == "ok"}
+    errors = {row["path"] for row in table if row["status"] == "error"}
+    return {"images": len(ok | errors), "ok": len(ok), "error": len(errors), "rows": len(table)}
+
+
 @dataclass
 class _Image:
+    """An image between its prepare task and its finish task."""
+
     header: ImageHeader
     payload: ray.ObjectRef
     submitted: float
-    chunks: list = field(default_factory=list)
-    pending: int = 0
+    chunks: list  # per chunk: the ref of its probabilities once predicted, else None
+    pending: int
+    crashes: int = 0
+
+
+@dataclass
+class _Chunk:
+    path: str
+    index: int
+    start: int
+    stop: int
 
 
 class _Pipeline:
-    """Moves every image through prepare → predict chunks → finish on Ray."""
+    """Moves every image through prepare → predict chunks → finish on Ray.
 
-    def __init__(self, config, paths, replicas, context_ref, context, writer, bar, counts) -> None:
+    Replica calls are retried here rather than by Ray, so that a crash is
+    charged to the image that caused it: a replica runs its calls in the
+    order they were sent, so when it dies the oldest of its calls in flight
+    was running and the others were only waiting. The waiting ones are resent
+    free; an image whose chunk kills ``TASK_RETRIES + 1`` replicas becomes an
+    error row, and the rest of the job is unaffected.
+    """
+
+    def __init__(self, config, paths, done, replicas, context, writer, bar, counts) -> None:
         self.config = config
         self.todo = deque(paths)
+        self.done = done
         self.replicas = replicas
-        self.context_ref = context_ref
+        self.context_ref = ray.put(context)
         self.context = context
         self.writer = writer
         self.bar = bar
         self.counts = counts
-        self.prepare_task = ray.remote(num_returns=2)(prepare)
-        self.finish_task = ray.remote(_finish_from_chunks)
+        self.prepare_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(prepare)
+        self.finish_task = ray.remote(max_retries=TASK_RETRIES)(_finish_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
         self.preparing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef, float]] = {}
         self.images: dict[str, _Image] = {}
-        self.chunk_queue: deque[tuple[str, int, int, int]] = deque()
-        self.running: dict[ray.ObjectRef, tuple[str, int, int]] = {}
-        self.load = [0] * len(replicas)
+        self.chunk_queue: deque[_Chunk] = deque()
+        self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
+        self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
         self.finishing: dict[ray.ObjectRef, str] = {}
 
     def run(self) -> None:
@@ -185,31 +255,41 @@ class _Pipeline:
                     self._prepared(ref)
                 elif ref in self.running:
                     self._predicted(ref)
-                else:
+                elif ref in self.finishing:
                     self._finished(ref)
 
     def _submit_prepares(self) -> None:
         while self.todo and len(self.preparing) < self.max_preparing and len(self.images) < self.max_images:
             path = self.todo.popleft()
-            header_ref, payload_ref = self.prepare_task.remote(self.config.source, path, self.config)
+            header_ref, payload_ref = self.prepare_task.remote(
+                self.config.source, path, self.config, self.done.get(path)
+            )
             self.preparing[header_ref] = (path, payload_ref, time.monotonic())
 
     def _dispatch_chunks(self) -> None:
         while self.chunk_queue:
-            replica = min(range(len(self.replicas)), key=self.load.__getitem__)
-            if self.load[replica] >= CHUNKS_PER_REPLICA:
+            replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
+            if len(self.in_flight[replica]) >= CHUNKS_PER_REPLICA:
                 return
-            path, index, start, stop = self.chunk_queue.popleft()
-            ref = self.replicas[replica].predict.remote(self.images[path].payload, start, stop)
-            self.running[ref] = (path, index, replica)
-            self.load[replica] += 1
+            chunk = self.chunk_queue.popleft()
+            if chunk.path not in self.images:  # the image failed meanwhile
+                continue
+            status, probs = self.replicas.handles[replica].predict.options(num_returns=2).remote(
+                self.images[chunk.path].payload, chunk.start, chunk.stop
+            )
+            self.running[status] = (chunk, replica, probs)
+            self.in_flight[replica].append(status)
 
     def _prepared(self, ref: ray.ObjectRef) -> None:
         path, payload, submitted = self.preparing.pop(ref)
         try:
             header: ImageHeader = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            header = ImageHeader(path, error=f"could not be prepared: {_cause(exc)}")
+            header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}")
+        if header.skipped:
+            self.counts["skipped"] += 1
+            self.bar.update(1)
+            return
         if header.error is not None:
             self._record([error_row(header, self.context)], ok=False)
             return
@@ -218,17 +298,51 @@ class _Pipeline:
         for index in range(chunks):
             start = index * self.config.batch_size
             stop = min(start + self.config.batch_size, self.config.num_samples)
-            self.chunk_queue.append((path, index, start, stop))
+            self.chunk_queue.append(_Chunk(path, index, start, stop))
 
     def _predicted(self, ref: ray.ObjectRef) -> None:
-        path, index, replica = self.running.pop(ref)
-        self.load[replica] -= 1
-        image = self.images[path]
-        image.chunks[index] = ref
+        chunk, replica, probs = self.running[ref]
+        try:
+            ray.get(ref)  # the row count: small, unlike the probabilities
+        except ray.exceptions.RayActorError:
+            self._replica_died(replica)
+            return
+        except ray.exceptions.RayError as exc:
+            self._forget(ref)
+            self._fail(chunk.path, f"explaining failed: {_describe(exc)}")
+            return
+        self._forget(ref)
+        image = self.images.get(chunk.path)
+        if image is None:  # the image failed meanwhile
+            return
+        image.chunks[chunk.index] = probs
         image.pending -= 1
         if image.pending == 0:
             done = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
-            self.finishing[done] = path
+            self.finishing[done] = chunk.path
+
+    def _replica_died(self, replica: int) -> None:
+        """Replace the replica, resend its calls, charge the one it was running."""
+        lost = self.in_flight[replica]
+        self.in_flight[replica] = []
+        self.replicas.replace(replica)
+        chunks = [self.running.pop(ref)[0] for ref in lost]
+        culprit = self.images.get(chunks[0].path)
+        if culprit is not None:
+            culprit.crashes += 1
+            log.warning("a model replica died while explaining %s (%d)", chunks[0].path, culprit.crashes)
+            if culprit.crashes > TASK_RETRIES:
+                self._fail(chunks[0].path, f"explaining failed: the model replica died {culprit.crashes} times on this image")
+        self.chunk_queue.extendleft(reversed([c for c in chunks if c.path in self.images]))
+
+    def _forget(self, ref: ray.ObjectRef) -> None:
+        chunk, replica, _ = self.running.pop(ref)
+        self.in_flight[replica].remove(ref)
+
+    def _fail(self, path: str, reason: str) -> None:
+        image = self.images.pop(path, None)
+        if image is not None:
+            self._record([error_row(image.header, self.context, reason)], ok=False)
 
     def _finished(self, ref: ray.ObjectRef) -> None:
         path = self.finishing.pop(ref)
@@ -237,7 +351,7 @@ class _Pipeline:
         try:
             rows = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            self._record([error_row(image.header, self.context, f"model evaluation failed: {_cause(exc)}")], ok=False)
+            self._record([error_row(image.header, self.context, f"explaining failed: {_describe(exc)}")], ok=False)
             return
         for row in rows:
             row["seconds"] = seconds
@@ -251,23 +365,26 @@ class _Pipeline:
             self.bar.set_postfix(errors=self.counts["error"], refresh=False)
 
 
-def _refuse_existing_manifest(out: str) -> None:
-    """One job per output folder: a second run would add a second row per image."""
-    folder = os.path.join(out, MANIFEST_DIR)
-    if os.path.isdir(folder) and any(name.endswith(".parquet") and not name.startswith(".") for name in os.listdir(folder)):
-        raise ConfigError(f"{out!r} already holds a manifest; choose another --out or remove it", "out")
-
-
 def _finish_from_chunks(header: ImageHeader, prepared, context: RowContext, *chunks: np.ndarray) -> list[dict]:
     """``finish`` on the chunks' outputs, which Ray hands over as arguments."""
     return finish(header, prepared, np.concatenate(chunks), context)
 
 
-def _cause(exc: BaseException) -> str:
-    """The innermost error of a Ray failure, as one line."""
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
+def _describe(exc: BaseException) -> str:
+    """A Ray failure as one line a person understands."""
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return "out of memory"
+    if isinstance(exc, ray.exceptions.WorkerCrashedError):
+        return f"the worker process died {TASK_RETRIES + 1} times on this image"
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return _one_line(f"{type(cause).__name__}: {cause}")
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[-1:] if len(lines) > 3 else lines)
 
 
 def _iso(timestamp: float) -> str:

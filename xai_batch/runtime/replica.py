@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import ray
 
-__all__ = ["ModelReplica", "start_replicas"]
+__all__ = ["ModelReplica", "Replicas"]
 
 
 class ModelReplica:
@@ -14,52 +17,84 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int) -> None:
-        from xai_batch.engine import TorchEngine
-
-        self.engine = TorchEngine(checkpoint_bytes, precision=precision, batch_size=batch_size)
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def set_threads(self, threads: int) -> None:
-        """CPU threads for the model; Ray would otherwise pin each actor to one."""
+    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int) -> None:
         import torch
 
-        torch.set_num_threads(threads)
+        from xai_batch.engine import TorchEngine
 
-    def device(self) -> str:
-        return str(self.engine.device)
+        torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
+        self.threads = threads
+        self.engine = TorchEngine(checkpoint_bytes, precision=precision, batch_size=batch_size)
+
+    def describe(self) -> dict:
+        """Where this replica runs: device, node, process, threads."""
+        return {
+            "device": str(self.engine.device),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "threads": self.threads,
+        }
 
     def predict(self, prepared, start: int, stop: int):
-        """Probabilities (stop - start, C) for sample rows [start, stop) of one image."""
-        return self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
+        """(row count, probabilities (stop - start, C)) for sample rows [start, stop).
+
+        Called with ``num_returns=2``: the driver waits on the tiny count and
+        hands the probabilities to the surrogate task without fetching them.
+        """
+        probs = self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
+        return len(probs), probs
 
 
-def start_replicas(count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int) -> list:
-    """Start the replicas: one per GPU by default, else one; each told its thread count.
+class Replicas:
+    """The job's model replicas, as named Ray actors; a dead one is replaced.
 
-    GPU replicas ask for a whole GPU (a share of one when there are more
-    replicas than GPUs). CPU replicas reserve at most one CPU each and leave at
-    least one for the segmentation tasks, so neither stage can starve the other.
+    By default one per GPU, else one. GPU replicas ask for a whole GPU (a
+    share of one when there are more replicas than GPUs). CPU replicas reserve
+    at most one CPU each and leave at least one for the segmentation tasks, so
+    neither stage can starve the other; each runs the model on its share of
+    its node's cores. Ray does not restart them (``max_restarts=0``): the
+    driver replaces a dead replica with a new one, loaded from the checkpoint
+    reference it holds, and decides which work to resend.
     """
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = resources.get("CPU", 1.0)
-    count = count or max(gpus, 1)
-    if gpus:
-        options = {"num_gpus": min(1.0, gpus / count), "num_cpus": min(1.0, max(cpus - 1, 0) / count)}
-    else:
-        options = {"num_gpus": 0, "num_cpus": min(1.0, max(cpus - 1, 0) / count)}
-    actor_class = ray.remote(ModelReplica)
-    replicas = [actor_class.options(**options).remote(checkpoint_ref, precision, batch_size) for _ in range(count)]
-    node_ids = ray.get([replica.node_id.remote() for replica in replicas])
-    node_cpus = {node["NodeID"]: node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"]}
-    per_node = {node: node_ids.count(node) for node in set(node_ids)}
-    ray.get(
-        [
-            replica.set_threads.remote(max(1, int(node_cpus.get(node, 1) // per_node[node])))
-            for replica, node in zip(replicas, node_ids)
-        ]
-    )
-    return replicas
+
+    def __init__(
+        self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str
+    ) -> None:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        cpus = resources.get("CPU", 1.0)
+        count = count or max(gpus, 1)
+        self.options = {
+            "num_gpus": min(1.0, gpus / count) if gpus else 0,
+            "num_cpus": min(1.0, max(cpus - 1, 0) / count),
+            "max_restarts": 0,
+        }
+        nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
+        node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
+        threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
+        self._args = (checkpoint_ref, precision, batch_size, threads)
+        self._actor = ray.remote(ModelReplica)
+        self.name = name
+        self.started = 0
+        self.handles = [self._start() for _ in range(count)]
+        self.placement = ray.get([handle.describe.remote() for handle in self.handles])
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def _start(self):
+        self.started += 1
+        return self._actor.options(**self.options, name=f"{self.name}-replica-{self.started}").remote(*self._args)
+
+    def replace(self, index: int) -> None:
+        """Start a new replica in place of the dead one at ``index``."""
+        ray.kill(self.handles[index], no_restart=True)
+        self.handles[index] = self._start()
+
+    @property
+    def replaced(self) -> int:
+        return self.started - len(self.handles)
+
+    def shutdown(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle, no_restart=True)

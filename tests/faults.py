@@ -1,0 +1,34 @@
+"""Faults injected into Ray worker processes by ``worker_process_setup_hook``.
+
+Files whose name contains ``poison-decode`` kill the worker that decodes
+them; an all-magenta image kills the model replica that evaluates it. Both
+crash the process outright (``os._exit``), as a segfault in a decoder or an
+out-of-memory kill would.
+"""
+
+import os
+
+import numpy as np
+
+MAGENTA = (255, 0, 255)
+
+
+def inject() -> None:
+    import xai_batch.engine as engine
+    import xai_batch.stages as stages
+
+    prepare = stages.prepare
+    predict = engine.TorchEngine.predict
+
+    def crashing_prepare(source, path, config, done_sha256=None):
+        if "poison-decode" in path:
+            os._exit(1)
+        return prepare(source, path, config, done_sha256)
+
+    def crashing_predict(self, image, hidden, segments, rows):
+        if (np.asarray(image) == MAGENTA).all():
+            os._exit(1)
+        return predict(self, image, hidden, segments, rows)
+
+    stages.prepare = crashing_prepare
+    engine.TorchEngine.predict = crashing_predict

@@ -1,0 +1,149 @@
+"""``xai-batch verify``: is a manifest complete and well formed?
+
+Nightly jobs are trusted only if their output can be checked without reading
+the code that wrote it. Every promise the manifest makes is checked here:
+the schema of every part, exactly one current row per image and label (or
+one error row), decodable PNGs of the right size, one weight per superpixel,
+one configuration, and, given SOURCE, a row for every image and for nothing
+else.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from xai_batch.images import INPUT_SIZE, discover_images
+from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_mask, decode_segments, read_manifest
+
+__all__ = ["VerifyReport", "verify_manifest"]
+
+MAX_LISTED = 20  # problems of one kind listed by name before counting the rest
+
+
+@dataclass
+class VerifyReport:
+    rows: int = 0
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    superseded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
+        return (
+            f"{self.rows} rows for {self.images} images: {self.ok} explained, {self.errors} errors"
+            f" ({self.superseded} superseded rows of earlier runs ignored) — {verdict}"
+        )
+
+
+def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
+    """Check the manifest under ``out``; ``source`` adds the completeness checks."""
+    report = VerifyReport()
+    folder = os.path.join(out, MANIFEST_DIR)
+    if not os.path.isdir(folder):
+        report.problems.append(f"no manifest folder at {folder}")
+        return report
+    for name in sorted(os.listdir(folder)):
+        if name.startswith((".", "_")):
+            continue
+        try:
+            schema = pq.read_schema(os.path.join(folder, name))
+        except Exception as exc:
+            report.problems.append(f"{name}: not a readable Parquet file ({exc})")
+            continue
+        if not schema.equals(SCHEMA):
+            report.problems.append(f"{name}: schema differs from the manifest schema")
+    if report.problems:
+        return report
+    everything = read_manifest(out, current=False)
+    table = read_manifest(out)
+    rows = table.to_pylist()
+    report.rows = len(rows)
+    report.superseded = everything.num_rows - table.num_rows
+    problems = _Problems()
+    by_path: dict[str, list[dict]] = collections.defaultdict(list)
+    for row in rows:
+        by_path[row["path"]].append(row)
+    report.images = len(by_path)
+    hashes = {row["config_hash"] for row in rows}
+    if len(hashes) > 1:
+        problems.add("config", f"rows of {len(hashes)} configurations: {', '.join(sorted(map(str, hashes)))}")
+    for path, group in by_path.items():
+        statuses = {row["status"] for row in group}
+        if statuses == {"error"}:
+            report.errors += 1
+            if len(group) != 1:
+                problems.add("duplicate", f"{path}: {len(group)} error rows")
+            if not group[0]["error"] or "\n" in group[0]["error"]:
+                problems.add("error", f"{path}: error row without a one-line reason")
+            continue
+        if statuses != {"ok"}:
+            problems.add("status", f"{path}: statuses {sorted(map(str, statuses))}")
+            continue
+        report.ok += 1
+        labels = collections.Counter(row["explained_index"] for row in group)
+        for label, count in labels.items():
+            if count > 1:
+                problems.add("duplicate", f"{path}: {count} rows for label {label}")
+        if len({row["sha256"] for row in group}) > 1:
+            problems.add("sha256", f"{path}: rows for different file contents")
+        for row in group:
+            _check_ok_row(row, problems)
+    if source is not None:
+        expected = set(discover_images(source))
+        for path in sorted(expected - by_path.keys()):
+            problems.add("missing", f"{path}: image in SOURCE without a row")
+        for path in sorted(by_path.keys() - expected):
+            problems.add("stray", f"{path}: row for a file that is not an image in SOURCE")
+    report.problems = problems.lines()
+    return report
+
+
+def _check_ok_row(row: dict, problems: _Problems) -> None:
+    path, label = row["path"], row["explained_index"]
+    where = f"{path} (label {label})"
+    num_segments = row["num_segments"]
+    if row["error"] is not None:
+        problems.add("error", f"{where}: ok row with an error")
+    if not row["weights"] or len(row["weights"]) != num_segments:
+        problems.add("weights", f"{where}: {len(row['weights'] or [])} weights for {num_segments} superpixels")
+    if not row["topk_index"] or row["pred_index"] != row["topk_index"][0]:
+        problems.add("prediction", f"{where}: pred_index is not the first of topk_index")
+    try:
+        segments = decode_segments(row["segments"])
+        if segments.shape != (INPUT_SIZE, INPUT_SIZE):
+            problems.add("segments", f"{where}: segments PNG is {segments.shape}, not 224x224")
+        elif set(np.unique(segments)) != set(range(num_segments)):
+            problems.add("segments", f"{where}: segment ids are not 0..{num_segments - 1}")
+    except Exception as exc:
+        problems.add("segments", f"{where}: segments PNG does not decode ({exc})")
+    try:
+        mask = decode_mask(row["mask"])
+        if mask.shape != (INPUT_SIZE, INPUT_SIZE) or not set(np.unique(mask)) <= {0, 1, 2}:
+            problems.add("mask", f"{where}: mask PNG is not 224x224 with values 0, 1, 2")
+    except Exception as exc:
+        problems.add("mask", f"{where}: mask PNG does not decode ({exc})")
+
+
+class _Problems:
+    """Problems by kind, the first few of each listed, the rest counted."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, kind: str, message: str) -> None:
+        self.by_kind[kind].append(message)
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind, messages in self.by_kind.items():
+            out += messages[:MAX_LISTED]
+            if len(messages) > MAX_LISTED:
+                out.append(f"... and {len(messages) - MAX_LISTED} more of kind '{kind}'")
+        return out
