@@ -92,7 +92,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     if not paths:
         log.warning("no image files under %s", config.source)
     run_id = new_run_id()
-    record = load_job_record(config.out) if done else {}
+    record = {} if config.overwrite else load_job_record(config.out)
     record.update(
         config=config.to_dict(),
         model_id=model.model_id,
@@ -100,7 +100,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         versions=software_versions(),
         state="running",
     )
-    run = {"run_id": run_id, "state": "running", "started": _iso(started)}
+    run = {"run_id": run_id, "config_hash": context.config_hash, "state": "running", "started": _iso(started)}
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
     writer = ManifestWriter(config.out, run_id)
