@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from importlib import metadata
 
@@ -85,15 +87,24 @@ class _HideColor(click.ParamType):
         return grey
 
 
-def explain_options(func: Callable) -> Callable:
-    """The options shared by ``explain``, the job entrypoint and later ``submit``."""
-    options = [
-        click.argument("source", type=click.Path(exists=True, file_okay=False, readable=True)),
-        click.option("--out", required=True, type=click.Path(file_okay=False, writable=True),
-                     help="Output folder: manifest/*.parquet and job.json go here."),
-        click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, readable=True),
-                     help="ResNet18 checkpoint (ours, or a torchvision state dict). "
-                          "Default: torchvision's ImageNet weights."),
+def _explain_option_list(on_cluster: bool) -> list[Callable]:
+    """The explain options; ``on_cluster`` for ``submit explain``, whose paths live on the cluster."""
+    if on_cluster:
+        paths = [
+            click.argument("source"),
+            click.option("--out", required=True, help="Output folder or URI, as the cluster sees it."),
+            click.option("--checkpoint", help="A local checkpoint file (shipped with the job) or a URI."),
+        ]
+    else:
+        paths = [
+            click.argument("source", type=click.Path(exists=True, file_okay=False, readable=True)),
+            click.option("--out", required=True, type=click.Path(file_okay=False, writable=True),
+                         help="Output folder: manifest/*.parquet and job.json go here."),
+            click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, readable=True),
+                         help="ResNet18 checkpoint (ours, or a torchvision state dict). "
+                              "Default: torchvision's ImageNet weights."),
+        ]
+    settings = [
         click.option("--num-samples", default=1000, show_default=True, type=click.IntRange(min=2),
                      help="Perturbed samples per image."),
         click.option("--top-labels", default=1, show_default=True, type=click.IntRange(min=1),
@@ -114,13 +125,42 @@ def explain_options(func: Callable) -> Callable:
                      help="Larger images (width x height, read from the header) become error rows undecoded."),
         click.option("--overwrite", is_flag=True,
                      help="Discard results already in --out instead of resuming them."),
+    ]
+    joining = [] if on_cluster else [
         click.option("--address", default=None,
                      help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
-        click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."),
     ]
+    progress = [click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")]
+    return paths + settings + joining + progress
+
+
+def _apply(options: list[Callable], func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def explain_options(func: Callable) -> Callable:
+    """The options of ``explain`` and of the job entrypoint ``jobs/explain.py``."""
+    return _apply(_explain_option_list(on_cluster=False), func)
+
+
+def submitted_explain_options(func: Callable) -> Callable:
+    """The same options for ``submit explain``, minus ``--address`` (the job's cluster is the one)."""
+    return _apply(_explain_option_list(on_cluster=True), func)
+
+
+def job_arguments(options: dict) -> list[str]:
+    """``jobs/explain.py`` arguments that reproduce parsed explain options (but the checkpoint)."""
+    args = [options["source"], "--out", options["out"]]
+    for name in ("num_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
+                 "max_pixels"):
+        if options[name] is not None:
+            args += [f"--{name.replace('_', '-')}", str(options[name])]
+    args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
+    args += ["--overwrite"] if options["overwrite"] else []
+    args += ["--progress" if options["progress"] else "--no-progress"]
+    return args
 
 
 def explain_config(**options) -> ExplainConfig:
@@ -184,6 +224,132 @@ def verify(out: str, source: str | None) -> None:
     click.echo(report.summary())
     if report.problems:
         raise SystemExit(1)
+
+
+_ADDRESS_HELP = "Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265."
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.option("--wait", is_flag=True, help="Stream the job's logs; exit 0 if it succeeds, 1 if it fails or stops.")
+@click.pass_context
+def submit(ctx: click.Context, address: str | None, wait: bool) -> None:
+    """Submit a job to a Ray cluster (jobs/explain.py, with this checkout shipped)."""
+    ctx.obj = {"address": address, "wait": wait}
+
+
+@submit.command("explain", context_settings=CONTEXT_SETTINGS)
+@submitted_explain_options
+@click.pass_obj
+@_reporting_errors
+def submit_explain(settings: dict, **options) -> None:
+    """Run `xai-batch explain` on the cluster as a Ray job.
+
+    SOURCE and --out are as the cluster sees them: URIs (s3://, gs://, hdfs://, file://) or
+    paths on storage every node reaches. On a local cluster relative paths are made absolute;
+    on a remote one they are refused. A local --checkpoint file is shipped with the job.
+    """
+    from xai_batch.runtime.cluster import dashboard_address, is_local
+    from xai_batch.runtime.jobs import JobsClient
+
+    address = dashboard_address(settings["address"])
+    for name in ("source", "out"):
+        options[name] = _cluster_path(options[name], _OPTION_NAMES[name], is_local(address), address)
+    checkpoint = options.pop("checkpoint")
+    if checkpoint is not None and "://" not in checkpoint and not os.path.isfile(checkpoint):
+        raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
+    client = JobsClient(address)
+    submission = client.submit_explain(job_arguments(options), checkpoint)
+    click.echo(f"submitted {submission.job_id} to {submission.address}")
+    if not settings["wait"]:
+        click.echo(f"follow it with: xai-batch jobs logs {submission.job_id} --address {submission.address}")
+        return
+    try:
+        status = client.wait(submission.job_id, lambda lines: click.echo(lines, nl=False))
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; the job runs on (xai-batch jobs stop {submission.job_id})", err=True)
+        raise SystemExit(130) from None
+    click.echo(f"job {submission.job_id} {status.lower()}")
+    if status != "SUCCEEDED":
+        raise SystemExit(1)
+
+
+def _cluster_path(value: str, hint: str, local: bool, address: str) -> str:
+    """A path the job will open: URIs as they are, local paths absolute, relative ones only locally."""
+    if "://" in value:
+        return value
+    if local:
+        return os.path.abspath(value)
+    if not os.path.isabs(value):
+        raise click.BadParameter(
+            f"relative path {value!r} would not exist on the cluster at {address}: give an absolute path on "
+            "storage every node reaches, or a URI (s3://, gs://, hdfs://)",
+            param_hint=f"'{hint}'",
+        )
+    return value
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+@click.option("--address", default=None, help=_ADDRESS_HELP)
+@click.pass_context
+def jobs(ctx: click.Context, address: str | None) -> None:
+    """List, inspect, follow and stop Ray jobs."""
+    ctx.obj = {"address": address}
+
+
+@jobs.command("list", context_settings=CONTEXT_SETTINGS)
+@click.pass_obj
+@_reporting_errors
+def jobs_list(settings: dict) -> None:
+    """Every job the cluster knows, newest first."""
+    from xai_batch.runtime.jobs import JobsClient
+
+    found = JobsClient(settings["address"]).list()
+    for job in sorted(found, key=lambda j: j.start_time or 0, reverse=True):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
+        click.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {started}  {job.entrypoint}")
+    if not found:
+        click.echo("no jobs")
+
+
+@jobs.command("status", context_settings=CONTEXT_SETTINGS)
+@click.argument("job_id")
+@click.pass_obj
+@_reporting_errors
+def jobs_status(settings: dict, job_id: str) -> None:
+    """A job's state and, when it ended, why."""
+    from xai_batch.runtime.jobs import JobsClient
+
+    info = JobsClient(settings["address"]).info(job_id)
+    click.echo(f"{job_id}  {info.status.value}" + (f"  {info.message}" if info.message else ""))
+
+
+@jobs.command("logs", context_settings=CONTEXT_SETTINGS)
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends.")
+@click.pass_obj
+@_reporting_errors
+def jobs_logs(settings: dict, job_id: str, follow: bool) -> None:
+    """A job's output (its driver's stdout and stderr)."""
+    from xai_batch.runtime.jobs import JobsClient
+
+    client = JobsClient(settings["address"])
+    if follow:
+        client.wait(job_id, lambda lines: click.echo(lines, nl=False))
+    else:
+        click.echo(client.logs(job_id), nl=False)
+
+
+@jobs.command("stop", context_settings=CONTEXT_SETTINGS)
+@click.argument("job_id")
+@click.pass_obj
+@_reporting_errors
+def jobs_stop(settings: dict, job_id: str) -> None:
+    """Ask a job to stop (its driver gets SIGTERM: finished rows are kept)."""
+    from xai_batch.runtime.jobs import JobsClient
+
+    stopped = JobsClient(settings["address"]).stop(job_id)
+    click.echo(f"stop requested for {job_id}" if stopped else f"{job_id} had already ended")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

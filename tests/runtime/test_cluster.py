@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -24,7 +26,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A real one-node cluster from cluster/local/start.sh on free loopback ports.
 
@@ -33,18 +35,19 @@ def head(tmp_path_factory):
     """
     temp = tmp_path_factory.mktemp("rayhead")
     port = _free_port()
-    env = dict(os.environ, RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(_free_port()), RAY_NUM_CPUS="2",
+    dashboard = _free_port()
+    env = dict(os.environ, RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(dashboard), RAY_NUM_CPUS="2",
                RAY=os.path.join(os.path.dirname(sys.executable), "ray"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     env.pop("RAY_ADDRESS", None)
     extra = ["--temp-dir", str(temp), "--resources", '{"xai_test_head": 1}', "--disable-usage-stats", "--block"]
     process = subprocess.Popen([os.path.join(ROOT, "cluster/local/start.sh"), *extra], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while not _listening(port):
+        deadline = time.monotonic() + 120
+        while not (_listening(port) and _listening(dashboard)):
             assert process.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, f"http://127.0.0.1:{dashboard}"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -60,7 +63,7 @@ def _listening(port: int) -> bool:
 
 
 def test_explain_joins_a_running_head(head, shapes_data, trained, tmp_path):
-    address, env = head
+    address, env, _ = head
     source = tmp_path / "one"
     source.mkdir()
     shutil.copy(os.path.join(shapes_data["holdout"], "square", "square_0000.png"), source / "sq.png")
@@ -75,3 +78,128 @@ def test_explain_joins_a_running_head(head, shapes_data, trained, tmp_path):
     assert record["runs"][-1]["ray"]["cluster_resources"].get("xai_test_head") == 1.0  # it ran on that cluster
     assert read_manifest(str(tmp_path / "out")).column("status").to_pylist() == ["ok"]
     assert_verified(str(tmp_path / "out"), str(source))
+
+
+def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
+    """`xai-batch submit --wait` and Ray's own `ray job submit` against a token-auth head."""
+    _, env, dashboard = head
+    source = tmp_path / "two"
+    source.mkdir()
+    for name in ("disc/disc_0000.png", "triangle/triangle_0001.png"):
+        shutil.copy(os.path.join(shapes_data["holdout"], name), source / os.path.basename(name))
+    bin_dir = os.path.dirname(sys.executable)
+    client_env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    submitted = subprocess.run(
+        [os.path.join(bin_dir, "xai-batch"), "submit", "--address", dashboard, "--wait", "explain", str(source),
+         "--out", str(tmp_path / "submitted"), "--checkpoint", trained.checkpoint, "--num-samples", "20",
+         "--no-progress"],
+        env=client_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert re.search(r"^submitted raysubmit_\w+ to " + re.escape(dashboard), submitted.stdout, re.M)
+    assert "2 images: 2 explained, 0 errors" in submitted.stdout  # the job's own output, streamed
+    assert submitted.stdout.rstrip().endswith("succeeded")
+    assert_verified(str(tmp_path / "submitted"), str(source))
+
+    plain = subprocess.run(
+        [os.path.join(bin_dir, "ray"), "job", "submit", "--address", dashboard, "--working-dir", ROOT, "--",
+         "python", "jobs/explain.py", str(source), "--out", str(tmp_path / "plain"), "--checkpoint",
+         trained.checkpoint, "--num-samples", "20", "--no-progress"],
+        env={**client_env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600,
+    )
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert_verified(str(tmp_path / "plain"), str(source))
+    a, b = read_manifest(str(tmp_path / "submitted")), read_manifest(str(tmp_path / "plain"))
+    assert a.column("mask").to_pylist() == b.column("mask").to_pylist()
+
+
+def test_jobs_verbs_and_a_failing_job(head, tmp_path):
+    _, env, dashboard = head
+    client_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    xai_batch = os.path.join(os.path.dirname(sys.executable), "xai-batch")
+
+    def run(*args):
+        return subprocess.run([xai_batch, *args], env=client_env, capture_output=True, text=True, timeout=300)
+
+    failed = run("submit", "--address", dashboard, "--wait", "explain", "/no/such/folder", "--out",
+                 str(tmp_path / "o"), "--num-samples", "4")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Invalid value for 'SOURCE'" in failed.stdout and failed.stdout.rstrip().endswith("failed")
+    job_id = re.search(r"submitted (raysubmit_\w+)", failed.stdout).group(1)
+    listed = run("jobs", "--address", dashboard, "list")
+    assert listed.returncode == 0 and job_id in listed.stdout and "FAILED" in listed.stdout
+    status = run("jobs", "--address", dashboard, "status", job_id)
+    assert status.returncode == 0 and f"{job_id}  FAILED" in status.stdout
+    logs = run("jobs", "--address", dashboard, "logs", job_id)
+    assert "Invalid value for 'SOURCE'" in logs.stdout
+    stop = run("jobs", "--address", dashboard, "stop", job_id)
+    assert stop.returncode == 0 and "had already ended" in stop.stdout
+    unknown = run("jobs", "--address", dashboard, "status", "raysubmit_nope")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("Error: Ray Jobs API at ")
+
+
+def test_unreachable_cluster_is_a_quick_one_line_error(tmp_path):
+    port = _free_port()  # nothing listens there
+    xai_batch = os.path.join(os.path.dirname(sys.executable), "xai-batch")
+    done = subprocess.run([xai_batch, "jobs", "--address", f"http://127.0.0.1:{port}", "list"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == (f"Error: no Ray cluster answers at http://127.0.0.1:{port} (Connection refused); "
+                           "start one (cluster/local/start.sh) or pass the right --address / RAY_ADDRESS\n")
+
+
+def test_relative_paths_are_refused_for_a_remote_cluster(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    result = CliRunner().invoke(cli, ["submit", "--address", "http://10.0.0.5:8265", "explain", "photos",
+                                      "--out", "/shared/out"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for 'SOURCE': relative path 'photos' would not exist on the cluster" in result.output
+    missing = CliRunner().invoke(cli, ["submit", "--address", "http://10.0.0.5:8265", "explain", "s3://b/photos",
+                                       "--out", "s3://b/out", "--checkpoint", "nope.pt"])
+    assert missing.exit_code == 2 and "Invalid value for '--checkpoint': 'nope.pt' is not a file" in missing.output
+
+
+def test_two_node_cluster_shares_the_work(shapes_data, trained, tmp_path):
+    """Two raylets on this machine (ray.cluster_utils.Cluster), each with its own custom resource."""
+    out = str(tmp_path / "out")
+    driver = textwrap.dedent(f"""
+        import json, logging, ray
+        from ray.cluster_utils import Cluster
+        from xai_batch import ExplainConfig, run_explain
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "resources": {{"head_node": 1}}}})
+        cluster.add_node(num_cpus=1, resources={{"second_node": 1}})
+        ray.init(address=cluster.address, logging_level=logging.ERROR)
+        result = run_explain(ExplainConfig(source={shapes_data["holdout"]!r}, out={out!r},
+                                           checkpoint={trained.checkpoint!r}, num_samples=64, batch_size=16,
+                                           actors=2), progress=False)
+        nodes = {{n["NodeID"]: sorted(n["Resources"]) for n in ray.nodes() if n["Alive"]}}
+        print("NODES", json.dumps(nodes))
+        ray.shutdown()
+        cluster.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every address on loopback
+    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 0, stderr[-3000:]
+    nodes = json.loads(stdout.split("NODES ", 1)[1])
+    by_resource = {next(r for r in resources if r.endswith("_node")): node for node, resources in nodes.items()}
+    run = json.loads(open(os.path.join(out, "job.json")).read())["runs"][-1]
+    placed = {replica["node_id"] for replica in run["ray"]["replicas"]}
+    assert placed == {by_resource["head_node"], by_resource["second_node"]}  # one replica on each node
+    worked = run["ray"]["chunks_by_node"]
+    assert worked[by_resource["head_node"]] > 0 and worked[by_resource["second_node"]] > 0
+    assert sum(worked.values()) == 6 * 4
+    assert_verified(out, shapes_data["holdout"])

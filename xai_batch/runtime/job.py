@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -114,13 +115,15 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
             run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
             models_ready = time.time()
             timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]
-            bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True,
+                       mininterval=0.1 if sys.stderr.isatty() else 15)  # a line per 15 s in job logs
+            pipeline = _Pipeline(config, paths, done, replicas, context, writer, bar, counts)
             try:
-                _Pipeline(config, paths, done, replicas, context, writer, bar, counts).run()
+                pipeline.run()
             finally:
                 bar.close()
                 writer.close()
-                run["ray"]["replicas_replaced"] = replicas.replaced
+                run["ray"].update(replicas_replaced=replicas.replaced, chunks_by_node=pipeline.chunks_by_node)
                 replicas.shutdown()
             timings["explain_seconds"] = time.time() - models_ready
             worked = counts["ok"] + counts["error"]
@@ -243,6 +246,7 @@ class _Pipeline:
         self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
         self.finishing: dict[ray.ObjectRef, str] = {}
+        self.chunks_by_node: dict[str, int] = {}
 
     def run(self) -> None:
         while self.todo or self.preparing or self.images:
@@ -312,6 +316,8 @@ class _Pipeline:
             self._fail(chunk.path, f"explaining failed: {_describe(exc)}")
             return
         self._forget(ref)
+        node = self.replicas.placement[replica]["node_id"]
+        self.chunks_by_node[node] = self.chunks_by_node.get(node, 0) + 1
         image = self.images.get(chunk.path)
         if image is None:  # the image failed meanwhile
             return

@@ -48,8 +48,9 @@ class ModelReplica:
 class Replicas:
     """The job's model replicas, as named Ray actors; a dead one is replaced.
 
-    By default one per GPU, else one. GPU replicas ask for a whole GPU (a
-    share of one when there are more replicas than GPUs). CPU replicas reserve
+    By default one per GPU, else one, spread over the cluster's nodes. GPU
+    replicas ask for a whole GPU (a share of one when there are more replicas
+    than GPUs). CPU replicas reserve
     at most one CPU each and leave at least one for the segmentation tasks, so
     neither stage can starve the other; each runs the model on its share of
     its node's cores. Ray does not restart them (``max_restarts=0``): the
@@ -68,6 +69,7 @@ class Replicas:
             "num_gpus": min(1.0, gpus / count) if gpus else 0,
             "num_cpus": min(1.0, max(cpus - 1, 0) / count),
             "max_restarts": 0,
+            "scheduling_strategy": "SPREAD",
         }
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
         node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
@@ -87,9 +89,10 @@ class Replicas:
         return self._actor.options(**self.options, name=f"{self.name}-replica-{self.started}").remote(*self._args)
 
     def replace(self, index: int) -> None:
-        """Start a new replica in place of the dead one at ``index``."""
+        """Start a new replica in place of the dead one at ``index`` (and wait until it is loaded)."""
         ray.kill(self.handles[index], no_restart=True)
         self.handles[index] = self._start()
+        self.placement[index] = ray.get(self.handles[index].describe.remote())
 
     @property
     def replaced(self) -> int:
