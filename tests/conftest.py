@@ -54,6 +54,15 @@ def shapes_data(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def three_shapes(shapes_data, tmp_path_factory) -> str:
+    """One held-out image of each object: the smallest folder that still has every class."""
+    root = tmp_path_factory.mktemp("three")
+    for shape in SHAPES[:3]:
+        (root / f"{shape}.png").write_bytes(open(f"{shapes_data['holdout']}/{shape}/{shape}_0000.png", "rb").read())
+    return str(root)
+
+
+@pytest.fixture(scope="session")
 def trained(shapes_data, tmp_path_factory):
     """A ResNet18 trained by ``train_model`` on the generated shapes (about 30 s)."""
     out = str(tmp_path_factory.mktemp("trained") / "model.pt")

@@ -12,7 +12,6 @@ from helpers import assert_verified
 from xai_batch.cli import cli
 from xai_batch.manifest import read_manifest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def invoke(*args: str):
@@ -124,25 +123,6 @@ def test_an_empty_folder_is_a_warning_not_a_failure(ray_session, random_checkpoi
     assert result.exit_code == 0, result.output
     assert "0 images: 0 explained, 0 errors, 0 already done" in result.stdout and "warning: no image files under" in result.stderr
     assert json.loads((tmp_path / "o" / "job.json").read_text())["state"] == "completed"
-
-
-@pytest.mark.slow
-def test_job_entrypoint_runs_the_same_command(shapes_data, trained, tmp_path):
-    """``python jobs/explain.py`` as Ray's job driver runs it (own embedded Ray here)."""
-    source = tmp_path / "one"
-    source.mkdir()
-    disc = os.path.join(shapes_data["holdout"], "disc", "disc_0000.png")
-    (source / "disc.png").write_bytes(open(disc, "rb").read())
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [sys.executable, "jobs/explain.py", str(source), "--out", str(tmp_path / "out"), "--checkpoint",
-         trained.checkpoint, "--num-samples", "20", "--no-progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "1 images: 1 explained, 0 errors, 0 already done; 1 rows" in done.stdout
-    assert read_manifest(str(tmp_path / "out")).column("path").to_pylist() == ["disc.png"]
-    assert_verified(str(tmp_path / "out"), str(source))
 
 
 def test_help_does_not_import_torch_or_ray():

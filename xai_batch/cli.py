@@ -43,6 +43,7 @@ _OPTION_NAMES = {
     "actors": "--actors",
     "precision": "--precision",
     "max_pixels": "--max-pixels",
+    "flush_seconds": "--flush-seconds",
     "epochs": "--epochs",
     "lr": "--lr",
     "val_fraction": "--val-fraction",
@@ -87,6 +88,19 @@ class _HideColor(click.ParamType):
         return grey
 
 
+class _PathOrURI(click.ParamType):
+    """A local path, checked like ``click.Path``, or a URI (s3://, gs://, file://...) checked later."""
+
+    def __init__(self, **path_checks) -> None:
+        self.path = click.Path(**path_checks)
+        self.name = "PATH|URI"
+
+    def convert(self, value, param, ctx):
+        if value is None or "://" in str(value):
+            return value
+        return self.path.convert(value, param, ctx)
+
+
 def _explain_option_list(on_cluster: bool) -> list[Callable]:
     """The explain options; ``on_cluster`` for ``submit explain``, whose paths live on the cluster."""
     if on_cluster:
@@ -97,11 +111,11 @@ def _explain_option_list(on_cluster: bool) -> list[Callable]:
         ]
     else:
         paths = [
-            click.argument("source", type=click.Path(exists=True, file_okay=False, readable=True)),
-            click.option("--out", required=True, type=click.Path(file_okay=False, writable=True),
-                         help="Output folder: manifest/*.parquet and job.json go here."),
-            click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, readable=True),
-                         help="ResNet18 checkpoint (ours, or a torchvision state dict). "
+            click.argument("source", type=_PathOrURI(exists=True, file_okay=False, readable=True)),
+            click.option("--out", required=True, type=_PathOrURI(file_okay=False, writable=True),
+                         help="Output folder or URI: manifest/*.parquet and job.json go here."),
+            click.option("--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
+                         help="ResNet18 checkpoint (ours, or a torchvision state dict), a file or URI. "
                               "Default: torchvision's ImageNet weights."),
         ]
     settings = [
@@ -123,6 +137,8 @@ def _explain_option_list(on_cluster: bool) -> list[Callable]:
                      help="fp32 is exact; bf16/fp16 autocast is faster on GPUs, approximately."),
         click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
                      help="Larger images (width x height, read from the header) become error rows undecoded."),
+        click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="Write finished rows at least this often: what a crash can lose."),
         click.option("--overwrite", is_flag=True,
                      help="Discard results already in --out instead of resuming them."),
     ]
@@ -154,7 +170,7 @@ def job_arguments(options: dict) -> list[str]:
     """``jobs/explain.py`` arguments that reproduce parsed explain options (but the checkpoint)."""
     args = [options["source"], "--out", options["out"]]
     for name in ("num_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
-                 "max_pixels"):
+                 "max_pixels", "flush_seconds"):
         if options[name] is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]
     args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
@@ -207,8 +223,8 @@ def explain(progress: bool, **options) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("out", type=click.Path(exists=True, file_okay=False))
-@click.option("--source", type=click.Path(exists=True, file_okay=False),
+@click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
+@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
               help="The job's SOURCE: also check that its images, and only they, have rows.")
 @_reporting_errors
 def verify(out: str, source: str | None) -> None:

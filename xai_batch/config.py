@@ -18,6 +18,7 @@ from typing import Literal
 
 from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS
+from xai_batch.storage import is_uri, locate
 
 __all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "config_hash"]
 
@@ -42,8 +43,9 @@ class ExplainConfig:
     or ``None`` for lime's per-superpixel mean colour. ``actors=None`` means
     one model replica per GPU in the cluster, else one. ``address=None`` starts
     an embedded local Ray unless ``RAY_ADDRESS`` is set. ``max_pixels`` bounds
-    an input's size, read from its header before decoding. ``overwrite``
-    discards results already in ``out`` instead of resuming them.
+    an input's size, read from its header before decoding. ``flush_seconds``
+    bounds how long finished rows wait to be written (what a crash can lose).
+    ``overwrite`` discards results already in ``out`` instead of resuming them.
     """
 
     source: str
@@ -59,6 +61,7 @@ class ExplainConfig:
     precision: Precision = "fp32"
     address: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    flush_seconds: float = 30.0
     overwrite: bool = False
     segmentation: Quickshift = field(default_factory=Quickshift)
 
@@ -69,6 +72,8 @@ class ExplainConfig:
         _check_int(self.batch_size, "batch_size", minimum=1)
         _check_int(self.seed, "seed", minimum=0)
         _check_int(self.max_pixels, "max_pixels", minimum=1)
+        if not self.flush_seconds > 0:
+            raise ConfigError(f"flush_seconds must be positive, got {self.flush_seconds}", "flush_seconds")
         if self.actors is not None:
             _check_int(self.actors, "actors", minimum=1)
         if self.hide_color is not None and not 0 <= self.hide_color <= 255:
@@ -81,14 +86,7 @@ class ExplainConfig:
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
                 "precision",
             )
-        if not os.path.isdir(self.source):
-            raise ConfigError(f"SOURCE {self.source!r} is not a folder", "source")
-        if not os.access(self.source, os.R_OK | os.X_OK):
-            raise ConfigError(f"SOURCE {self.source!r} is not readable", "source")
-        if self.checkpoint is not None and not os.path.isfile(self.checkpoint):
-            raise ConfigError(f"checkpoint {self.checkpoint!r} is not a file", "checkpoint")
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise ConfigError(f"--out {self.out!r} exists and is not a folder", "out")
+        _check_storage(self.source, self.out, self.checkpoint)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready form, as recorded in ``job.json``."""
@@ -113,6 +111,29 @@ def config_hash(config: ExplainConfig, model_id: str) -> str:
     }
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
+    """SOURCE a readable folder, ``out`` not a file, the checkpoint a file: local paths or URIs."""
+    if is_uri(source):
+        if not _safely(lambda: locate(source).is_dir()):
+            raise ConfigError(f"SOURCE {source!r} is not a folder", "source")
+    elif not os.path.isdir(source):
+        raise ConfigError(f"SOURCE {source!r} is not a folder", "source")
+    elif not os.access(source, os.R_OK | os.X_OK):
+        raise ConfigError(f"SOURCE {source!r} is not readable", "source")
+    if checkpoint is not None and not _safely(lambda: locate(checkpoint).is_file()):
+        raise ConfigError(f"checkpoint {checkpoint!r} is not a file", "checkpoint")
+    if _safely(lambda: locate(out).is_file()):
+        raise ConfigError(f"--out {out!r} exists and is not a folder", "out")
+
+
+def _safely(check) -> bool:
+    """A storage check; an unreachable store or a bad URI counts as False."""
+    try:
+        return bool(check())
+    except (OSError, ValueError):
+        return False
 
 
 def _check_int(value: object, name: str, *, minimum: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,26 +57,16 @@ class LoadedImage:
 
 
 def discover_images(source: str) -> list[str]:
-    """Image files under ``source``, as sorted ``/``-separated relative paths.
+    """Image files under ``source`` (a path or URI), as sorted ``/``-separated relative paths.
 
-    Hidden files and folders (names starting with ``.``) are skipped. Folder
-    symlinks are not followed; file symlinks are, when their target lies
-    inside ``source``.
+    Hidden files and folders (names starting with ``.``) are skipped. Under a
+    local path, folder symlinks are not followed and file symlinks are, when
+    their target lies inside ``source``.
     """
-    return sorted(_walk(source))
+    from xai_batch.storage import locate
 
-
-def _walk(source: str) -> Iterator[str]:
-    root = os.path.realpath(source)
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full) and os.path.commonpath([root, os.path.realpath(full)]) != root:
-                continue
-            yield os.path.relpath(full, source).replace(os.sep, "/")
+    files = locate(source).list_files()
+    return [rel for rel in files if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS]
 
 
 def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib import metadata
 
-from xai_batch._atomic import atomic_file
+from xai_batch.storage import locate
 
 __all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
 
@@ -27,18 +26,17 @@ def software_versions() -> dict[str, str]:
 
 
 def write_job_record(out: str, record: dict) -> str:
-    """Write ``OUT/job.json`` atomically, so a reader never sees half of it."""
-    path = os.path.join(out, JOB_FILE)
-    with atomic_file(path, "w") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    return path
+    """Write ``OUT/job.json`` (a path or URI) atomically: a reader never sees half of it."""
+    target = locate(out).child(JOB_FILE)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    with target.atomic_writer() as stream:
+        stream.write(text.encode("utf-8"))
+    return target.target
 
 
 def load_job_record(out: str) -> dict:
     """The record in ``OUT/job.json``, or an empty one."""
     try:
-        with open(os.path.join(out, JOB_FILE), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(locate(out).child(JOB_FILE).read_bytes())
+    except (OSError, ValueError):
         return {}

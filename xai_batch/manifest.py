@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -27,7 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
-from xai_batch._atomic import atomic_file
+from xai_batch.storage import locate
 
 __all__ = [
     "SCHEMA",
@@ -121,8 +120,8 @@ class ManifestWriter:
     def __init__(
         self, out: str, run_id: str, rows_per_part: int = 256, seconds_per_part: float = 30.0
     ) -> None:
-        self.folder = os.path.join(out, MANIFEST_DIR)
-        os.makedirs(self.folder, exist_ok=True)
+        self.folder = locate(out).child(MANIFEST_DIR)
+        self.folder.make_dirs()
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
         self.run_id = run_id
@@ -131,11 +130,15 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         self.rows_written = 0
 
-    def add(self, rows: Iterable[Mapping]) -> None:
-        self._buffer.extend({**row, "run_id": self.run_id} for row in rows)
+    def add(self, rows: Iterable[Mapping], seconds: float | None = None) -> int:
+        """Buffer ``rows`` (stamped with the run id and, if given, ``seconds``); returns their number."""
+        extra = {"run_id": self.run_id} if seconds is None else {"run_id": self.run_id, "seconds": seconds}
+        added = [{**row, **extra} for row in rows]
+        self._buffer.extend(added)
         due = time.monotonic() - self._last_flush >= self.seconds_per_part
         if len(self._buffer) >= self.rows_per_part or (due and self._buffer):
             self.flush()
+        return len(added)
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
@@ -143,27 +146,31 @@ class ManifestWriter:
             return
         table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
         name = f"part-{self.run_id}-{self._parts:05d}.parquet"
-        with atomic_file(os.path.join(self.folder, name)) as handle:
-            pq.write_table(table, handle)
+        with self.folder.child(name).atomic_writer() as stream:
+            pq.write_table(table, stream)
         self._parts += 1
         self.rows_written += len(self._buffer)
         self._buffer = []
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Write what is buffered; returns the rows written in all."""
         self.flush()
+        return self.rows_written
 
 
 def read_manifest(out: str, current: bool = True) -> pa.Table:
-    """The manifest under ``out``, sorted by path and label.
+    """The manifest under ``out`` (a path or URI), sorted by path and label.
 
     With ``current`` (the default) only each path's rows from the latest run
     that wrote it; otherwise every row ever written. Hidden files (temporary
     parts of a killed job) are ignored.
     """
-    folder = os.path.join(out, MANIFEST_DIR)
-    if not os.path.isdir(folder):
+    folder = locate(out).child(MANIFEST_DIR)
+    if not folder.is_dir():
         return SCHEMA.empty_table()
-    table = ds.dataset(folder, format="parquet", schema=SCHEMA, ignore_prefixes=[".", "_"]).to_table()
+    dataset = ds.dataset(folder.path, filesystem=folder.filesystem, format="parquet", schema=SCHEMA,
+                         ignore_prefixes=[".", "_"])
+    table = dataset.to_table()
     if current and table.num_rows:
         latest = table.group_by("path").aggregate([("run_id", "max")])
         keys = table.select(["path", "run_id"]).append_column("row", pa.array(range(table.num_rows), pa.int64()))

@@ -167,9 +167,11 @@ def _download(url: str, path: str) -> None:
         handle.write(data)
 
 
-def _read(path: str) -> bytes:
+def _read(target: str) -> bytes:
+    """The checkpoint's bytes, from a local path or a URI."""
+    from xai_batch.storage import locate
+
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ModelError(f"cannot read checkpoint {path!r}: {exc.strerror}") from exc
+        return locate(target).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read checkpoint {target!r}: {' '.join(str(exc).split())}") from exc

@@ -9,7 +9,6 @@ directly. Model evaluation in between belongs to an :class:`~xai_batch.engine.En
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from xai_batch.errors import ImageError
 from xai_batch.explain import explanation_mask, fit_surrogate, hidden_image, quickshift_segments, sample_rows
 from xai_batch.images import image_seed, load_image
 from xai_batch.manifest import encode_mask, encode_segments
+from xai_batch.storage import Location
 
 __all__ = ["ImageHeader", "PreparedImage", "RowContext", "prepare", "finish", "error_row", "TOPK"]
 
@@ -62,7 +62,7 @@ class RowContext:
 
 
 def prepare(
-    source: str, path: str, config: ExplainConfig, done_sha256: str | None = None
+    source: Location, path: str, config: ExplainConfig, done_sha256: str | None = None
 ) -> tuple[ImageHeader, PreparedImage | None]:
     """Read, decode and segment one file; a bad file gives a header with ``error``.
 
@@ -70,10 +70,9 @@ def prepare(
     when the file still has it, the header says ``skipped`` and nothing is decoded.
     """
     try:
-        with open(os.path.join(source, path), "rb") as handle:
-            data = handle.read()
+        data = source.child(path).read_bytes()
     except OSError as exc:
-        return ImageHeader(path, error=f"cannot read: {exc.strerror or exc}"), None
+        return ImageHeader(path, error=f"cannot read: {' '.join(str(exc).split())}"), None
     if done_sha256 is not None and hashlib.sha256(data).hexdigest() == done_sha256:
         return ImageHeader(path, sha256=done_sha256, skipped=True), None
     try:

@@ -11,14 +11,15 @@ else.
 from __future__ import annotations
 
 import collections
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from xai_batch.images import INPUT_SIZE, discover_images
 from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.storage import locate
 
 __all__ = ["VerifyReport", "verify_manifest"]
 
@@ -45,15 +46,16 @@ class VerifyReport:
 def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
     """Check the manifest under ``out``; ``source`` adds the completeness checks."""
     report = VerifyReport()
-    folder = os.path.join(out, MANIFEST_DIR)
-    if not os.path.isdir(folder):
-        report.problems.append(f"no manifest folder at {folder}")
+    folder = locate(out).child(MANIFEST_DIR)
+    if not folder.is_dir():
+        report.problems.append(f"no manifest folder at {folder.target}")
         return report
-    for name in sorted(os.listdir(folder)):
-        if name.startswith((".", "_")):
+    for info in sorted(folder.filesystem.get_file_info(pafs.FileSelector(folder.path)), key=lambda i: i.base_name):
+        name = info.base_name
+        if name.startswith((".", "_")) or info.type != pafs.FileType.File:
             continue
         try:
-            schema = pq.read_schema(os.path.join(folder, name))
+            schema = pq.read_schema(info.path, filesystem=folder.filesystem)
         except Exception as exc:
             report.problems.append(f"{name}: not a readable Parquet file ({exc})")
             continue

@@ -60,10 +60,10 @@ def _explain(source, out, checkpoint, **options):
     return read_manifest(out).to_pylist()
 
 
-def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, shapes_data, trained, tmp_path):
-    one = _explain(shapes_data["holdout"], str(tmp_path / "one"), trained.checkpoint, actors=1, batch_size=256)
-    two = _explain(shapes_data["holdout"], str(tmp_path / "two"), trained.checkpoint, actors=2, batch_size=37)
-    assert len(one) == len(two) == 6
+def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, three_shapes, trained, tmp_path):
+    one = _explain(three_shapes, str(tmp_path / "one"), trained.checkpoint, actors=1, batch_size=256)
+    two = _explain(three_shapes, str(tmp_path / "two"), trained.checkpoint, actors=2, batch_size=37)
+    assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for column in ("path", "sha256", "status", "seed", "segments", "mask", "pred_index", "explained_index",
                        "topk_index", "num_segments", "config_hash"):
@@ -87,3 +87,22 @@ def test_several_labels_and_a_bad_file(ray_session, shapes_data, trained, tmp_pa
     assert ok[0]["explained_index"] == ok[0]["pred_index"]
     assert ok[0]["pred_name"] == trained.class_names[ok[0]["pred_index"]]
     assert ok[0]["segments"] == ok[1]["segments"] and ok[0]["weights"] != ok[1]["weights"]
+
+
+def test_uris_for_source_out_and_checkpoint(ray_session, shapes_data, trained, tmp_path):
+    """file:// URIs take the code path of s3:// or gs://: pyarrow.fs listing, reading and writing."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    source = f"file://{shapes_data['holdout']}"
+    out = f"file://{tmp_path}/run"
+    result = CliRunner().invoke(cli, ["explain", source, "--out", out, "--checkpoint", f"file://{trained.checkpoint}",
+                                      "--num-samples", "16", "--batch-size", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"manifest: {out}/manifest" in result.output
+    table = read_manifest(out)
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    assert read_manifest(str(tmp_path / "run")).equals(table)  # the same files, read as a local path
+    assert_verified(out, source)
+    assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["source"] == source

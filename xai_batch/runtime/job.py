@@ -4,10 +4,12 @@ Three kinds of work run on Ray, pipelined: ``prepare`` tasks (decode, quickshift
 sample rows) on CPUs; ``predict`` calls on the model replicas, one chunk of
 ``batch_size`` sample rows each, so the chunks of a single image spread over
 every replica; ``finish`` tasks (surrogate, masks, rows) on CPUs. The driver
-only passes object references between them: image arrays go from the prepare
-task to the replicas through Ray's object store, and model outputs from the
-replicas to the finish task, never through the driver. It bounds the work in
-flight, so memory stays flat however many images a folder holds.
+only lists the files and passes object references between them: workers read
+the image bytes, image arrays go from the prepare task to the replicas through
+Ray's object store, model outputs from the replicas to the finish task, and
+rows from the finish task to a writer actor that writes the part files. It
+bounds the work in flight, so memory stays flat however many images a folder
+holds.
 
 Failures are recovered: tasks whose worker dies are retried by Ray
 (``TASK_RETRIES``); replicas are restarted by Ray and their calls in flight
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -38,6 +38,7 @@ from xai_batch.errors import ConfigError
 from xai_batch.images import discover_images
 from xai_batch.jobrecord import load_job_record, software_versions, write_job_record
 from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest
+from xai_batch.storage import join, locate
 from xai_batch.models import resolve_model
 from xai_batch.runtime.cluster import connected
 from xai_batch.runtime.replica import Replicas
@@ -104,8 +105,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     run = {"run_id": run_id, "config_hash": context.config_hash, "state": "running", "started": _iso(started)}
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
-    writer = ManifestWriter(config.out, run_id)
-    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0}
+    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "rows": 0}
     timings: dict[str, float] = {}
     try:
         with connected(config.address):
@@ -117,12 +117,15 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
             timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]
             bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True,
                        mininterval=0.1 if sys.stderr.isatty() else 15)  # a line per 15 s in job logs
+            writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
+                config.out, run_id, seconds_per_part=config.flush_seconds
+            )
             pipeline = _Pipeline(config, paths, done, replicas, context, writer, bar, counts)
             try:
                 pipeline.run()
             finally:
                 bar.close()
-                writer.close()
+                counts["rows"] = ray.get(writer.close.remote())
                 run["ray"].update(replicas_replaced=replicas.replaced, chunks_by_node=pipeline.chunks_by_node)
                 replicas.shutdown()
             timings["explain_seconds"] = time.time() - models_ready
@@ -141,7 +144,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         timings["seconds"] = finished - started
         run.update(
             finished=_iso(finished),
-            counts={**counts, "rows": writer.rows_written},
+            counts=dict(counts),
             timings={name: round(value, 4) for name, value in timings.items()},
         )
         record["state"] = run["state"]
@@ -149,13 +152,13 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         write_job_record(config.out, record)
     return JobResult(
         out=config.out,
-        manifest=os.path.join(config.out, MANIFEST_DIR),
+        manifest=join(config.out, MANIFEST_DIR),
         run_id=run_id,
         images=len(paths),
         ok=counts["ok"],
         errors=counts["error"],
         skipped=counts["skipped"],
-        rows=writer.rows_written,
+        rows=counts["rows"],
         seconds=timings["seconds"],
     )
 
@@ -177,10 +180,10 @@ def _resume_state(config: ExplainConfig, expected_hash: str) -> dict[str, str]:
                 f"this run: {expected_hash}); pass --overwrite to start over, or choose another --out",
                 "out",
             )
-        shutil.rmtree(os.path.join(config.out, MANIFEST_DIR))
+        locate(config.out).child(MANIFEST_DIR).delete_dir()
         return {}
     if config.overwrite:
-        shutil.rmtree(os.path.join(config.out, MANIFEST_DIR))
+        locate(config.out).child(MANIFEST_DIR).delete_dir()
         return {}
     rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "sha256"]).to_pylist()
     return {row["path"]: row["sha256"] for row in rows}
@@ -235,8 +238,9 @@ class _Pipeline:
         self.writer = writer
         self.bar = bar
         self.counts = counts
+        self.source = locate(config.source)
         self.prepare_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(prepare)
-        self.finish_task = ray.remote(max_retries=TASK_RETRIES)(_finish_from_chunks)
+        self.finish_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_finish_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
@@ -245,7 +249,7 @@ class _Pipeline:
         self.chunk_queue: deque[_Chunk] = deque()
         self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
-        self.finishing: dict[ray.ObjectRef, str] = {}
+        self.finishing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # row count -> (path, rows)
         self.chunks_by_node: dict[str, int] = {}
 
     def run(self) -> None:
@@ -266,7 +270,7 @@ class _Pipeline:
         while self.todo and len(self.preparing) < self.max_preparing and len(self.images) < self.max_images:
             path = self.todo.popleft()
             header_ref, payload_ref = self.prepare_task.remote(
-                self.config.source, path, self.config, self.done.get(path)
+                self.source, path, self.config, self.done.get(path)
             )
             self.preparing[header_ref] = (path, payload_ref, time.monotonic())
 
@@ -324,8 +328,8 @@ class _Pipeline:
         image.chunks[chunk.index] = probs
         image.pending -= 1
         if image.pending == 0:
-            done = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
-            self.finishing[done] = chunk.path
+            count, rows = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
+            self.finishing[count] = (chunk.path, rows)
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica, resend its calls, charge the one it was running."""
@@ -351,29 +355,34 @@ class _Pipeline:
             self._record([error_row(image.header, self.context, reason)], ok=False)
 
     def _finished(self, ref: ray.ObjectRef) -> None:
-        path = self.finishing.pop(ref)
+        path, rows = self.finishing.pop(ref)
         image = self.images.pop(path)
         seconds = time.monotonic() - image.submitted
         try:
-            rows = ray.get(ref)
+            ray.get(ref)  # the row count; the rows go from the finish task to the writer, not through here
         except ray.exceptions.RayError as exc:
             self._record([error_row(image.header, self.context, f"explaining failed: {_describe(exc)}")], ok=False)
             return
-        for row in rows:
-            row["seconds"] = seconds
-        self._record(rows, ok=True)
+        self._record(rows, ok=True, seconds=seconds)
 
-    def _record(self, rows: list[dict], ok: bool) -> None:
-        self.writer.add(rows)
+    def _record(self, rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None) -> None:
+        self.writer.add.remote(rows, seconds)
         self.counts["ok" if ok else "error"] += 1
         self.bar.update(1)
         if self.counts["error"]:
             self.bar.set_postfix(errors=self.counts["error"], refresh=False)
 
 
-def _finish_from_chunks(header: ImageHeader, prepared, context: RowContext, *chunks: np.ndarray) -> list[dict]:
-    """``finish`` on the chunks' outputs, which Ray hands over as arguments."""
-    return finish(header, prepared, np.concatenate(chunks), context)
+def _finish_from_chunks(
+    header: ImageHeader, prepared, context: RowContext, *chunks: np.ndarray
+) -> tuple[int, list[dict]]:
+    """``finish`` on the chunks' outputs, which Ray hands over as arguments.
+
+    Returns (row count, rows) as two objects: the driver waits on the count,
+    the writer takes the rows.
+    """
+    rows = finish(header, prepared, np.concatenate(chunks), context)
+    return len(rows), rows
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,36 @@
+"""Storage through pyarrow.fs: local paths and URIs."""
+
+import pyarrow.fs as pafs
+import pytest
+
+from xai_batch.storage import is_uri, join, locate
+
+
+def test_uri_listing_uses_pyarrow_and_skips_hidden_entries(tmp_path):
+    for rel in ("a.png", "sub/b.JPG", ".hidden.png", ".cache/c.png", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    uri = locate(f"file://{tmp_path}")
+    assert not uri.local and isinstance(uri.filesystem, pafs.LocalFileSystem)
+    assert uri.list_files() == ["a.png", "notes.txt", "sub/b.JPG"]
+    assert locate(str(tmp_path)).list_files() == ["a.png", "notes.txt", "sub/b.JPG"]
+
+
+def test_atomic_writer_moves_a_whole_file_into_place(tmp_path):
+    target = locate(f"file://{tmp_path}").child("out", "part.bin")
+    with target.atomic_writer() as stream:
+        stream.write(b"hello")
+        assert sorted(p.name for p in (tmp_path / "out").iterdir())[0].startswith(".tmp-")
+    assert (tmp_path / "out" / "part.bin").read_bytes() == b"hello"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part.bin"]
+    with pytest.raises(RuntimeError):
+        with target.atomic_writer() as stream:
+            stream.write(b"half")
+            raise RuntimeError("killed")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part.bin"]  # no leftover, old file kept
+
+
+def test_join_and_is_uri():
+    assert join("s3://bucket/run", "manifest", "x.parquet") == "s3://bucket/run/manifest/x.parquet"
+    assert join("/data/run", "manifest") == "/data/run/manifest"
+    assert is_uri("gs://b") and not is_uri("/tmp/x")

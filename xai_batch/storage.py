@@ -1,0 +1,137 @@
+"""Where inputs and outputs live: local paths, or URIs through ``pyarrow.fs``.
+
+On a cluster, SOURCE and ``--out`` must be storage every node reaches:
+``s3://``, ``gs://``, ``hdfs://`` (any URI ``pyarrow.fs.FileSystem.from_uri``
+understands), or a path on a shared file system. Everything that reads or
+writes a job's files goes through here, so workers open image bytes and write
+part files themselves and nothing funnels through the driver.
+
+A plain path keeps the local rules (folder symlinks not followed, file
+symlinks only into SOURCE). A URI, ``file://`` included, takes the same code
+path an object store does: listing with ``FileSelector``, writing a hidden
+temporary object then moving it into place (a rename locally; on object
+stores the final object appears whole, when its copy completes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+__all__ = ["Location", "locate", "is_uri", "join"]
+
+
+def is_uri(target: str) -> bool:
+    return "://" in target
+
+
+def join(base: str, *parts: str) -> str:
+    """``base`` (a path or URI) extended by ``/``-separated parts."""
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder on a filesystem: what the user named, resolved.
+
+    Picklable (pyarrow filesystems are), so Ray tasks and actors can take one.
+    """
+
+    target: str
+    filesystem: pafs.FileSystem
+    path: str
+
+    @property
+    def local(self) -> bool:
+        """A plain local path (URIs, even ``file://``, are not)."""
+        return not is_uri(self.target)
+
+    def child(self, *parts: str) -> Location:
+        return Location(join(self.target, *parts), self.filesystem, "/".join([self.path.rstrip("/"), *parts]))
+
+    def _info(self) -> pafs.FileInfo:
+        return self.filesystem.get_file_info(self.path)
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def read_bytes(self) -> bytes:
+        with self.filesystem.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def list_files(self) -> list[str]:
+        """Files below this folder, as sorted ``/``-separated paths relative to it.
+
+        Hidden files and folders (a part starting with ``.``) are left out.
+        """
+        if self.local:
+            return sorted(_walk_local(self.path))
+        found = []
+        base = self.path.rstrip("/") + "/"
+        for info in self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=True)):
+            if info.type != pafs.FileType.File or not info.path.startswith(base):
+                continue
+            rel = info.path[len(base) :]
+            if not any(part.startswith(".") for part in rel.split("/")):
+                found.append(rel)
+        return sorted(found)
+
+    def make_dirs(self) -> None:
+        self.filesystem.create_dir(self.path, recursive=True)
+
+    def delete_dir(self) -> None:
+        if self.is_dir():
+            self.filesystem.delete_dir(self.path)
+
+    @contextlib.contextmanager
+    def atomic_writer(self) -> Iterator[io.BufferedIOBase]:
+        """Write to a hidden temporary file beside this one, then move it into place."""
+        folder, name = self.path.rsplit("/", 1) if "/" in self.path else ("", self.path)
+        temporary = f"{folder}/.tmp-{uuid.uuid4().hex[:8]}-{name}" if folder else f".tmp-{name}"
+        if folder:
+            self.filesystem.create_dir(folder, recursive=True)
+        try:
+            with self.filesystem.open_output_stream(temporary) as stream:
+                yield stream
+            self.filesystem.move(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.filesystem.delete_file(temporary)
+            raise
+
+
+def locate(target: str) -> Location:
+    """Resolve a local path (made absolute) or a URI to a ``Location``."""
+    if is_uri(target):
+        filesystem, path = pafs.FileSystem.from_uri(target)
+        return Location(target, filesystem, path)
+    absolute = os.path.abspath(target)
+    return Location(absolute, pafs.LocalFileSystem(), absolute)
+
+
+def _walk_local(root: str) -> Iterator[str]:
+    """Local files below ``root``: folder symlinks not followed, file symlinks only into ``root``."""
+    real_root = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) and os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+                continue
+            yield os.path.relpath(full, root).replace(os.sep, "/")
