@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -71,6 +70,17 @@ def _explain_process(source: str, out: str, checkpoint: str, *extra: str) -> sub
     )
 
 
+def _wait_for_a_part_file(process: subprocess.Popen, out: str) -> None:
+    """Return once the running job has written a manifest part (rows are on disk)."""
+    deadline = time.monotonic() + 240
+    parts = os.path.join(out, MANIFEST_DIR)
+    while not (os.path.isdir(parts) and any(p.endswith(".parquet") and not p.startswith(".")
+                                               for p in os.listdir(parts))):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no part file was written"
+        time.sleep(0.2)
+
+
 def _cleanup(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -84,13 +94,7 @@ def test_sigkilled_driver_resumes_without_duplicates(random_checkpoint, tmp_path
     out = str(tmp_path / "out")
     first = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "2")
     try:
-        deadline = time.monotonic() + 240
-        parts = os.path.join(out, MANIFEST_DIR)
-        while not (os.path.isdir(parts) and any(p.endswith(".parquet") and not p.startswith(".")
-                                                   for p in os.listdir(parts))):
-            assert first.poll() is None, first.stderr.read().decode()
-            assert time.monotonic() < deadline, "no part file was written"
-            time.sleep(0.2)
+        _wait_for_a_part_file(first, out)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -121,13 +125,9 @@ def test_sigkilled_driver_resumes_without_duplicates(random_checkpoint, tmp_path
 def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoint, tmp_path):
     source = _images(tmp_path / "src", per_class=4)
     out = str(tmp_path / "out")
-    process = _explain_process(source, out, random_checkpoint)
-    seen = bytearray()
+    process = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "1")
     try:
-        deadline = time.monotonic() + 240
-        while not re.search(rb"\| *[2-9]/16 ", bytes(seen)):
-            assert process.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")
-            seen += os.read(process.stderr.fileno(), 4096)
+        _wait_for_a_part_file(process, out)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -138,7 +138,7 @@ def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoi
     run = record["runs"][-1]
     assert run["state"] == "interrupted" and record["state"] == "interrupted"
     kept = read_manifest(out)
-    assert kept.num_rows == run["counts"]["ok"] >= 2
+    assert kept.num_rows == run["counts"]["ok"] >= 1
     assert_verified(out)
 
 
