@@ -1,4 +1,4 @@
-"""Helpers the tests share: models made on the spot and the seed's classifier."""
+"""Helpers the tests share: models made on the spot, loading them, verifying manifests."""
 
 from __future__ import annotations
 
@@ -18,24 +18,6 @@ def save_random_resnet(path: str, num_classes: int, seed: int = 0) -> str:
 def checkpoint_bytes(path: str) -> bytes:
     with open(path, "rb") as handle:
         return handle.read()
-
-
-def seed_batch_predict(model: torch.nn.Module):
-    """The seed notebook's ``batch_predict``: each image built and normalised on the CPU."""
-    from torchvision import transforms
-
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
-    )
-
-    def batch_predict(images):
-        model.eval()
-        batch = torch.stack(tuple(transform(i) for i in images), dim=0)
-        with torch.no_grad():
-            logits = model(batch)
-        return torch.nn.functional.softmax(logits, dim=1).numpy()
-
-    return batch_predict
 
 
 def load_model(path: str) -> torch.nn.Module:

@@ -32,6 +32,8 @@ def test_version_and_help():
     "args,message",
     [
         (["--num-samples", "1"], "Invalid value for '--num-samples'"),
+        (["--num-samples", "lots"], "'lots' is neither a sample count nor 'auto'"),
+        (["--max-samples", "1"], "Invalid value for '--max-samples'"),
         (["--precision", "fp8"], "Invalid value for '--precision'"),
         (["--hide-color", "300"], "Invalid value for '--hide-color'"),
         (["--hide-color", "grey"], "'grey' is neither a grey level 0..255 nor 'mean'"),

@@ -20,7 +20,7 @@ from importlib import metadata
 
 import click
 
-from xai_batch.config import PRECISIONS, ExplainConfig
+from xai_batch.config import AUTO, PRECISIONS, ExplainConfig
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 
@@ -35,6 +35,7 @@ _OPTION_NAMES = {
     "out": "--out",
     "checkpoint": "--checkpoint",
     "num_samples": "--num-samples",
+    "max_samples": "--max-samples",
     "top_labels": "--top-labels",
     "num_features": "--num-features",
     "hide_color": "--hide-color",
@@ -88,6 +89,28 @@ class _HideColor(click.ParamType):
         return grey
 
 
+class _SampleCount(click.ParamType):
+    """A sample count >= 2, or 'auto' (stop each image once its explanation is settled)."""
+
+    name = "N|auto"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return self.name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == AUTO:
+            return value
+        if str(value).lower() == AUTO:
+            return AUTO
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a sample count nor 'auto'", param, ctx)
+        if count < 2:
+            self.fail(f"{count} is not a sample count >= 2", param, ctx)
+        return count
+
+
 class _PathOrURI(click.ParamType):
     """A local path, checked like ``click.Path``, or a URI (s3://, gs://, file://...) checked later."""
 
@@ -119,8 +142,11 @@ def _explain_option_list(on_cluster: bool) -> list[Callable]:
                               "Default: torchvision's ImageNet weights."),
         ]
     settings = [
-        click.option("--num-samples", default=1000, show_default=True, type=click.IntRange(min=2),
-                     help="Perturbed samples per image."),
+        click.option("--num-samples", default="1000", show_default=True, type=_SampleCount(),
+                     help="Perturbed samples per image, or 'auto': in rounds, until the top --num-features "
+                          "superpixels and their signs are statistically settled."),
+        click.option("--max-samples", default=2000, show_default=True, type=click.IntRange(min=2),
+                     help="The most samples 'auto' draws for one image."),
         click.option("--top-labels", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Explain this many most probable classes per image."),
         click.option("--num-features", default=5, show_default=True, type=click.IntRange(min=1),
@@ -130,7 +156,8 @@ def _explain_option_list(on_cluster: bool) -> list[Callable]:
         click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
                      help="Job seed; each image's seed derives from it and the file's content."),
         click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
-                     help="Perturbed images per model call (and per chunk sent to a replica)."),
+                     help="Sample rows per chunk sent to a model replica; the model runs on at most "
+                          "32 (CPU) or 256 (GPU) of them at a time."),
         click.option("--actors", type=click.IntRange(min=1), default=None,
                      help="Model replicas. Default: one per GPU, else one."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
@@ -169,7 +196,7 @@ def submitted_explain_options(func: Callable) -> Callable:
 def job_arguments(options: dict) -> list[str]:
     """``jobs/explain.py`` arguments that reproduce parsed explain options (but the checkpoint)."""
     args = [options["source"], "--out", options["out"]]
-    for name in ("num_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
+    for name in ("num_samples", "max_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
                  "max_pixels", "flush_seconds"):
         if options[name] is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]

@@ -20,10 +20,11 @@ from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 from xai_batch.storage import is_uri, locate
 
-__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "config_hash"]
+__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "AUTO", "config_hash"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,19 @@ class ExplainConfig:
     an input's size, read from its header before decoding. ``flush_seconds``
     bounds how long finished rows wait to be written (what a crash can lose).
     ``overwrite`` discards results already in ``out`` instead of resuming them.
+
+    ``num_samples="auto"`` draws samples in rounds, up to ``max_samples``, and
+    stops an image once its top ``num_features`` superpixels and their signs
+    are settled (:mod:`xai_batch.explain.convergence`); the rows used are a
+    prefix of the ``max_samples`` matrix, so stopping at n gives lime's own
+    answer for n samples.
     """
 
     source: str
     out: str
     checkpoint: str | None = None
-    num_samples: int = 1000
+    num_samples: int | Literal["auto"] = 1000
+    max_samples: int = 2000
     top_labels: int = 1
     num_features: int = 5
     hide_color: int | None = 0
@@ -66,7 +74,9 @@ class ExplainConfig:
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
-        _check_int(self.num_samples, "num_samples", minimum=2)
+        if self.num_samples != AUTO and not _is_int(self.num_samples, minimum=2):
+            raise ConfigError(f"num_samples must be an integer >= 2 or 'auto', got {self.num_samples!r}", "num_samples")
+        _check_int(self.max_samples, "max_samples", minimum=2)
         _check_int(self.top_labels, "top_labels", minimum=1)
         _check_int(self.num_features, "num_features", minimum=1)
         _check_int(self.batch_size, "batch_size", minimum=1)
@@ -88,6 +98,16 @@ class ExplainConfig:
             )
         _check_storage(self.source, self.out, self.checkpoint)
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether each image stops drawing samples once its explanation is settled."""
+        return self.num_samples == AUTO
+
+    @property
+    def samples_drawn(self) -> int:
+        """The rows of each image's sample matrix: what a fixed run uses, what ``auto`` may use at most."""
+        return self.max_samples if self.num_samples == AUTO else self.num_samples
+
     def to_dict(self) -> dict:
         """Plain JSON-ready form, as recorded in ``job.json``."""
         return dataclasses.asdict(self)
@@ -102,6 +122,7 @@ def config_hash(config: ExplainConfig, model_id: str) -> str:
     material = {
         "model_id": model_id,
         "num_samples": config.num_samples,
+        **({"max_samples": config.max_samples, "stopping": stopping_rule()} if config.adaptive else {}),
         "top_labels": config.top_labels,
         "num_features": config.num_features,
         "hide_color": config.hide_color,
@@ -111,6 +132,13 @@ def config_hash(config: ExplainConfig, model_id: str) -> str:
     }
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stopping_rule() -> dict:
+    """The constants of ``auto``'s stopping rule, hashed so a change to them is a new configuration."""
+    from xai_batch.explain import convergence
+
+    return {"alpha": convergence.ALPHA, "first_round": convergence.FIRST_ROUND, "round": convergence.ROUND}
 
 
 def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
@@ -136,6 +164,10 @@ def _safely(check) -> bool:
         return False
 
 
+def _is_int(value: object, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _check_int(value: object, name: str, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not _is_int(value, minimum=minimum):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}", name)

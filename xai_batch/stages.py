@@ -16,11 +16,12 @@ import numpy as np
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ImageError
 from xai_batch.explain import explanation_mask, fit_surrogate, hidden_image, quickshift_segments, sample_rows
+from xai_batch.explain.convergence import sample_schedule, settled
 from xai_batch.images import image_seed, load_image
 from xai_batch.manifest import encode_mask, encode_segments
 from xai_batch.storage import Location
 
-__all__ = ["ImageHeader", "PreparedImage", "RowContext", "prepare", "finish", "error_row", "TOPK"]
+__all__ = ["ImageHeader", "PreparedImage", "RowContext", "prepare", "enough_samples", "finish", "error_row", "TOPK"]
 
 TOPK = 5
 
@@ -46,7 +47,7 @@ class PreparedImage:
     image: np.ndarray  # (224, 224, 3) uint8
     hidden: np.ndarray  # (224, 224, 3) uint8, what hidden superpixels show
     segments: np.ndarray  # (224, 224) int32, ids 0..S-1
-    rows: np.ndarray  # (num_samples, S) uint8, 1 keeps a superpixel
+    rows: np.ndarray  # (samples drawn, S) uint8, 1 keeps a superpixel
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ class RowContext:
     model_id: str
     class_names: tuple[str, ...]
     config_hash: str
-    num_samples: int
+    num_samples: int  # the samples drawn per image: all of them, or at most that many with ``adaptive``
     top_labels: int
     num_features: int
+    adaptive: bool = False
 
 
 def prepare(
@@ -82,7 +84,7 @@ def prepare(
     seed = image_seed(config.seed, loaded.sha256)
     segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
     num_segments = int(segments.max()) + 1
-    rows = sample_rows(seed, config.num_samples, num_segments)
+    rows = sample_rows(seed, config.samples_drawn, num_segments)
     prepared = PreparedImage(
         image=loaded.pixels,
         hidden=hidden_image(loaded.pixels, segments, config.hide_color),
@@ -93,23 +95,38 @@ def prepare(
     return header, prepared
 
 
+def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> bool:
+    """Whether ``finish`` may run on the first ``len(probs)`` samples.
+
+    Always with a fixed sample count; with ``adaptive`` once every explained
+    label's top superpixels and signs are settled, or no samples are left.
+    """
+    if not context.adaptive or len(probs) >= len(prepared.rows):
+        return True
+    rows = prepared.rows[: len(probs)]
+    looks = len(sample_schedule(len(prepared.rows)))
+    return all(
+        settled(rows, probs[:, label], context.num_features, looks).settled
+        for label in _explained_labels(probs[0], context.top_labels)
+    )
+
+
 def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> list[dict]:
     """Fit one surrogate per explained label and build the manifest rows.
 
-    ``probs`` is (num_samples, num_classes), row i the model's output on
-    sample i. The labels explained are the ``top_labels`` most probable on the
-    original image (row 0), in decreasing order, as lime chooses them.
+    ``probs`` is (n, num_classes), row i the model's output on sample i; the
+    surrogate uses the first n sample rows. The labels explained are the
+    ``top_labels`` most probable on the original image (row 0), in decreasing
+    order, as lime chooses them.
     """
     original = probs[0]
-    ranked = np.argsort(original)  # ascending, lime's own ranking
-    topk = ranked[::-1][:TOPK]
-    explained = list(ranked[-context.top_labels :])[::-1]
-    rows64 = prepared.rows.astype(np.int64)
+    topk = np.argsort(original)[::-1][:TOPK]
+    explained = _explained_labels(original, context.top_labels)
+    rows64 = prepared.rows[: len(probs)].astype(np.int64)
     segments_png = encode_segments(prepared.segments)
     pred = int(topk[0])
     out = []
     for label in explained:
-        label = int(label)
         surrogate = fit_surrogate(rows64, probs[:, label], header.seed)
         mask = explanation_mask(prepared.segments, surrogate.weights, context.num_features, surrogate.order)
         out.append(
@@ -130,7 +147,7 @@ def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, cont
                 "explained_name": context.class_names[label],
                 "explained_prob": float(original[label]),
                 "seed": header.seed,
-                "num_samples": context.num_samples,
+                "num_samples": len(probs),
                 "num_segments": header.num_segments,
                 "segments": segments_png,
                 "weights": surrogate.weights.tolist(),
@@ -142,6 +159,11 @@ def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, cont
             }
         )
     return out
+
+
+def _explained_labels(original: np.ndarray, top_labels: int) -> list[int]:
+    """The ``top_labels`` most probable labels, most probable first, ranked as lime ranks them."""
+    return [int(label) for label in np.argsort(original)[-top_labels:][::-1]]
 
 
 def error_row(header: ImageHeader, context: RowContext, error: str | None = None) -> dict:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from lime.lime_image import LimeImageExplainer
 
-from helpers import assert_verified, load_model, seed_batch_predict
+from helpers import assert_verified, load_model
 from xai_batch.config import ExplainConfig
 from xai_batch.explain import MASK_AGAINST, MASK_FOR
 from xai_batch.images import load_image
 from xai_batch.manifest import SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.reference import seed_batch_predict
 from xai_batch.runtime import run_explain
 
 pytestmark = pytest.mark.slow
@@ -106,3 +107,31 @@ def test_uris_for_source_out_and_checkpoint(ray_session, shapes_data, trained, t
     assert read_manifest(str(tmp_path / "run")).equals(table)  # the same files, read as a local path
     assert_verified(out, source)
     assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["source"] == source
+
+
+def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, trained, tmp_path):
+    """``--num-samples auto`` stops each image at a round of its schedule, and its answer there is
+    lime's for that many samples: the rows used are a prefix of the full sample matrix."""
+    from xai_batch.explain.convergence import sample_schedule
+
+    config = ExplainConfig(source=three_shapes, out=str(tmp_path / "auto"), checkpoint=trained.checkpoint,
+                           num_samples="auto", max_samples=400, num_features=1, seed=3, batch_size=100)
+    result = run_explain(config, progress=False)
+    assert (result.ok, result.errors) == (3, 0)
+    assert_verified(config.out, three_shapes)
+    rows = read_manifest(config.out).to_pylist()
+    assert all(row["num_samples"] in sample_schedule(400) for row in rows)
+    row = min(rows, key=lambda row: row["num_samples"])
+    assert row["num_samples"] < 400  # the trained model's top superpixel settles early on some image
+    with open(os.path.join(three_shapes, row["path"]), "rb") as handle:
+        image = load_image(handle.read()).pixels
+    lime = LimeImageExplainer(random_state=row["seed"]).explain_instance(
+        image, seed_batch_predict(load_model(trained.checkpoint)), top_labels=1, hide_color=0,
+        num_samples=row["num_samples"], random_seed=row["seed"],
+    )
+    expected = np.zeros(row["num_segments"])
+    for segment, weight in lime.local_exp[row["explained_index"]]:
+        expected[segment] = weight
+    np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
+    record = json.loads((tmp_path / "auto" / "job.json").read_text())
+    assert record["config"]["num_samples"] == "auto" and record["config"]["max_samples"] == 400

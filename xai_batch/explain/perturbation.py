@@ -33,7 +33,11 @@ def hidden_image(image: np.ndarray, segments: np.ndarray, hide_color: int | None
 
 
 def perturb(
-    image: torch.Tensor, hidden: torch.Tensor, segments: torch.Tensor, rows: torch.Tensor
+    image: torch.Tensor,
+    hidden: torch.Tensor,
+    segments: torch.Tensor,
+    rows: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Perturbed batch: pixel (h, w) of sample b is ``image[h, w]`` where
     ``rows[b, segments[h, w]]`` is 1, else ``hidden[h, w]``.
@@ -42,6 +46,7 @@ def perturb(
     typically), ``segments`` an integer (H, W) tensor and ``rows`` a (B, S)
     0/1 tensor, all on one device. Returns (B, H, W, C): channels last, so
     ``.permute(0, 3, 1, 2)`` is a channels-last NCHW batch without a copy.
+    ``out``, a (B, H, W, C) tensor, receives the batch instead of new memory.
     """
     keep = rows.bool()[:, segments]  # (B, H, W)
-    return torch.where(keep.unsqueeze(-1), image.unsqueeze(0), hidden.unsqueeze(0))
+    return torch.where(keep.unsqueeze(-1), image.unsqueeze(0), hidden.unsqueeze(0), out=out)

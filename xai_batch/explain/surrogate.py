@@ -9,7 +9,7 @@ import numpy as np
 import sklearn.metrics
 from lime.lime_base import LimeBase
 
-__all__ = ["Surrogate", "fit_surrogate", "KERNEL_WIDTH"]
+__all__ = ["Surrogate", "fit_surrogate", "sample_weights", "KERNEL_WIDTH"]
 
 KERNEL_WIDTH = 0.25  # LimeImageExplainer's default
 ALL_FEATURES = 100000  # LimeImageExplainer's num_features: keeps every superpixel
@@ -35,6 +35,16 @@ def _kernel(distances: np.ndarray, kernel_width: float) -> np.ndarray:
     return np.sqrt(np.exp(-(distances**2) / kernel_width**2))
 
 
+def _distances(rows: np.ndarray) -> np.ndarray:
+    """Cosine distance of each sample row to row 0 (the original image), as lime computes it."""
+    return sklearn.metrics.pairwise_distances(rows, rows[0].reshape(1, -1), metric="cosine").ravel()
+
+
+def sample_weights(rows: np.ndarray) -> np.ndarray:
+    """lime's weight of each sample in the surrogate fit: its kernel-smoothed closeness to row 0."""
+    return _kernel(_distances(np.asarray(rows, dtype=np.int64)), KERNEL_WIDTH)
+
+
 def fit_surrogate(rows: np.ndarray, label_probs: np.ndarray, seed: int) -> Surrogate:
     """Fit lime's surrogate for one label.
 
@@ -46,7 +56,7 @@ def fit_surrogate(rows: np.ndarray, label_probs: np.ndarray, seed: int) -> Surro
     """
     rows = np.asarray(rows, dtype=np.int64)
     probs = np.asarray(label_probs).reshape(-1, 1)  # keep the model's dtype, as lime does
-    distances = sklearn.metrics.pairwise_distances(rows, rows[0].reshape(1, -1), metric="cosine").ravel()
+    distances = _distances(rows)
     base = LimeBase(partial(_kernel, kernel_width=KERNEL_WIDTH), random_state=np.random.RandomState(seed))
     intercept, local_exp, score, local_pred = base.explain_instance_with_data(
         rows, probs, distances, 0, ALL_FEATURES, feature_selection="auto"

@@ -22,7 +22,6 @@ are skipped, the others redone.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections import deque
@@ -35,14 +34,15 @@ from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.errors import ConfigError
+from xai_batch.explain.convergence import sample_schedule
 from xai_batch.images import discover_images
 from xai_batch.jobrecord import load_job_record, software_versions, write_job_record
 from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest
-from xai_batch.storage import join, locate
 from xai_batch.models import resolve_model
 from xai_batch.runtime.cluster import connected
 from xai_batch.runtime.replica import Replicas
-from xai_batch.stages import ImageHeader, RowContext, error_row, finish, prepare
+from xai_batch.stages import ImageHeader, RowContext, enough_samples, error_row, finish, prepare
+from xai_batch.storage import join, locate
 
 __all__ = ["JobResult", "run_explain"]
 
@@ -85,9 +85,10 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         model_id=model.model_id,
         class_names=model.class_names,
         config_hash=config_hash(config, model.model_id),
-        num_samples=config.num_samples,
+        num_samples=config.samples_drawn,
         top_labels=config.top_labels,
         num_features=config.num_features,
+        adaptive=config.adaptive,
     )
     done = _resume_state(config, context.config_hash)
     paths = discover_images(config.source)
@@ -205,7 +206,8 @@ class _Image:
     payload: ray.ObjectRef
     submitted: float
     chunks: list  # per chunk: the ref of its probabilities once predicted, else None
-    pending: int
+    pending: int = 0
+    round: int = 0  # index into the pipeline's sample schedule
     crashes: int = 0
 
 
@@ -244,6 +246,7 @@ class _Pipeline:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
+        self.schedule = sample_schedule(config.max_samples) if config.adaptive else [config.num_samples]
         self.preparing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef, float]] = {}
         self.images: dict[str, _Image] = {}
         self.chunk_queue: deque[_Chunk] = deque()
@@ -301,12 +304,17 @@ class _Pipeline:
         if header.error is not None:
             self._record([error_row(header, self.context)], ok=False)
             return
-        chunks = math.ceil(self.config.num_samples / self.config.batch_size)
-        self.images[path] = _Image(header, payload, submitted, [None] * chunks, chunks)
-        for index in range(chunks):
-            start = index * self.config.batch_size
-            stop = min(start + self.config.batch_size, self.config.num_samples)
-            self.chunk_queue.append(_Chunk(path, index, start, stop))
+        self.images[path] = image = _Image(header, payload, submitted, [])
+        self._queue_round(path, image, 0)
+
+    def _queue_round(self, path: str, image: _Image, start: int) -> None:
+        """Queue the chunks of sample rows [start, the image's current round's count)."""
+        stop_all = self.schedule[image.round]
+        for begin in range(start, stop_all, self.config.batch_size):
+            stop = min(begin + self.config.batch_size, stop_all)
+            self.chunk_queue.append(_Chunk(path, len(image.chunks), begin, stop))
+            image.chunks.append(None)
+            image.pending += 1
 
     def _predicted(self, ref: ray.ObjectRef) -> None:
         chunk, replica, probs = self.running[ref]
@@ -356,14 +364,18 @@ class _Pipeline:
 
     def _finished(self, ref: ray.ObjectRef) -> None:
         path, rows = self.finishing.pop(ref)
-        image = self.images.pop(path)
-        seconds = time.monotonic() - image.submitted
+        image = self.images[path]
         try:
-            ray.get(ref)  # the row count; the rows go from the finish task to the writer, not through here
+            count = ray.get(ref)  # the rows go from the finish task to the writer, not through here
         except ray.exceptions.RayError as exc:
-            self._record([error_row(image.header, self.context, f"explaining failed: {_describe(exc)}")], ok=False)
+            self._fail(path, f"explaining failed: {_describe(exc)}")
             return
-        self._record(rows, ok=True, seconds=seconds)
+        if count == 0:  # not settled yet: draw the next round of samples
+            image.round += 1
+            self._queue_round(path, image, self.schedule[image.round - 1])
+            return
+        del self.images[path]
+        self._record(rows, ok=True, seconds=time.monotonic() - image.submitted)
 
     def _record(self, rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None) -> None:
         self.writer.add.remote(rows, seconds)
@@ -379,9 +391,13 @@ def _finish_from_chunks(
     """``finish`` on the chunks' outputs, which Ray hands over as arguments.
 
     Returns (row count, rows) as two objects: the driver waits on the count,
-    the writer takes the rows.
+    the writer takes the rows. A count of 0 (and no rows) asks for more
+    samples: ``auto`` found the explanation not settled yet.
     """
-    rows = finish(header, prepared, np.concatenate(chunks), context)
+    probs = np.concatenate(chunks)
+    if not enough_samples(prepared, probs, context):
+        return 0, None
+    rows = finish(header, prepared, probs, context)
     return len(rows), rows
 
 

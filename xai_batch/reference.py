@@ -1,0 +1,33 @@
+"""The seed notebook's classifier function: the baseline we measure against.
+
+Users explaining one image at a time hand lime this ``batch_predict``: each
+perturbed image is turned into a tensor and normalised on the CPU, then the
+batch goes through the model. The tests check that our engine returns the
+same probabilities, and ``bench/speed.py`` times lime driving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision import transforms
+
+from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["seed_batch_predict"]
+
+
+def seed_batch_predict(model: torch.nn.Module) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """``batch_predict`` as the seed wrote it: (B, 224, 224, 3) uint8 images to softmax probabilities."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def batch_predict(images):
+        model.eval()
+        batch = torch.stack(tuple(transform(image) for image in images), dim=0)
+        with torch.no_grad():
+            logits = model(batch)
+        return torch.nn.functional.softmax(logits, dim=1).numpy()
+
+    return batch_predict
