@@ -125,7 +125,9 @@ def test_sigkilled_driver_resumes_without_duplicates(random_checkpoint, tmp_path
 def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoint, tmp_path):
     source = _images(tmp_path / "src", per_class=4)
     out = str(tmp_path / "out")
-    process = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "1")
+    # 200 samples an image: slow enough that rows are on disk well before the job could end
+    process = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "1",
+                               "--num-samples", "200")
     try:
         _wait_for_a_part_file(process, out)
         process.send_signal(signal.SIGINT)
