@@ -21,6 +21,7 @@ from importlib import metadata
 import click
 
 from xai_batch.config import AUTO, PRECISIONS, ExplainConfig
+from xai_batch.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 
@@ -45,6 +46,7 @@ _OPTION_NAMES = {
     "precision": "--precision",
     "max_pixels": "--max-pixels",
     "flush_seconds": "--flush-seconds",
+    "style": "--style",
     "epochs": "--epochs",
     "lr": "--lr",
     "val_fraction": "--val-fraction",
@@ -266,6 +268,40 @@ def verify(out: str, source: str | None) -> None:
         click.echo(f"problem: {problem}")
     click.echo(report.summary())
     if report.problems:
+        raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
+@click.option("--style", type=click.Choice(STYLES), default="boundaries", show_default=True,
+              help="boundaries: the seed's lime figure; heatmap: every superpixel by weight; hide-rest: only "
+                   "the selected superpixels; side-by-side: original and explanation, captioned.")
+@click.option("--num-features", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Superpixels to mark, by decreasing |weight|.")
+@click.option("--positive-only", is_flag=True, help="Mark only superpixels that speak for the label.")
+@click.option("--blind", is_flag=True, help="side-by-side without the predicted class and probability.")
+@click.option("--to", type=_PathOrURI(file_okay=False, writable=True),
+              help="Folder for the PNGs and overlays.csv. Default: OUT/overlays/STYLE.")
+@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
+              help="Where the images are now, if not where job.json says they were explained from.")
+@click.option("--address", default=None,
+              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reporting_errors
+def render(out: str, style: str, num_features: int, positive_only: bool, blind: bool, to: str | None,
+           source: str | None, address: str | None, progress: bool) -> None:
+    """Draw PNG overlays of the explanations in OUT, without running the model.
+
+    One PNG per image and label, named after the image's path; overlays.csv
+    maps each (path, label) to its file, or to the reason it has none.
+    """
+    from xai_batch.runtime.render import RenderOptions, run_render
+
+    options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
+    result = run_render(out, to, options, source=source, address=address, progress=progress)
+    click.echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
+    click.echo(f"index: {result.index}")
+    if result.errors:
         raise SystemExit(1)
 
 

@@ -1,0 +1,157 @@
+"""``xai-batch render``: PNG overlays from manifest rows, as Ray tasks, without the model.
+
+Each task takes a batch of rows, reads their images from SOURCE (checking
+that the file is still the one explained), draws the overlays and writes the
+PNGs itself; the driver only reads the manifest, hands out batches and writes
+``overlays.csv``, the index from (path, label) to file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import ray
+from PIL import Image
+from tqdm import tqdm
+
+from xai_batch.errors import ConfigError, ImageError
+from xai_batch.overlays import boundaries, heatmap, hide_rest, side_by_side
+from xai_batch.images import load_image
+from xai_batch.jobrecord import load_job_record
+from xai_batch.manifest import decode_segments, read_manifest
+from xai_batch.runtime.cluster import connected
+from xai_batch.storage import Location, join, locate
+
+__all__ = ["RenderOptions", "RenderResult", "overlay_name", "render_row", "run_render", "INDEX"]
+
+INDEX = "overlays.csv"
+ROWS_PER_TASK = 32
+_COLUMNS = ["path", "sha256", "explained_index", "explained_name", "explained_prob", "weights", "segments"]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to draw: the style, how many superpixels, and whether to caption side-by-side pictures."""
+
+    style: str = "boundaries"
+    num_features: int = 5
+    positive_only: bool = False
+    blind: bool = False
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    to: str
+    rendered: int
+    errors: int
+    index: str
+
+
+def overlay_name(path: str, label: int, style: str) -> str:
+    """A deterministic, safe file name for one row's overlay: no folders, no leading dot.
+
+    Readable (the image's path with '/' as '__') and unique (a hash of path and
+    label), so two paths that flatten alike still get two files.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.replace("/", "__")).lstrip("._-")[:100] or "image"
+    digest = hashlib.sha256(f"{path}\0{label}".encode()).hexdigest()[:8]
+    return f"{stem}.label{label}.{style}.{digest}.png"
+
+
+def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarray:
+    """One row's overlay as an RGB array."""
+    segments = decode_segments(row["segments"])
+    weights = np.asarray(row["weights"], np.float64)
+    style, k = options.style, options.num_features
+    if style == "boundaries":
+        return boundaries(image, segments, weights, k, options.positive_only)
+    if style == "heatmap":
+        return heatmap(image, segments, weights)
+    if style == "hide-rest":
+        return hide_rest(image, segments, weights, k, positive_only=options.positive_only)
+    if style == "side-by-side":
+        caption = None if options.blind else f"{row['explained_name']}  {row['explained_prob']:.2f}"
+        return side_by_side(image, boundaries(image, segments, weights, k, options.positive_only), caption)
+    raise ConfigError(f"unknown style {style!r}", "style")
+
+
+def _render_batch(rows: list[dict], source: Location, to: Location, options: RenderOptions) -> list[dict]:
+    """Draw and write a batch of overlays; one index entry per row, with an error instead of a file if need be."""
+    entries = []
+    for row in rows:
+        name = overlay_name(row["path"], row["explained_index"], options.style)
+        entry = {"path": row["path"], "label": row["explained_index"], "file": name, "error": ""}
+        try:
+            data = source.child(row["path"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                raise ImageError("the file changed since it was explained; run explain again")
+            picture = render_row(row, load_image(data).pixels, options)
+            with to.child(name).atomic_writer() as stream:
+                stream.write(_png(picture))
+        except (OSError, ImageError) as exc:
+            entry.update(file="", error=" ".join(str(exc).split()))
+        entries.append(entry)
+    return entries
+
+
+def run_render(
+    out: str, to: str | None, options: RenderOptions, source: str | None = None,
+    address: str | None = None, progress: bool = True,
+) -> RenderResult:
+    """Render every current ``ok`` row of the manifest under ``out`` into ``to`` (default ``OUT/overlays/STYLE``)."""
+    table = read_manifest(out)
+    if table.num_rows == 0:
+        raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
+    table = table.filter(pc.equal(table.column("status"), "ok")).select(_COLUMNS)
+    source = source or load_job_record(out).get("config", {}).get("source")
+    if not source:
+        raise ConfigError(f"{out!r} has no job.json naming its SOURCE: pass --source", "source")
+    target = locate(to or join(out, "overlays", options.style))
+    target.make_dirs()
+    entries: list[dict] = []
+    with connected(address):
+        task = ray.remote(_render_batch)
+        source_ref, to_ref = ray.put(locate(source)), ray.put(target)
+        bar = tqdm(total=table.num_rows, unit="img", desc="render", disable=not progress,
+                   mininterval=0.1 if sys.stderr.isatty() else 15)
+        pending: list[ray.ObjectRef] = []
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # bounded in flight
+        for start in range(0, table.num_rows, ROWS_PER_TASK):
+            if len(pending) >= limit:
+                entries += _collect(pending, bar)
+            pending.append(task.remote(table.slice(start, ROWS_PER_TASK).to_pylist(), source_ref, to_ref, options))
+        while pending:
+            entries += _collect(pending, bar)
+        bar.close()
+    entries.sort(key=lambda entry: (entry["path"], entry["label"]))
+    index = target.child(INDEX)
+    with index.atomic_writer() as stream:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["path", "label", "file", "error"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(entries)
+        stream.write(text.getvalue().encode())
+    errors = sum(1 for entry in entries if entry["error"])
+    return RenderResult(to=target.target, rendered=len(entries) - errors, errors=errors, index=index.target)
+
+
+def _collect(pending: list[ray.ObjectRef], bar: tqdm) -> list[dict]:
+    """Wait for one batch and take its entries off ``pending``."""
+    [done], _ = ray.wait(pending, num_returns=1)
+    pending.remove(done)
+    entries = ray.get(done)
+    bar.update(len(entries))
+    return entries
+
+
+def _png(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
