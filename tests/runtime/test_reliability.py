@@ -60,12 +60,17 @@ def _images(folder, per_class: int, seed: int = 5) -> str:
     return str(folder)
 
 
+# Run a command with SIGINT at its default, so Python turns it into KeyboardInterrupt: a shell
+# starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec.
+_WITH_CTRL_C = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def _explain_process(source: str, out: str, checkpoint: str, *extra: str) -> subprocess.Popen:
     """``xai-batch explain`` in its own process group (so its embedded Ray can be cleaned up)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen(
-        [XAI_BATCH, "explain", source, "--out", out, "--checkpoint", checkpoint, "--num-samples", "20",
-         "--batch-size", "20", *extra],
+        [sys.executable, "-c", _WITH_CTRL_C, XAI_BATCH, "explain", source, "--out", out, "--checkpoint", checkpoint,
+         "--num-samples", "20", "--batch-size", "20", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
 
@@ -131,10 +136,10 @@ def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoi
     try:
         _wait_for_a_part_file(process, out)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=120)
     finally:
         _cleanup(process)
-    assert process.returncode == 130, stderr.decode()
+    assert process.returncode == 130, (stdout + stderr).decode()
     assert "interrupted: finished images are kept" in stderr.decode()
     record = json.loads(open(os.path.join(out, "job.json")).read())
     run = record["runs"][-1]
