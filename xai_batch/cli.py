@@ -47,6 +47,11 @@ _OPTION_NAMES = {
     "max_pixels": "--max-pixels",
     "flush_seconds": "--flush-seconds",
     "style": "--style",
+    "per_cell": "--per-cell",
+    "by": "--by",
+    "bands": "--bands",
+    "labels": "--labels",
+    "label_map": "--label-map",
     "epochs": "--epochs",
     "lr": "--lr",
     "val_fraction": "--val-fraction",
@@ -271,22 +276,50 @@ def verify(out: str, source: str | None) -> None:
         raise SystemExit(1)
 
 
+def _comma_list(value: str) -> tuple[str, ...]:
+    """``--by label,correct`` as a tuple; :class:`~xai_batch.stimuli.Design` says what is valid."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+class _Bands(click.ParamType):
+    """Confidence band edges, e.g. ``0.5,0.8``; :class:`~xai_batch.stimuli.Design` checks their order."""
+
+    name = "P,P..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(part) for part in _comma_list(str(value)))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma list of probabilities", param, ctx)
+
+
+_STYLE_HELP = ("boundaries: the seed's lime figure; heatmap: every superpixel by weight; hide-rest: only the "
+               "selected superpixels; side-by-side: original and explanation, captioned.")
+
+
+def _drawing_options(func: Callable) -> Callable:
+    """The options of how an overlay is drawn, shared by render and stimuli."""
+    return _apply([
+        click.option("--num-features", default=5, show_default=True, type=click.IntRange(min=1),
+                     help="Superpixels to mark, by decreasing |weight|."),
+        click.option("--positive-only", is_flag=True, help="Mark only superpixels that speak for the label."),
+        click.option("--blind", is_flag=True, help="side-by-side without the predicted class and probability."),
+        click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
+                     help="Where the images are now, if not where job.json says they were explained from."),
+        click.option("--address", default=None,
+                     help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."),
+    ], func)
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
-@click.option("--style", type=click.Choice(STYLES), default="boundaries", show_default=True,
-              help="boundaries: the seed's lime figure; heatmap: every superpixel by weight; hide-rest: only "
-                   "the selected superpixels; side-by-side: original and explanation, captioned.")
-@click.option("--num-features", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Superpixels to mark, by decreasing |weight|.")
-@click.option("--positive-only", is_flag=True, help="Mark only superpixels that speak for the label.")
-@click.option("--blind", is_flag=True, help="side-by-side without the predicted class and probability.")
+@click.option("--style", type=click.Choice(STYLES), default="boundaries", show_default=True, help=_STYLE_HELP)
 @click.option("--to", type=_PathOrURI(file_okay=False, writable=True),
               help="Folder for the PNGs and overlays.csv. Default: OUT/overlays/STYLE.")
-@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
-              help="Where the images are now, if not where job.json says they were explained from.")
-@click.option("--address", default=None,
-              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_drawing_options
 @_reporting_errors
 def render(out: str, style: str, num_features: int, positive_only: bool, blind: bool, to: str | None,
            source: str | None, address: str | None, progress: bool) -> None:
@@ -301,6 +334,53 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
     result = run_render(out, to, options, source=source, address=address, progress=progress)
     click.echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
     click.echo(f"index: {result.index}")
+    if result.errors:
+        raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
+@click.option("--to", required=True, type=_PathOrURI(file_okay=False, writable=True),
+              help="Folder for the stimuli (S001.png, ...) and stimuli.csv.")
+@click.option("--per-cell", required=True, type=click.IntRange(min=1), help="Images from each cell of the design.")
+@click.option("--by", "factors", default="label,correct", show_default=True, metavar="FACTORS",
+              callback=lambda ctx, param, value: _comma_list(value),
+              help="Factors to balance: label (true class), correct (model right/wrong), confidence (bands).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Picks within cells and the presentation order.")
+@click.option("--bands", default="0.5,0.8", show_default=True, type=_Bands(),
+              help="Edges of the confidence bands of the predicted class's probability.")
+@click.option("--labels", type=_PathOrURI(exists=True, dir_okay=False),
+              help="CSV 'path,label' of true classes. Default: each image's first folder (class-per-folder SOURCE).")
+@click.option("--label-map", default=None,
+              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: class names.")
+@click.option("--style", type=click.Choice(STYLES), default="side-by-side", show_default=True, help=_STYLE_HELP)
+@click.option("--allow-unbalanced", is_flag=True, help="Take what there is when a cell is short of --per-cell.")
+@_drawing_options
+@_reporting_errors
+def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: int, bands: tuple[float, ...],
+            labels: str | None, label_map: str | None, style: str, allow_unbalanced: bool, num_features: int,
+            positive_only: bool, blind: bool, source: str | None, address: str | None, progress: bool) -> None:
+    """Pick a balanced, reproducible set of explanations from OUT and render them for a study.
+
+    Every cell of the design (true class x right/wrong x confidence band, as
+    chosen with --by) gets --per-cell images; presentation order is shuffled
+    with --seed and files are named by stimulus id only. stimuli.csv lists
+    id, file, cell, path, true and predicted label, probability and the
+    surrogate's score. A short cell is an error unless --allow-unbalanced.
+    """
+    from xai_batch.runtime.render import RenderOptions
+    from xai_batch.runtime.stimuli import run_stimuli
+    from xai_batch.stimuli import Design
+
+    design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands)
+    options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
+    result = run_stimuli(out, to, design, options, labels=labels, label_map=label_map, source=source,
+                         address=address, progress=progress, allow_unbalanced=allow_unbalanced)
+    for cell, count in result.short.items():
+        click.echo(f"warning: cell {cell} has {count} of {per_cell} images", err=True)
+    click.echo(f"{result.stimuli} stimuli, {result.errors} errors in {result.to}")
+    click.echo(f"index: {result.csv}")
     if result.errors:
         raise SystemExit(1)
 

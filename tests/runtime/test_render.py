@@ -90,3 +90,53 @@ def test_render_without_a_manifest_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["render", str(tmp_path), "--no-progress"])
     assert result.exit_code == 2 and "run xai-batch explain first" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def explained_classes(ray_session, shapes_data, trained, tmp_path_factory):
+    """The held-out shapes (a class-per-folder SOURCE, two images a class) explained by the trained model."""
+    out = str(tmp_path_factory.mktemp("stimuli") / "run")
+    run_explain(ExplainConfig(source=shapes_data["holdout"], out=out, checkpoint=trained.checkpoint, num_samples=60,
+                              batch_size=60), progress=False)
+    return out
+
+
+def _stimuli_csv(folder):
+    with open(os.path.join(folder, "stimuli.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stimuli_are_balanced_blind_and_reproducible(explained_classes, tmp_path):
+    args = ["--per-cell", "1", "--by", "label", "--seed", "3", "--style", "side-by-side", "--blind", "--no-progress"]
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    for to in (first, second):
+        result = CliRunner().invoke(cli, ["stimuli", explained_classes, "--to", to, *args])
+        assert result.exit_code == 0, result.output
+        assert "3 stimuli, 0 errors" in result.output
+    table = _stimuli_csv(first)
+    assert [row["stimulus_id"] for row in table] == ["S001", "S002", "S003"]
+    assert sorted(row["cell"] for row in table) == ["disc", "square", "triangle"]
+    for row in table:
+        assert row["file"] == f"{row['stimulus_id']}.png"  # the name gives nothing away
+        assert row["true_label"] == row["cell"] == row["path"].split("/")[0]
+        picture = np.asarray(Image.open(os.path.join(first, row["file"])))
+        assert picture.shape == (224, 2 * 224 + 8, 3)  # side by side, no caption (--blind)
+    assert table == _stimuli_csv(second)
+    for row in table:
+        assert open(os.path.join(first, row["file"]), "rb").read() == open(os.path.join(second, row["file"]), "rb").read()
+
+
+def test_a_short_cell_is_refused_unless_allowed(explained_classes, tmp_path):
+    rows = [row for row in read_manifest(explained_classes).to_pylist()]
+    wrong = {row["path"].split("/")[0] for row in rows if row["pred_name"] != row["path"].split("/")[0]}
+    short = sorted(f"{label}/wrong" for label in ("disc", "square", "triangle") if label not in wrong)
+    assert short  # the trained model is right on most held-out images
+    args = ["stimuli", explained_classes, "--per-cell", "1", "--by", "label,correct", "--no-progress"]
+    refused = CliRunner().invoke(cli, [*args, "--to", str(tmp_path / "no")])
+    assert refused.exit_code == 2, refused.output
+    assert "Invalid value for '--per-cell'" in refused.output and f"{short[0]} has 0" in refused.output
+    assert not (tmp_path / "no").exists()
+    allowed = CliRunner().invoke(cli, [*args, "--to", str(tmp_path / "yes"), "--allow-unbalanced"])
+    assert allowed.exit_code == 0, allowed.output
+    assert f"warning: cell {short[0]} has 0 of 1 images" in allowed.output
+    assert len(_stimuli_csv(str(tmp_path / "yes"))) == 6 - len(short)

@@ -22,18 +22,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from xai_batch.errors import ConfigError, ImageError
-from xai_batch.overlays import boundaries, heatmap, hide_rest, side_by_side
 from xai_batch.images import load_image
 from xai_batch.jobrecord import load_job_record
 from xai_batch.manifest import decode_segments, read_manifest
+from xai_batch.overlays import boundaries, heatmap, hide_rest, side_by_side
 from xai_batch.runtime.cluster import connected
 from xai_batch.storage import Location, join, locate
 
-__all__ = ["RenderOptions", "RenderResult", "overlay_name", "render_row", "run_render", "INDEX"]
+__all__ = [
+    "RenderOptions", "RenderResult", "overlay_name", "render_row", "render_rows", "run_render", "current_rows",
+    "job_source", "write_csv", "INDEX",
+]
 
 INDEX = "overlays.csv"
 ROWS_PER_TASK = 32
-_COLUMNS = ["path", "sha256", "explained_index", "explained_name", "explained_prob", "weights", "segments"]
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,10 @@ def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarr
     raise ConfigError(f"unknown style {style!r}", "style")
 
 
-def _render_batch(rows: list[dict], source: Location, to: Location, options: RenderOptions) -> list[dict]:
-    """Draw and write a batch of overlays; one index entry per row, with an error instead of a file if need be."""
+def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, options: RenderOptions) -> list[dict]:
+    """Draw and write a batch of (row, file name); one index entry each, with an error instead of a file if need be."""
     entries = []
-    for row in rows:
-        name = overlay_name(row["path"], row["explained_index"], options.style)
+    for row, name in jobs:
         entry = {"path": row["path"], "label": row["explained_index"], "file": name, "error": ""}
         try:
             data = source.child(row["path"]).read_bytes()
@@ -101,45 +102,70 @@ def _render_batch(rows: list[dict], source: Location, to: Location, options: Ren
     return entries
 
 
-def run_render(
-    out: str, to: str | None, options: RenderOptions, source: str | None = None,
-    address: str | None = None, progress: bool = True,
-) -> RenderResult:
-    """Render every current ``ok`` row of the manifest under ``out`` into ``to`` (default ``OUT/overlays/STYLE``)."""
+def current_rows(out: str) -> list[dict]:
+    """The manifest's current ``ok`` rows, with what drawing them takes; a usage error if there is no manifest."""
     table = read_manifest(out)
     if table.num_rows == 0:
         raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
-    table = table.filter(pc.equal(table.column("status"), "ok")).select(_COLUMNS)
+    return table.filter(pc.equal(table.column("status"), "ok")).to_pylist()
+
+
+def job_source(out: str, source: str | None) -> str:
+    """The images' folder: ``source`` if given, else the SOURCE recorded in ``out``'s job.json."""
     source = source or load_job_record(out).get("config", {}).get("source")
     if not source:
         raise ConfigError(f"{out!r} has no job.json naming its SOURCE: pass --source", "source")
-    target = locate(to or join(out, "overlays", options.style))
+    return source
+
+
+def render_rows(
+    jobs: list[tuple[dict, str]], source: str, to: str, options: RenderOptions,
+    address: str | None = None, progress: bool = True,
+) -> list[dict]:
+    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path and label."""
+    target = locate(to)
     target.make_dirs()
     entries: list[dict] = []
     with connected(address):
         task = ray.remote(_render_batch)
         source_ref, to_ref = ray.put(locate(source)), ray.put(target)
-        bar = tqdm(total=table.num_rows, unit="img", desc="render", disable=not progress,
+        bar = tqdm(total=len(jobs), unit="img", desc="render", disable=not progress,
                    mininterval=0.1 if sys.stderr.isatty() else 15)
         pending: list[ray.ObjectRef] = []
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # bounded in flight
-        for start in range(0, table.num_rows, ROWS_PER_TASK):
+        for start in range(0, len(jobs), ROWS_PER_TASK):
             if len(pending) >= limit:
                 entries += _collect(pending, bar)
-            pending.append(task.remote(table.slice(start, ROWS_PER_TASK).to_pylist(), source_ref, to_ref, options))
+            pending.append(task.remote(jobs[start : start + ROWS_PER_TASK], source_ref, to_ref, options))
         while pending:
             entries += _collect(pending, bar)
         bar.close()
-    entries.sort(key=lambda entry: (entry["path"], entry["label"]))
-    index = target.child(INDEX)
-    with index.atomic_writer() as stream:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["path", "label", "file", "error"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(entries)
+    return sorted(entries, key=lambda entry: (entry["path"], entry["label"]))
+
+
+def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
+    """A CSV file written atomically, at a path or URI."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with locate(location).atomic_writer() as stream:
         stream.write(text.getvalue().encode())
+
+
+def run_render(
+    out: str, to: str | None, options: RenderOptions, source: str | None = None,
+    address: str | None = None, progress: bool = True,
+) -> RenderResult:
+    """Render every current ``ok`` row of the manifest under ``out`` into ``to`` (default ``OUT/overlays/STYLE``)."""
+    rows = current_rows(out)
+    to = to or join(out, "overlays", options.style)
+    jobs = [(row, overlay_name(row["path"], row["explained_index"], options.style)) for row in rows]
+    entries = render_rows(jobs, job_source(out, source), to, options, address, progress)
+    index = join(to, INDEX)
+    write_csv(index, entries, ["path", "label", "file", "error"])
     errors = sum(1 for entry in entries if entry["error"])
-    return RenderResult(to=target.target, rendered=len(entries) - errors, errors=errors, index=index.target)
+    return RenderResult(to=to, rendered=len(entries) - errors, errors=errors, index=index)
 
 
 def _collect(pending: list[ray.ObjectRef], bar: tqdm) -> list[dict]:

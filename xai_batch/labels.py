@@ -1,0 +1,76 @@
+"""Ground truth and label maps: what an image is, and what a prediction means.
+
+A class-per-folder SOURCE says what each image is by its first folder
+(``cat/chelsea.jpg`` is a cat); a ``--labels`` CSV (``path,label``) says it
+for any layout. A label map turns the model's classes into those labels:
+ImageNet's 1000 classes into the seed's cat/dog question (indices 151–268 are
+dog breeds, 281–285 domestic cats), or any mapping from a CSV
+(``index,label``). Without a map the model's class name is the prediction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+
+from xai_batch.errors import ConfigError
+from xai_batch.storage import locate
+
+__all__ = ["BUILTIN_MAPS", "LabelMap", "load_label_map", "load_truth", "folder_label"]
+
+BUILTIN_MAPS = ("imagenet-cats-dogs",)
+
+
+class LabelMap:
+    """Model class index -> label; classes it does not name map to ``other``."""
+
+    def __init__(self, labels: Mapping[int, str], name: str, other: str | None = "other") -> None:
+        self.labels = dict(labels)
+        self.name = name
+        self.other = other
+
+    def __call__(self, index: int) -> str | None:
+        return self.labels.get(int(index), self.other)
+
+
+def _imagenet_cats_dogs() -> LabelMap:
+    labels = {index: "dog" for index in range(151, 269)}
+    labels.update({index: "cat" for index in range(281, 286)})
+    return LabelMap(labels, "imagenet-cats-dogs")
+
+
+def load_label_map(spec: str | None) -> LabelMap | None:
+    """A built-in map by name, or a CSV file (header ``index,label``); ``None`` keeps class names."""
+    if spec is None:
+        return None
+    if spec == "imagenet-cats-dogs":
+        return _imagenet_cats_dogs()
+    rows = _read_csv(spec, ("index", "label"), "label_map")
+    try:
+        return LabelMap({int(row["index"]): row["label"].strip() for row in rows}, spec)
+    except ValueError as exc:
+        raise ConfigError(f"label map {spec!r}: 'index' must be an integer ({exc})", "label_map") from exc
+
+
+def load_truth(spec: str) -> dict[str, str]:
+    """``path -> label`` from a CSV with header ``path,label`` (paths as in the manifest)."""
+    return {row["path"]: row["label"].strip() for row in _read_csv(spec, ("path", "label"), "labels")}
+
+
+def folder_label(path: str) -> str | None:
+    """The class of a class-per-folder SOURCE: the path's first folder, if it has one."""
+    head, _, rest = path.partition("/")
+    return head if rest else None
+
+
+def _read_csv(spec: str, columns: tuple[str, ...], param: str) -> list[dict]:
+    try:
+        text = locate(spec).read_bytes().decode("utf-8-sig")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {spec!r}: {' '.join(str(exc).split())}", param) from exc
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [column for column in columns if column not in (reader.fieldnames or [])]
+    if missing:
+        raise ConfigError(f"{spec!r} needs the columns {', '.join(columns)} (missing {', '.join(missing)})", param)
+    return list(reader)
