@@ -52,7 +52,7 @@ def test_cuda_fp32_matches_cpu(random_checkpoint, case):
 
 
 def test_the_forward_batch_is_the_devices_best(random_checkpoint):
-    """Chunks of 256 rows run on the CPU 32 at a time (bench/speed.py: 17% faster than 256)."""
+    """Chunks of 256 rows run on the CPU 32 at a time (bench/speed.py: up to 16% faster than 256)."""
     from xai_batch.engine import DEVICE_BATCH
 
     assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=256, device="cpu").batch_size == DEVICE_BATCH["cpu"] == 32

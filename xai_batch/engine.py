@@ -24,9 +24,10 @@ __all__ = ["Engine", "TorchEngine", "IMAGENET_MEAN", "IMAGENET_STD", "DEVICE_BAT
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Largest forward batch per device type. On CPU, bench/speed.py's limit table
-# (2 cores): batch 32 beats 16, 64 and 256 by 3%, 6% and 17% — big batches
-# fall out of cache. A GPU takes a whole chunk of up to 256 rows at once.
+# Largest forward batch per device type. On CPU, bench/speed.py's limit tables
+# (2 cores, two runs): 16 and 32 within noise of each other, 64 and 256 slower
+# by 5-6% and 3-16% — big batches fall out of cache. A GPU takes a whole chunk
+# of up to 256 rows at once.
 DEVICE_BATCH = {"cpu": 32, "cuda": 256}
 
 
