@@ -22,22 +22,23 @@ __all__ = ["BUILTIN_MAPS", "LabelMap", "load_label_map", "load_truth", "folder_l
 BUILTIN_MAPS = ("imagenet-cats-dogs",)
 
 
+OTHER = "other"  # what a class the map does not name means
+
+
 class LabelMap:
     """Model class index -> label; classes it does not name map to ``other``."""
 
-    def __init__(self, labels: Mapping[int, str], name: str, other: str | None = "other") -> None:
+    def __init__(self, labels: Mapping[int, str]) -> None:
         self.labels = dict(labels)
-        self.name = name
-        self.other = other
 
-    def __call__(self, index: int) -> str | None:
-        return self.labels.get(int(index), self.other)
+    def __call__(self, index: int) -> str:
+        return self.labels.get(int(index), OTHER)
 
 
 def _imagenet_cats_dogs() -> LabelMap:
     labels = {index: "dog" for index in range(151, 269)}
     labels.update({index: "cat" for index in range(281, 286)})
-    return LabelMap(labels, "imagenet-cats-dogs")
+    return LabelMap(labels)
 
 
 def load_label_map(spec: str | None) -> LabelMap | None:
@@ -48,7 +49,7 @@ def load_label_map(spec: str | None) -> LabelMap | None:
         return _imagenet_cats_dogs()
     rows = _read_csv(spec, ("index", "label"), "label_map")
     try:
-        return LabelMap({int(row["index"]): row["label"].strip() for row in rows}, spec)
+        return LabelMap({int(row["index"]): row["label"].strip() for row in rows})
     except ValueError as exc:
         raise ConfigError(f"label map {spec!r}: 'index' must be an integer ({exc})", "label_map") from exc
 
