@@ -18,10 +18,61 @@ def _load(path: str) -> dict:
 
 def test_every_yaml_parses():
     found = [os.path.join(d, f) for d, _, fs in os.walk(CLUSTER) for f in fs if f.endswith((".yaml", ".yml"))]
-    assert len(found) >= 2
+    assert len(found) >= 3
     for path in found:
         with open(path) as handle:
-            assert isinstance(yaml.safe_load(handle), dict), path
+            documents = list(yaml.safe_load_all(handle))
+        assert documents and all(isinstance(document, dict) for document in documents), path
+
+
+def _audit_command_line(words: list[str]) -> list[str]:
+    """The audit options after the nightly script's SOURCE and AUDITS, parsed by the real command."""
+    from xai_batch.cli import submit_audit  # the audit's options, paths unchecked: they live on the cluster
+
+    script = words.index("cluster/nightly/nightly-audit.sh")
+    source, audits, *options = words[script + 1:]
+    assert os.path.isabs(source) and os.path.isabs(audits)
+    with submit_audit.make_context("audit", [source, "--out", audits + "/2026-11-27", *options]) as context:
+        return context.params
+
+
+def test_nightly_cronjob_creates_a_rayjob_that_runs_the_nightly_script():
+    with open(os.path.join(CLUSTER, "kuberay", "nightly-audit.yaml")) as handle:
+        documents = {document["kind"]: document for document in yaml.safe_load_all(handle)}
+    cron = documents["CronJob"]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and len(cron["schedule"].split()) == 5
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == documents["ServiceAccount"]["metadata"]["name"]
+    assert documents["RoleBinding"]["roleRef"]["name"] == documents["Role"]["metadata"]["name"]
+    assert {"create"} <= set(documents["Role"]["rules"][0]["verbs"]) and documents["Role"]["rules"][0]["resources"] == ["rayjobs"]
+    command = pod["containers"][0]["command"]
+    template = yaml.safe_load(documents["ConfigMap"]["data"][os.path.basename(command[-1])])
+    assert command[:3] == ["kubectl", "create", "-f"] and pod["volumes"][0]["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
+    assert template["kind"] == "RayJob" and template["metadata"]["generateName"]  # a new name each night
+    words = shlex.split(template["spec"]["entrypoint"])  # Ray runs the entrypoint through a shell
+    params = _audit_command_line(words)
+    assert [str(c) for c in params["fail_on"]] == ["errors>0", "misclassified>50", "changed>20"]
+    cluster = template["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == metadata.version("ray")
+    pods = [cluster["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    for spec in pods:  # every Ray pod sees /data, where images, model and audits live
+        assert spec["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+        assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "xai-batch-data"
+    with open(os.path.join(CLUSTER, "kuberay", "Dockerfile")) as handle:
+        assert "COPY --chown=ray:users cluster/nightly ./cluster/nightly" in handle.read()
+
+
+def test_crontab_line_runs_the_nightly_script_with_valid_options():
+    with open(os.path.join(CLUSTER, "nightly", "crontab")) as handle:
+        lines = [line for line in handle.read().splitlines() if line and not line.startswith(("#", "MAILTO"))]
+    [line] = lines
+    fields = line.split(None, 5)
+    assert len(fields[:5]) == 5 and all(re.fullmatch(r"[\d*/,-]+", field) for field in fields[:5])
+    words = shlex.split(fields[5])
+    words = words[: words.index(">")]  # the conditions are quoted; the first bare '>' is the log's redirection
+    params = _audit_command_line(words)
+    assert [str(c) for c in params["fail_on"]] == ["errors>0", "misclassified>50", "changed>20"]
+    assert os.access(os.path.join(CLUSTER, "nightly", "nightly-audit.sh"), os.X_OK)
 
 
 def test_launcher_installs_the_project_and_scales_gpu_workers():

@@ -24,6 +24,7 @@ from xai_batch.config import AUTO, PRECISIONS, ExplainConfig
 from xai_batch.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
+from xai_batch.labels import BUILTIN_MAPS
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -46,6 +47,13 @@ _OPTION_NAMES = {
     "precision": "--precision",
     "max_pixels": "--max-pixels",
     "flush_seconds": "--flush-seconds",
+    "reuse": "--reuse",
+    "previous": "--previous",
+    "masks": "--masks",
+    "fail_on": "--fail-on",
+    "low_confidence": "--low-confidence",
+    "min_iou": "--min-iou",
+    "min_on_object": "--min-on-object",
     "style": "--style",
     "per_cell": "--per-cell",
     "by": "--by",
@@ -131,8 +139,11 @@ class _PathOrURI(click.ParamType):
         return self.path.convert(value, param, ctx)
 
 
-def _explain_option_list(on_cluster: bool) -> list[Callable]:
-    """The explain options; ``on_cluster`` for ``submit explain``, whose paths live on the cluster."""
+def _explain_option_list(on_cluster: bool, reuse: bool = True) -> list[Callable]:
+    """The explain options; ``on_cluster`` for ``submit``, whose paths live on the cluster.
+
+    Without ``reuse`` (an audit's reuse is its ``--previous``) there is no ``--reuse``.
+    """
     if on_cluster:
         paths = [
             click.argument("source"),
@@ -176,6 +187,11 @@ def _explain_option_list(on_cluster: bool) -> list[Callable]:
         click.option("--overwrite", is_flag=True,
                      help="Discard results already in --out instead of resuming them."),
     ]
+    if reuse:
+        settings.append(click.option(
+            "--reuse", metavar="OLD_OUT", default=None,
+            help="Copy rows of the same configuration from another run's output for images whose file is "
+                 "unchanged: only new and changed images are explained."))
     joining = [] if on_cluster else [
         click.option("--address", default=None,
                      help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
@@ -200,17 +216,74 @@ def submitted_explain_options(func: Callable) -> Callable:
     return _apply(_explain_option_list(on_cluster=True), func)
 
 
+def submitted_audit_options(func: Callable) -> Callable:
+    """The audit options for ``submit audit``, paths as the cluster sees them."""
+    return _apply(_audit_option_list(on_cluster=True), func)
+
+
+_AUDIT_SETTINGS = ("previous", "labels", "label_map", "masks", "low_confidence", "min_iou", "min_on_object")
+
+
+def _audit_option_list(on_cluster: bool) -> list[Callable]:
+    """What an audit adds to the explain options (minus ``--reuse``: it reuses ``--previous``)."""
+    path = (lambda **checks: None) if on_cluster else (lambda **checks: _PathOrURI(**checks))
+    share = click.FloatRange(0, 1)
+    *explaining, progress = _explain_option_list(on_cluster, reuse=False)
+    return [
+        *explaining,
+        click.option("--previous", metavar="OLD_OUT", type=path(exists=True, file_okay=False),
+                     help="The previous audit's --out: its rows are reused for unchanged images, and "
+                          "predictions and explanations are compared with it."),
+        click.option("--labels", type=path(exists=True, dir_okay=False),
+                     help="CSV 'path,label' of true classes. Default: each image's first folder."),
+        click.option("--label-map", default=None,
+                     help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. "
+                          "Default: class names."),
+        click.option("--masks", type=path(exists=True, file_okay=False),
+                     help="Folder of ground-truth object masks named like the images (a.png or "
+                          "a.mask.pgm for a.jpg): enables the background finding."),
+        click.option("--low-confidence", default=0.5, show_default=True, type=share,
+                     help="A predicted class's probability below this is a low-confidence finding."),
+        click.option("--min-iou", default=0.5, show_default=True, type=share,
+                     help="An explanation whose top-k mask overlaps the previous one less has moved."),
+        click.option("--min-on-object", default=0.5, show_default=True, type=share,
+                     help="An explanation with less of its positive top-k area on the object rests on "
+                          "the background."),
+        click.option("--fail-on", "fail_on", multiple=True, metavar="CONDITIONS",
+                     callback=lambda ctx, param, value: _fail_conditions(value),
+                     help="Exit 3 when met: a finding (errors, misclassified, low-confidence, changed, moved, "
+                          "background) for any at all, FINDING>N for more than N, accuracy<P. Repeatable, "
+                          "or a comma list."),
+        progress,
+    ]
+
+
+def _fail_conditions(value: tuple[str, ...]) -> tuple:
+    from xai_batch.audit import parse_fail_on
+
+    try:
+        return parse_fail_on(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--fail-on'") from None
+
+
 def job_arguments(options: dict) -> list[str]:
-    """``jobs/explain.py`` arguments that reproduce parsed explain options (but the checkpoint)."""
+    """``jobs/*.py`` arguments that reproduce parsed explain or audit options (but the checkpoint)."""
     args = [options["source"], "--out", options["out"]]
     for name in ("num_samples", "max_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
-                 "max_pixels", "flush_seconds"):
-        if options[name] is not None:
+                 "max_pixels", "flush_seconds", "reuse", *_AUDIT_SETTINGS):
+        if options.get(name) is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]
     args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
     args += ["--overwrite"] if options["overwrite"] else []
+    args += [f"--fail-on={condition}" for condition in options.get("fail_on", ())]
     args += ["--progress" if options["progress"] else "--no-progress"]
     return args
+
+
+def audit_options(func: Callable) -> Callable:
+    """The options of ``audit`` and of the job entrypoint ``jobs/audit.py``."""
+    return _apply(_audit_option_list(on_cluster=False), func)
 
 
 def explain_config(**options) -> ExplainConfig:
@@ -250,10 +323,60 @@ def explain(progress: bool, **options) -> None:
     if result.images == 0:
         click.echo(f"warning: no image files under {config.source}", err=True)
     click.echo(
-        f"{result.images} images: {result.ok} explained, {result.errors} errors, {result.skipped} already done; "
-        f"{result.rows} rows in {result.seconds:.1f}s"
+        f"{result.images} images: {result.ok} explained, {result.errors} errors, {result.skipped} already done"
+        + (f" ({result.reused} reused from --reuse)" if result.reused else "")
+        + f"; {result.rows} rows in {result.seconds:.1f}s"
     )
     click.echo(f"manifest: {result.manifest}")
+
+
+AUDIT_FAILED = 3  # the exit status of an audit whose --fail-on conditions are met
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@audit_options
+@_reporting_errors
+def audit(progress: bool, previous: str | None, labels: str | None, label_map: str | None, masks: str | None,
+          low_confidence: float, min_iou: float, min_on_object: float, fail_on: tuple, **options) -> None:
+    """Explain what is new or changed under SOURCE, then flag what a person should look at.
+
+    Findings, written to OUT/audit.json with counts, accuracy per class and the
+    confusion matrix: error rows, misclassified images (true label from the
+    first folder or --labels, prediction through --label-map), low-confidence
+    predictions, and, against --previous, changed predictions and moved
+    explanations; with --masks, explanations that rest on the background.
+    Exits 3 when a --fail-on condition is met, so a scheduler can alert.
+    """
+    from xai_batch.audit import Thresholds
+    from xai_batch.runtime.audit import AuditConfig, run_audit
+
+    try:
+        explaining = explain_config(**options, reuse=previous)
+    except ConfigError as exc:
+        if exc.param == "reuse":  # what explain calls reusing, an audit calls --previous
+            exc.param = "previous"
+        raise
+    config = AuditConfig(
+        explain=explaining, previous=previous, labels=labels, label_map=label_map,
+        masks=masks, thresholds=Thresholds(low_confidence, min_iou, min_on_object), fail_on=fail_on,
+    )
+    try:
+        with _sigterm_as_interrupt():
+            result = run_audit(config, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished images are kept in {config.explain.out}; run the same command to resume",
+                   err=True)
+        raise SystemExit(130) from None
+    report, run = result.report, result.report["run"]
+    click.echo(f"{report['counts']['images']} images: {run['explained']} explained now, {run['reused']} reused from "
+               f"--previous, {run['already_done']} already done")
+    if report["accuracy"] is not None:
+        click.echo(f"accuracy {report['accuracy']:.3f} on {report['counts']['labelled']} labelled images")
+    click.echo("findings: " + ", ".join(f"{kind} {len(found)}" for kind, found in report["findings"].items()))
+    click.echo(f"audit: {result.path}")
+    if result.failed:
+        click.echo(f"failed: {', '.join(result.failed)}", err=True)
+        raise SystemExit(AUDIT_FAILED)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -393,7 +516,7 @@ _ADDRESS_HELP = "Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http:/
 @click.option("--wait", is_flag=True, help="Stream the job's logs; exit 0 if it succeeds, 1 if it fails or stops.")
 @click.pass_context
 def submit(ctx: click.Context, address: str | None, wait: bool) -> None:
-    """Submit a job to a Ray cluster (jobs/explain.py, with this checkout shipped)."""
+    """Submit a job to a Ray cluster (jobs/explain.py or jobs/audit.py, with this checkout shipped)."""
     ctx.obj = {"address": address, "wait": wait}
 
 
@@ -408,17 +531,40 @@ def submit_explain(settings: dict, **options) -> None:
     paths on storage every node reaches. On a local cluster relative paths are made absolute;
     on a remote one they are refused. A local --checkpoint file is shipped with the job.
     """
+    _submit_job("explain.py", settings, options, paths=("source", "out", "reuse"))
+
+
+@submit.command("audit", context_settings=CONTEXT_SETTINGS)
+@submitted_audit_options
+@click.pass_obj
+@_reporting_errors
+def submit_audit(settings: dict, **options) -> None:
+    """Run `xai-batch audit` on the cluster as a Ray job (jobs/audit.py).
+
+    Paths are as the cluster sees them, as for `submit explain`. With --wait the
+    command exits with the audit's own status: 3 when a --fail-on condition is met.
+    """
+    if options["label_map"] in BUILTIN_MAPS:
+        paths = ("source", "out", "previous", "labels", "masks")
+    else:
+        paths = ("source", "out", "previous", "labels", "masks", "label_map")
+    _submit_job("audit.py", settings, options, paths=paths)
+
+
+def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ...]) -> None:
+    """Submit ``jobs/SCRIPT`` with the parsed options; with --wait, follow it and exit as it did."""
     from xai_batch.runtime.cluster import dashboard_address, is_local
     from xai_batch.runtime.jobs import JobsClient
 
     address = dashboard_address(settings["address"])
-    for name in ("source", "out"):
-        options[name] = _cluster_path(options[name], _OPTION_NAMES[name], is_local(address), address)
+    for name in paths:
+        if options.get(name) is not None:
+            options[name] = _cluster_path(options[name], _OPTION_NAMES[name], is_local(address), address)
     checkpoint = options.pop("checkpoint")
     if checkpoint is not None and "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
     client = JobsClient(address)
-    submission = client.submit_explain(job_arguments(options), checkpoint)
+    submission = client.submit(script, job_arguments(options), checkpoint)
     click.echo(f"submitted {submission.job_id} to {submission.address}")
     if not settings["wait"]:
         click.echo(f"follow it with: xai-batch jobs logs {submission.job_id} --address {submission.address}")
@@ -430,7 +576,8 @@ def submit_explain(settings: dict, **options) -> None:
         raise SystemExit(130) from None
     click.echo(f"job {submission.job_id} {status.lower()}")
     if status != "SUCCEEDED":
-        raise SystemExit(1)
+        code = client.exit_code(submission.job_id)
+        raise SystemExit(AUDIT_FAILED if code == AUDIT_FAILED and script == "audit.py" else 1)
 
 
 def _cluster_path(value: str, hint: str, local: bool, address: str) -> str:

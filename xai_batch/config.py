@@ -47,6 +47,10 @@ class ExplainConfig:
     an input's size, read from its header before decoding. ``flush_seconds``
     bounds how long finished rows wait to be written (what a crash can lose).
     ``overwrite`` discards results already in ``out`` instead of resuming them.
+    ``reuse`` names another run's output (last night's audit, say) whose rows
+    of the same configuration are copied for images whose file is unchanged,
+    so only new and changed images cost model time; it is not hashed, because
+    a copied row is the row this run would have computed.
 
     ``num_samples="auto"`` draws samples in rounds, up to ``max_samples``, and
     stops an image once its top ``num_features`` superpixels and their signs
@@ -71,6 +75,7 @@ class ExplainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     flush_seconds: float = 30.0
     overwrite: bool = False
+    reuse: str | None = None
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
@@ -97,6 +102,8 @@ class ExplainConfig:
                 "precision",
             )
         _check_storage(self.source, self.out, self.checkpoint)
+        if self.reuse is not None and not _safely(lambda: locate(self.reuse).child("manifest").is_dir()):
+            raise ConfigError(f"{self.reuse!r} holds no manifest to reuse", "reuse")
 
     @property
     def adaptive(self) -> bool:

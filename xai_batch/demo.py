@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from xai_batch.config import ExplainConfig
 from xai_batch.explain.localisation import area_inside, random_area_inside, top_positive
-from xai_batch.images import preprocess
+from xai_batch.images import load_object_mask
 from xai_batch.manifest import decode_segments, read_manifest
 from xai_batch.runtime import run_explain
 from xai_batch.synthetic import NO_OBJECT, generate_dataset, mask_path
@@ -49,8 +48,8 @@ class DemoResult:
 
 def load_truth_mask(image_path: str) -> np.ndarray:
     """The generated object mask, preprocessed to the 224x224 frame LIME saw."""
-    with Image.open(mask_path(image_path)) as mask:
-        return preprocess(mask.convert("RGB"))[..., 0] > 127
+    with open(mask_path(image_path), "rb") as handle:
+        return load_object_mask(handle.read())
 
 
 def run_demo(config: DemoConfig, report: Callable[[str], None] = print) -> DemoResult:

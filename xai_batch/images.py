@@ -35,6 +35,7 @@ __all__ = [
     "load_image",
     "open_rgb",
     "preprocess",
+    "load_object_mask",
     "image_seed",
 ]
 
@@ -128,6 +129,15 @@ def preprocess(rgb: Image.Image) -> np.ndarray:
     offset = int(round((RESIZE_TO - INPUT_SIZE) / 2.0))
     box = (offset, offset, offset + INPUT_SIZE, offset + INPUT_SIZE)
     return np.asarray(resized.crop(box), dtype=np.uint8).copy()
+
+
+def load_object_mask(data: bytes) -> np.ndarray:
+    """A ground-truth object mask (any image; bright is object) in the 224x224 frame LIME saw."""
+    try:
+        with Image.open(io.BytesIO(data)) as mask:
+            return preprocess(ImageOps.exif_transpose(mask).convert("RGB"))[..., 0] > 127
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ImageError(f"unreadable object mask: {_one_line(exc)}") from exc
 
 
 def image_seed(job_seed: int, sha256: str) -> int:

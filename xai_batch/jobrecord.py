@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from importlib import metadata
 
-from xai_batch.storage import locate
+from xai_batch.storage import join, read_json, write_json
 
 __all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
 
@@ -27,16 +26,9 @@ def software_versions() -> dict[str, str]:
 
 def write_job_record(out: str, record: dict) -> str:
     """Write ``OUT/job.json`` (a path or URI) atomically: a reader never sees half of it."""
-    target = locate(out).child(JOB_FILE)
-    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    with target.atomic_writer() as stream:
-        stream.write(text.encode("utf-8"))
-    return target.target
+    return write_json(join(out, JOB_FILE), record)
 
 
 def load_job_record(out: str) -> dict:
     """The record in ``OUT/job.json``, or an empty one."""
-    try:
-        return json.loads(locate(out).child(JOB_FILE).read_bytes())
-    except (OSError, ValueError):
-        return {}
+    return read_json(join(out, JOB_FILE)) or {}

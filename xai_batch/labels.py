@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from xai_batch.errors import ConfigError
 from xai_batch.storage import locate
 
-__all__ = ["BUILTIN_MAPS", "LabelMap", "load_label_map", "load_truth", "folder_label"]
+__all__ = [
+    "BUILTIN_MAPS", "LabelMap", "load_label_map", "load_truth", "folder_label", "truth_labeller", "prediction_labeller",
+]
 
 BUILTIN_MAPS = ("imagenet-cats-dogs",)
 
@@ -63,6 +65,19 @@ def folder_label(path: str) -> str | None:
     """The class of a class-per-folder SOURCE: the path's first folder, if it has one."""
     head, _, rest = path.partition("/")
     return head if rest else None
+
+
+def truth_labeller(labels: str | None) -> Callable[[str], str | None]:
+    """Path -> true label: from a ``--labels`` CSV if given, else the path's first folder."""
+    return load_truth(labels).get if labels else folder_label
+
+
+def prediction_labeller(label_map: str | None) -> Callable[[dict], str]:
+    """Manifest row -> the label its prediction means: through the label map, else the class name."""
+    mapping = load_label_map(label_map)
+    if mapping is None:
+        return lambda row: row["pred_name"]
+    return lambda row: mapping(row["pred_index"])
 
 
 def _read_csv(spec: str, columns: tuple[str, ...], param: str) -> list[dict]:

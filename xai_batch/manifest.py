@@ -26,12 +26,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
-from xai_batch.storage import locate
+from xai_batch.storage import Location, locate
 
 __all__ = [
     "SCHEMA",
     "MANIFEST_DIR",
     "ManifestWriter",
+    "write_part",
     "read_manifest",
     "new_run_id",
     "encode_segments",
@@ -144,10 +145,8 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
-        name = f"part-{self.run_id}-{self._parts:05d}.parquet"
-        with self.folder.child(name).atomic_writer() as stream:
-            pq.write_table(table, stream)
+        write_part(self.folder, f"part-{self.run_id}-{self._parts:05d}.parquet",
+                   pa.Table.from_pylist(self._buffer, schema=SCHEMA))
         self._parts += 1
         self.rows_written += len(self._buffer)
         self._buffer = []
@@ -156,6 +155,12 @@ class ManifestWriter:
         """Write what is buffered; returns the rows written in all."""
         self.flush()
         return self.rows_written
+
+
+def write_part(folder: Location, name: str, table: pa.Table) -> None:
+    """One part file, written under a hidden name and renamed, so no reader sees half of it."""
+    with folder.child(name).atomic_writer() as stream:
+        pq.write_table(table, stream)
 
 
 def read_manifest(out: str, current: bool = True) -> pa.Table:

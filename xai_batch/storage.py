@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "locate", "is_uri", "join"]
+__all__ = ["Location", "locate", "is_uri", "join", "write_json", "read_json"]
 
 
 def is_uri(target: str) -> bool:
@@ -135,3 +136,20 @@ def _walk_local(root: str) -> Iterator[str]:
             if os.path.islink(full) and os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
                 continue
             yield os.path.relpath(full, root).replace(os.sep, "/")
+
+
+def write_json(target: str, document: dict) -> str:
+    """A JSON document written atomically (a reader never sees half of it); returns where."""
+    location = locate(target)
+    text = json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
+    with location.atomic_writer() as stream:
+        stream.write(text.encode("utf-8"))
+    return location.target
+
+
+def read_json(target: str) -> dict | None:
+    """The JSON document at ``target``, or None if there is none (or it is not JSON)."""
+    try:
+        return json.loads(locate(target).read_bytes())
+    except (OSError, ValueError):
+        return None

@@ -113,6 +113,28 @@ def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
     assert a.column("mask").to_pylist() == b.column("mask").to_pylist()
 
 
+def test_submit_audit_exits_as_the_audit_did(head, shapes_data, trained, tmp_path):
+    """`xai-batch submit --wait audit`: jobs/audit.py on the cluster; its exit 3 reaches the scheduler."""
+    _, env, dashboard = head
+    source = tmp_path / "audited"
+    for name, folder in (("square/square_0000.png", "square"), ("square/square_0001.png", "cat")):
+        (source / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(shapes_data["holdout"], name), source / folder / os.path.basename(name))
+    client_env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    submitted = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "xai-batch"), "submit", "--address", dashboard, "--wait",
+         "audit", str(source), "--out", str(tmp_path / "audit"), "--checkpoint", trained.checkpoint,
+         "--num-samples", "20", "--no-progress", "--fail-on", "misclassified,changed"],
+        env=client_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+    )
+    assert submitted.returncode == 3, submitted.stdout + submitted.stderr
+    assert "findings: errors 0, misclassified 1" in submitted.stdout and "failed: misclassified>0" in submitted.stdout
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert [f["path"] for f in audit["findings"]["misclassified"]] == ["cat/square_0001.png"]
+    assert audit["failed"] == ["misclassified>0"]
+    assert_verified(str(tmp_path / "audit"), str(source))
+
+
 def test_jobs_verbs_and_a_failing_job(head, tmp_path):
     _, env, dashboard = head
     client_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}

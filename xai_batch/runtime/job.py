@@ -16,7 +16,9 @@ Failures are recovered: tasks whose worker dies are retried by Ray
 resent by the driver, which charges the crash to the image that caused it.
 What still fails becomes that image's error row; the job goes on. A run into an ``out`` that already holds
 results of the same configuration resumes: images whose file is unchanged
-are skipped, the others redone.
+are skipped, the others redone. With ``reuse``, rows of the same
+configuration are first copied from another output for the images ``out``
+lacks, and then count as done the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from xai_batch.errors import ConfigError
 from xai_batch.explain.convergence import sample_schedule
 from xai_batch.images import discover_images
 from xai_batch.jobrecord import load_job_record, software_versions, write_job_record
-from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest
+from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest, write_part
 from xai_batch.models import resolve_model
 from xai_batch.runtime.cluster import connected
 from xai_batch.runtime.replica import Replicas
@@ -65,6 +67,7 @@ class JobResult:
     skipped: int
     rows: int
     seconds: float
+    reused: int = 0  # of the skipped: rows copied from ``config.reuse`` for unchanged files
 
 
 def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
@@ -94,6 +97,8 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     paths = discover_images(config.source)
     if not paths:
         log.warning("no image files under %s", config.source)
+    reused = _reuse_rows(config, context.config_hash, paths, done) if config.reuse else {}
+    done.update(reused)  # a copy of a file that changed since is redone like any other
     run_id = new_run_id()
     record = {} if config.overwrite else load_job_record(config.out)
     record.update(
@@ -106,7 +111,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     run = {"run_id": run_id, "config_hash": context.config_hash, "state": "running", "started": _iso(started)}
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
-    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "rows": 0}
+    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "rows": 0}
     timings: dict[str, float] = {}
     try:
         with connected(config.address):
@@ -121,7 +126,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
             writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
                 config.out, run_id, seconds_per_part=config.flush_seconds
             )
-            pipeline = _Pipeline(config, paths, done, replicas, context, writer, bar, counts)
+            pipeline = _Pipeline(config, paths, done, set(reused), replicas, context, writer, bar, counts)
             try:
                 pipeline.run()
             finally:
@@ -161,6 +166,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         skipped=counts["skipped"],
         rows=counts["rows"],
         seconds=timings["seconds"],
+        reused=counts["reused"],
     )
 
 
@@ -188,6 +194,29 @@ def _resume_state(config: ExplainConfig, expected_hash: str) -> dict[str, str]:
         return {}
     rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "sha256"]).to_pylist()
     return {row["path"]: row["sha256"] for row in rows}
+
+
+def _reuse_rows(config: ExplainConfig, expected_hash: str, paths: list[str], done: dict[str, str]) -> dict[str, str]:
+    """Copy ``config.reuse``'s ok rows of this configuration for images in SOURCE that ``out`` lacks.
+
+    The rows keep their run ids, older than this run's, so an image whose file
+    changed since is redone by the prepare task's hash check and its new rows
+    supersede the copies. Returns path -> sha256 of the images copied.
+    """
+    previous = read_manifest(config.reuse)
+    wanted = set(paths) - done.keys()
+    keep = [
+        status == "ok" and digest == expected_hash and path in wanted
+        for path, status, digest in zip(previous["path"].to_pylist(), previous["status"].to_pylist(),
+                                        previous["config_hash"].to_pylist())
+    ]
+    rows = previous.filter(keep)
+    if rows.num_rows:
+        folder = locate(config.out).child(MANIFEST_DIR)
+        folder.make_dirs()
+        write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
+    log.info("reused %d rows of %s", rows.num_rows, config.reuse)
+    return dict(zip(rows["path"].to_pylist(), rows["sha256"].to_pylist()))
 
 
 def _manifest_counts(out: str) -> dict[str, int]:
@@ -230,10 +259,11 @@ class _Pipeline:
     error row, and the rest of the job is unaffected.
     """
 
-    def __init__(self, config, paths, done, replicas, context, writer, bar, counts) -> None:
+    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         self.config = config
         self.todo = deque(paths)
         self.done = done
+        self.reused = reused
         self.replicas = replicas
         self.context_ref = ray.put(context)
         self.context = context
@@ -299,6 +329,7 @@ class _Pipeline:
             header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}")
         if header.skipped:
             self.counts["skipped"] += 1
+            self.counts["reused"] += path in self.reused
             self.bar.update(1)
             return
         if header.error is not None:

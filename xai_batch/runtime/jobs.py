@@ -1,4 +1,4 @@
-"""Ray jobs: submitting ``jobs/explain.py`` to a cluster, and the other verbs.
+"""Ray jobs: submitting ``jobs/explain.py`` or ``jobs/audit.py`` to a cluster, and the other verbs.
 
 A submission ships a staging folder as the job's ``working_dir``: this
 checkout's ``xai_batch/`` and ``jobs/`` (a few hundred KB, so what runs is
@@ -83,12 +83,12 @@ class JobsClient:
         except Exception as exc:
             raise ClusterUnreachable(f"the Ray Jobs API at {self.address} refused us: {_one_line(exc)}") from exc
 
-    def submit_explain(self, args: Sequence[str], checkpoint: str | None) -> Submission:
-        """Submit ``python jobs/explain.py ARGS`` with this checkout (and checkpoint) shipped."""
+    def submit(self, script: str, args: Sequence[str], checkpoint: str | None) -> Submission:
+        """Submit ``python jobs/SCRIPT ARGS`` with this checkout (and checkpoint) shipped."""
         with tempfile.TemporaryDirectory(prefix="xai-batch-job-") as staging:
             shipped_checkpoint = stage_working_dir(staging, checkpoint)
             full = [*args, *(["--checkpoint", shipped_checkpoint] if shipped_checkpoint else [])]
-            entrypoint = shlex.join(["python", "jobs/explain.py", *full])
+            entrypoint = shlex.join(["python", f"jobs/{script}", *full])
             job_id = self._call(self._client.submit_job, entrypoint=entrypoint,
                                 runtime_env={"working_dir": staging})
         return Submission(job_id, self.address, entrypoint)
@@ -105,6 +105,10 @@ class JobsClient:
 
     def status(self, job_id: str) -> str:
         return str(self._call(self._client.get_job_status, job_id).value)
+
+    def exit_code(self, job_id: str) -> int | None:
+        """The job driver's exit status, once it has ended (None if Ray does not know it)."""
+        return getattr(self.info(job_id), "driver_exit_code", None)
 
     def info(self, job_id: str):
         return self._call(self._client.get_job_info, job_id)

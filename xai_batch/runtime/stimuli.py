@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xai_batch.errors import ConfigError
-from xai_batch.labels import folder_label, load_label_map, load_truth
+from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.runtime.render import RenderOptions, current_rows, job_source, render_rows, write_csv
 from xai_batch.stimuli import Design, annotate, select
 from xai_batch.storage import join
@@ -38,10 +38,7 @@ def run_stimuli(
 ) -> StimuliResult:
     """Select, render and index the stimuli; refuse an unbalanced design unless ``allow_unbalanced``."""
     rows = current_rows(out)
-    truth = load_truth(labels).get if labels else folder_label
-    mapping = load_label_map(label_map)
-    predicted = (lambda row: mapping(row["pred_index"])) if mapping else (lambda row: row["pred_name"])
-    stimuli, short = select(annotate(rows, truth, predicted, design), design)
+    stimuli, short = select(annotate(rows, truth_labeller(labels), prediction_labeller(label_map), design), design)
     short_cells = {"/".join(cell): count for cell, count in short.items()}
     if short_cells and not allow_unbalanced:
         listed = ", ".join(f"{cell} has {count}" for cell, count in short_cells.items())

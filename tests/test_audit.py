@@ -1,0 +1,124 @@
+"""The audit's findings on hand-made manifest rows, each checked against a hand-computed answer."""
+
+import numpy as np
+import pytest
+
+from xai_batch.audit import (
+    FailCondition, Thresholds, audit_report, confusion, failed_conditions, image_rows, mask_iou, parse_fail_on,
+)
+from xai_batch.errors import ConfigError
+from xai_batch.manifest import encode_mask, encode_segments
+
+# Four 2x4 superpixels side by side on an 8x8 image: segment s covers columns 2s, 2s+1 of rows 0..3,
+# and the bottom half (rows 4..7) is segment 4.
+SEGMENTS = np.zeros((8, 8), np.int64)
+for s in range(4):
+    SEGMENTS[:4, 2 * s: 2 * s + 2] = s
+SEGMENTS[4:] = 4
+
+
+def _row(path, pred, prob, weights, sha="a", model="m1", explained=None, top=2):
+    weights = np.asarray(weights, float)
+    order = np.argsort(-np.abs(weights), kind="stable")[:top]
+    mask = np.zeros((8, 8), np.uint8)
+    for s in order:
+        mask[SEGMENTS == s] = 1 if weights[s] >= 0 else 2
+    index = {"cat": 0, "dog": 1}[pred]
+    explained = index if explained is None else explained
+    return {"path": path, "status": "ok", "error": None, "sha256": sha, "model_id": model, "pred_index": index,
+            "pred_name": pred, "pred_prob": prob, "explained_index": explained,
+            "explained_name": ["cat", "dog"][explained], "segments": encode_segments(SEGMENTS),
+            "weights": list(weights), "mask": encode_mask(mask)}
+
+
+def _error(path):
+    return {"path": path, "status": "error", "error": "not an image", "sha256": "x", "model_id": "m1",
+            "pred_index": None, "pred_name": None, "pred_prob": None, "explained_index": None}
+
+
+def _report(current, previous=None, masks=None, **thresholds):
+    return audit_report(current, previous, truth=lambda p: p.split("/")[0] if "/" in p else None,
+                        predicted=lambda row: row["pred_name"], object_mask=(masks or {}).get,
+                        thresholds=Thresholds(**thresholds), num_features=2)
+
+
+def test_parse_fail_on():
+    assert parse_fail_on(["misclassified", "moved>10,accuracy<0.9"]) == (
+        FailCondition("misclassified", ">", 0), FailCondition("moved", ">", 10), FailCondition("accuracy", "<", 0.9))
+    for bad in ["sometimes", "accuracy>0.5", "accuracy", "accuracy<2", "moved<3", "moved>>3"]:
+        with pytest.raises(ConfigError):
+            parse_fail_on([bad])
+    report = {"counts": {"moved": 10, "misclassified": 1}, "accuracy": 0.85}
+    conditions = parse_fail_on(["moved>10", "misclassified", "accuracy<0.9"])
+    assert failed_conditions(conditions, report) == ["misclassified>0", "accuracy<0.9"]
+    assert failed_conditions(parse_fail_on(["accuracy<0.9"]), {"counts": {}, "accuracy": None}) == []
+
+
+def test_confusion_by_hand():
+    pairs = [("cat", "cat"), ("cat", "dog"), ("dog", "dog"), ("dog", "other"), ("dog", "dog")]
+    result = confusion(pairs)
+    assert result["confusion"] == {"labels": ["cat", "dog", "other"], "matrix": [[1, 1, 0], [0, 2, 1], [0, 0, 0]]}
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["per_class"] == {"cat": {"images": 2, "correct": 1, "accuracy": 0.5},
+                                   "dog": {"images": 3, "correct": 2, "accuracy": pytest.approx(2 / 3)}}
+    assert confusion([])["accuracy"] is None
+
+
+def test_mask_iou():
+    a, b = np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    assert mask_iou(a, b) == 1.0
+    a[0, :2], b[0, 1:4] = 1, 2  # "for" and "against" both count as marked
+    assert mask_iou(a, b) == pytest.approx(1 / 4)
+
+
+def test_image_rows_keep_the_predicted_labels_explanation():
+    lower = _row("cat/a.png", "cat", 0.6, [1, 0, 0, 0, 0], explained=1)
+    top = _row("cat/a.png", "cat", 0.6, [1, 0, 0, 0, 0])
+    assert image_rows([lower, top])["cat/a.png"] is top
+    assert image_rows([top, lower])["cat/a.png"] is top
+
+
+def test_findings_by_hand():
+    current = [
+        _row("cat/right.png", "cat", 0.9, [3, 2, 0, 0, 0]),
+        _row("cat/wrong.png", "dog", 0.45, [0, 0, 3, 2, 0]),
+        _row("dog/moved.png", "dog", 0.8, [3, 2, 0, 0, 0], sha="b"),
+        _row("flat.png", "dog", 0.99, [0, 0, 0, 2, 3]),
+        _error("dog/broken.png"),
+    ]
+    previous = [
+        _row("cat/right.png", "cat", 0.9, [3, 2, 0, 0, 0]),
+        _row("cat/wrong.png", "cat", 0.7, [0, 0, 3, 2, 0]),
+        _row("dog/moved.png", "dog", 0.8, [0, 2, 3, 0, 0]),  # segments 1,2 then; 0,1 now: IoU 1/3
+        _row("dog/gone.png", "dog", 0.8, [0, 2, 3, 0, 0]),
+    ]
+    # The object is segment 0 and half of segment 1: the top-2 positive superpixels (0 and 1, 16 pixels)
+    # of 'right' have 12 of their pixels on it; those of 'flat' (4 and 3, 40 pixels) none.
+    object_mask = np.zeros((8, 8), bool)
+    object_mask[:4, :3] = True
+    masks = {"cat/right.png": object_mask, "flat.png": object_mask, "cat/wrong.png": np.zeros((8, 8), bool)}
+    report = _report(current, previous, masks, min_on_object=0.8)
+    findings = report["findings"]
+    assert findings["errors"] == [{"path": "dog/broken.png", "error": "not an image"}]
+    assert findings["misclassified"] == [{"path": "cat/wrong.png", "true": "cat", "predicted": "dog", "prob": 0.45}]
+    assert findings["low-confidence"] == [{"path": "cat/wrong.png", "predicted": "dog", "prob": 0.45}]
+    assert findings["changed"] == [{"path": "cat/wrong.png", "before": "cat", "after": "dog", "prob_before": 0.7,
+                                    "prob_after": 0.45, "file_changed": False, "model_changed": False}]
+    assert findings["moved"] == [{"path": "dog/moved.png", "label": "dog", "iou": pytest.approx(1 / 3, abs=1e-4),
+                                  "file_changed": True}]
+    # An empty object mask (nothing to rest on) is no finding; 12/16 = 0.75 < 0.8 is one.
+    assert findings["background"] == [{"path": "cat/right.png", "label": "cat", "on_object": 0.75},
+                                      {"path": "flat.png", "label": "dog", "on_object": 0.0}]
+    assert report["counts"] == {"images": 5, "explained": 4, "labelled": 3, "errors": 1, "misclassified": 1,
+                                "low-confidence": 1, "changed": 1, "moved": 1, "background": 2}
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    assert report["since_previous"] == {"new": ["flat.png"], "removed": ["dog/gone.png"],
+                                        "models_before": ["m1"], "models_now": ["m1"]}
+    assert _report(current, previous, masks)["findings"]["background"] == [
+        {"path": "flat.png", "label": "dog", "on_object": 0.0}]
+
+
+def test_thresholds_are_checked():
+    with pytest.raises(ConfigError) as caught:
+        Thresholds(min_iou=1.5)
+    assert caught.value.param == "min_iou"
