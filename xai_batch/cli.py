@@ -64,6 +64,7 @@ _OPTION_NAMES = {
     "lr": "--lr",
     "val_fraction": "--val-fraction",
     "pretrained": "--pretrained",
+    "images": "--images",
 }
 
 
@@ -506,6 +507,44 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
     click.echo(f"index: {result.csv}")
     if result.errors:
         raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
+@click.option("--to", type=_PathOrURI(dir_okay=False, writable=True),
+              help="The HTML file to write. Default: OUT/report.html.")
+@click.option("--images", type=click.Choice(["auto", "embed", "beside"]), default="auto", show_default=True,
+              help="Thumbnails inside the page, or in a folder beside it (REPORT_files/); auto embeds up to "
+                   "1000 images.")
+@click.option("--labels", type=_PathOrURI(exists=True, dir_okay=False),
+              help="CSV 'path,label' of true classes. Default: the audit's, else each image's first folder.")
+@click.option("--label-map", default=None,
+              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: the "
+                   "audit's, else class names.")
+@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
+              help="Where the images are now, if not where job.json says they were explained from.")
+@click.option("--address", default=None,
+              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reporting_errors
+def report(out: str, to: str | None, images: str, labels: str | None, label_map: str | None, source: str | None,
+           address: str | None, progress: bool) -> None:
+    """Write OUT's run as one self-contained HTML page.
+
+    The run's summary; accuracy per class and the confusion matrix where true
+    labels exist; the findings (those of `xai-batch audit` when OUT was
+    audited); and a gallery of every image's explanation that filters by true
+    and predicted class, right or wrong, finding and confidence, sorts by
+    score or confidence, and pages through any number of images. Nothing is
+    loaded from the network; filters live in the URL, so a view can be shared.
+    """
+    from xai_batch.runtime.report import run_report
+
+    result = run_report(out, to, images, labels=labels, label_map=label_map, source=source, address=address,
+                        progress=progress)
+    where = "embedded" if result.pictures is None else f"in {result.pictures}"
+    click.echo(f"{result.images} images, pictures {where}; {result.errors} could not be drawn")
+    click.echo(f"report: {result.path}")
 
 
 _ADDRESS_HELP = "Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265."

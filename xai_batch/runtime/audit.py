@@ -85,7 +85,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         "source": config.explain.source,
         "out": config.explain.out,
         "previous": config.previous,
-        "labels": config.labels or "first folder of each path",
+        "labels": config.labels,  # None: each path's first folder
         "label_map": config.label_map,
         "masks": config.masks,
         "thresholds": dataclasses.asdict(config.thresholds),

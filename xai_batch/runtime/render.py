@@ -95,7 +95,7 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
                 raise ImageError("the file changed since it was explained; run explain again")
             picture = render_row(row, load_image(data).pixels, options)
             with to.child(name).atomic_writer() as stream:
-                stream.write(_png(picture))
+                stream.write(_encode(picture, name))
         except (OSError, ImageError) as exc:
             entry.update(file="", error=" ".join(str(exc).split()))
         entries.append(entry)
@@ -177,7 +177,11 @@ def _collect(pending: list[ray.ObjectRef], bar: tqdm) -> list[dict]:
     return entries
 
 
-def _png(picture: np.ndarray) -> bytes:
+def _encode(picture: np.ndarray, name: str) -> bytes:
+    """PNG, or JPEG for a ``.jpg`` name (the report's thumbnails: a tenth of the bytes)."""
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
+    if name.endswith(".jpg"):
+        Image.fromarray(picture).save(buffer, format="JPEG", quality=85)
+    else:
+        Image.fromarray(picture).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,0 +1,78 @@
+"""The HTML report: one self-contained page from a run's summary, audit and explanations.
+
+Pure functions: what the page shows is a JSON document (:func:`report_document`)
+that the page's own script turns into the summary, the accuracy tables, the
+findings and a gallery filtered, sorted and paged in the browser, so 10,000
+rows cost one small script and a page of thumbnails at a time. The page loads
+nothing from the network (its Content-Security-Policy forbids it); pictures
+are embedded as data URIs or lie in a folder beside it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+
+from xai_batch.audit import image_rows
+
+__all__ = ["PAGE_SIZE", "gallery_rows", "report_document", "report_html"]
+
+PAGE_SIZE = 48  # cards per gallery page
+
+
+def gallery_rows(
+    rows: Sequence[dict],
+    truth: Callable[[str], str | None],
+    predicted: Callable[[dict], str],
+    findings: Mapping[str, Sequence[dict]],
+    pictures: Mapping[str, tuple[str, str]],
+) -> list[dict]:
+    """One gallery entry per explained image: labels, probability, score, findings and picture.
+
+    ``pictures`` maps a path to (src, error): the picture's URL, or why there is none.
+    """
+    by_path: dict[str, list[str]] = {}
+    for kind, items in findings.items():
+        for item in items:
+            by_path.setdefault(item["path"], []).append(kind)
+    entries = []
+    for path, row in image_rows(rows).items():
+        if row["status"] != "ok":
+            continue
+        true_label, label = truth(path), predicted(row)
+        src, error = pictures.get(path, ("", "not drawn"))
+        entries.append({
+            "path": path, "truth": true_label, "pred": label, "class": row["pred_name"],
+            "prob": round(float(row["pred_prob"]), 4), "score": round(float(row["score"]), 4),
+            "correct": None if true_label is None else true_label == label,
+            "findings": by_path.get(path, []), "img": src, "img_error": error,
+        })
+    return entries
+
+
+def report_document(summary: dict, audit: dict, gallery: list[dict], audited: dict | None) -> dict:
+    """Everything the page shows: ``audit`` holds accuracy, confusion and findings (computed or read)."""
+    return {
+        "title": f"xai-batch report: {summary['out']}",
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "summary": {**summary, "labelled": audit["counts"]["labelled"]},
+        "accuracy": audit["accuracy"],
+        "per_class": audit["per_class"],
+        "confusion": audit["confusion"],
+        "findings": audit["findings"],
+        "since_previous": audit.get("since_previous"),
+        "audit": {"created": audited["created"], "previous": audited.get("previous")} if audited else None,
+        "rows": gallery,
+        "page_size": PAGE_SIZE,
+    }
+
+
+def report_html(document: dict) -> str:
+    """The page: the template with the document embedded as JSON (safe inside a script element)."""
+    template = resources.files("xai_batch").joinpath("templates/report.html").read_text(encoding="utf-8")
+    payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return template.replace("__XAI_BATCH_TITLE__", html.escape(document["title"])).replace("__XAI_BATCH_DATA__", payload)
