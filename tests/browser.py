@@ -93,7 +93,7 @@ class Chromium:
         self.events.clear()
         self.call("Page.navigate", session=True, url=url)
         deadline = time.monotonic() + timeout
-        while not self.evaluate(f"Boolean({ready})"):
+        while not self.evaluate(f"(() => {{ try {{ return Boolean({ready}); }} catch (e) {{ return false; }} }})()"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} was not ready ({ready})")
             time.sleep(0.1)

@@ -39,7 +39,12 @@ def head(tmp_path_factory):
     env = dict(os.environ, RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(dashboard), RAY_NUM_CPUS="2",
                RAY=os.path.join(os.path.dirname(sys.executable), "ray"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     env.pop("RAY_ADDRESS", None)
-    extra = ["--temp-dir", str(temp), "--resources", '{"xai_test_head": 1}', "--disable-usage-stats", "--block"]
+    # Every port of its own: the session's Ray (ray_session) already holds the default agent ports,
+    # and a head whose job agent cannot bind refuses submissions ("No available agent").
+    agent_ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+    extra = ["--temp-dir", str(temp), "--resources", '{"xai_test_head": 1}', "--disable-usage-stats", *agent_ports,
+             "--block"]
     process = subprocess.Popen([os.path.join(ROOT, "cluster/local/start.sh"), *extra], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
