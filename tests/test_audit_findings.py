@@ -17,7 +17,7 @@ for s in range(4):
 SEGMENTS[4:] = 4
 
 
-def _row(path, pred, prob, weights, sha="a", model="m1", explained=None, top=2):
+def _row(path, pred, prob, weights, sha="a", model="m1", explained=None, top=2, **quality):
     weights = np.asarray(weights, float)
     order = np.argsort(-np.abs(weights), kind="stable")[:top]
     mask = np.zeros((8, 8), np.uint8)
@@ -28,7 +28,7 @@ def _row(path, pred, prob, weights, sha="a", model="m1", explained=None, top=2):
     return {"path": path, "status": "ok", "error": None, "sha256": sha, "model_id": model, "pred_index": index,
             "pred_name": pred, "pred_prob": prob, "explained_index": explained,
             "explained_name": ["cat", "dog"][explained], "segments": encode_segments(SEGMENTS),
-            "weights": list(weights), "mask": encode_mask(mask)}
+            "weights": list(weights), "mask": encode_mask(mask), **quality}
 
 
 def _error(path):
@@ -36,10 +36,9 @@ def _error(path):
             "pred_index": None, "pred_name": None, "pred_prob": None, "explained_index": None}
 
 
-def _report(current, previous=None, masks=None, **thresholds):
+def _report(current, previous=None, **thresholds):
     return audit_report(current, previous, truth=lambda p: p.split("/")[0] if "/" in p else None,
-                        predicted=lambda row: row["pred_name"], object_mask=(masks or {}).get,
-                        thresholds=Thresholds(**thresholds), num_features=2)
+                        predicted=lambda row: row["pred_name"], thresholds=Thresholds(**thresholds))
 
 
 def test_parse_fail_on():
@@ -80,10 +79,12 @@ def test_image_rows_keep_the_predicted_labels_explanation():
 
 def test_findings_by_hand():
     current = [
-        _row("cat/right.png", "cat", 0.9, [3, 2, 0, 0, 0]),
-        _row("cat/wrong.png", "dog", 0.45, [0, 0, 3, 2, 0]),
+        _row("cat/right.png", "cat", 0.9, [3, 2, 0, 0, 0], on_object=0.75, on_object_random=0.8, deletion_auc=0.2, deletion_auc_random=0.5,
+             insertion_auc=0.8, insertion_auc_random=0.5, stability=1.0),
+        _row("cat/wrong.png", "dog", 0.45, [0, 0, 3, 2, 0], deletion_auc=0.6, deletion_auc_random=0.5,
+             insertion_auc=0.7, insertion_auc_random=0.5, stability=0.5),
         _row("dog/moved.png", "dog", 0.8, [3, 2, 0, 0, 0], sha="b"),
-        _row("flat.png", "dog", 0.99, [0, 0, 0, 2, 3]),
+        _row("flat.png", "dog", 0.99, [0, 0, 0, 2, 3], on_object=0.0, on_object_random=0.2, pointing_hit=False),
         _error("dog/broken.png"),
     ]
     previous = [
@@ -92,12 +93,7 @@ def test_findings_by_hand():
         _row("dog/moved.png", "dog", 0.8, [0, 2, 3, 0, 0]),  # segments 1,2 then; 0,1 now: IoU 1/3
         _row("dog/gone.png", "dog", 0.8, [0, 2, 3, 0, 0]),
     ]
-    # The object is segment 0 and half of segment 1: the top-2 positive superpixels (0 and 1, 16 pixels)
-    # of 'right' have 12 of their pixels on it; those of 'flat' (4 and 3, 40 pixels) none.
-    object_mask = np.zeros((8, 8), bool)
-    object_mask[:4, :3] = True
-    masks = {"cat/right.png": object_mask, "flat.png": object_mask, "cat/wrong.png": np.zeros((8, 8), bool)}
-    report = _report(current, previous, masks, min_on_object=0.8)
+    report = _report(current, previous, min_on_object=0.8)
     findings = report["findings"]
     assert findings["errors"] == [{"path": "dog/broken.png", "error": "not an image"}]
     assert findings["misclassified"] == [{"path": "cat/wrong.png", "true": "cat", "predicted": "dog", "prob": 0.45}]
@@ -106,7 +102,7 @@ def test_findings_by_hand():
                                     "prob_after": 0.45, "file_changed": False, "model_changed": False}]
     assert findings["moved"] == [{"path": "dog/moved.png", "label": "dog", "iou": pytest.approx(1 / 3, abs=1e-4),
                                   "file_changed": True}]
-    # An empty object mask (nothing to rest on) is no finding; 12/16 = 0.75 < 0.8 is one.
+    # Rows without on_object (no mask, or no object in it) are no finding; 0.75 < 0.8 is one.
     assert findings["background"] == [{"path": "cat/right.png", "label": "cat", "on_object": 0.75},
                                       {"path": "flat.png", "label": "dog", "on_object": 0.0}]
     assert report["counts"] == {"images": 5, "explained": 4, "labelled": 3, "errors": 1, "misclassified": 1,
@@ -114,8 +110,14 @@ def test_findings_by_hand():
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["since_previous"] == {"new": ["flat.png"], "removed": ["dog/gone.png"],
                                         "models_before": ["m1"], "models_now": ["m1"]}
-    assert _report(current, previous, masks)["findings"]["background"] == [
+    assert _report(current, previous)["findings"]["background"] == [
         {"path": "flat.png", "label": "dog", "on_object": 0.0}]
+    quality = report["quality"]
+    assert quality["deletion_auc"] == pytest.approx(0.4) and quality["insertion_auc"] == pytest.approx(0.75)
+    assert quality["deletion_beats_random"] == 0.5 and quality["insertion_beats_random"] == 1.0
+    assert quality["stability"] == pytest.approx(0.75) and quality["pointing_hit"] == 0.0
+    assert quality["on_object_beats_random"] == 0.0 and quality["on_object"] == pytest.approx(0.375)
+    assert quality["images"] == {"deletion_auc": 2, "stability": 2, "on_object": 2}
 
 
 def test_thresholds_are_checked():

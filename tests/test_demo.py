@@ -18,6 +18,8 @@ def test_demo_trains_explains_and_lands_on_the_objects(ray_session, tmp_path):
         result.output).groups())
     assert accuracy >= 2 / 3, result.output
     assert share > 2 * chance, result.output
+    deletion, deletion_random = map(float, re.search(r"deletion AUC ([\d.]+) vs ([\d.]+)", result.output).groups())
+    assert deletion < deletion_random, result.output
     assert (out / "run" / "job.json").is_file() and any((out / "run" / "manifest").iterdir())
     assert_verified(str(out / "run"), str(out / "data" / "holdout"))
     assert (out / "data" / "train" / "none").is_dir() and (out / "model.pt").is_file()

@@ -6,8 +6,10 @@ should look at — error rows, misclassified images, low-confidence
 predictions, predictions that changed since the previous audit,
 explanations that moved (their top-k masks overlap less than a threshold),
 and explanations that rest on the background (little of their positive
-top-k area on the object, where a ground-truth object mask exists). Reading
-the manifests and the masks is the caller's business; so is exiting 3.
+top-k area on the object: the ``on_object`` column, where the explain had a
+ground-truth object mask). Reading the manifests is the caller's business;
+so is exiting 3. A summary of the explanations' measured quality (the
+manifest's faithfulness, stability and localisation columns) goes with them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from xai_batch.errors import ConfigError
-from xai_batch.explain.localisation import area_inside, top_positive
-from xai_batch.manifest import decode_mask, decode_segments
+from xai_batch.manifest import decode_mask
 
 __all__ = [
     "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions", "image_rows", "confusion",
-    "mask_iou", "audit_report",
+    "mask_iou", "audit_report", "quality_summary",
 ]
 
 FINDINGS = ("errors", "misclassified", "low-confidence", "changed", "moved", "background")
@@ -141,17 +142,13 @@ def audit_report(
     previous: Sequence[dict] | None,
     truth: Callable[[str], str | None],
     predicted: Callable[[dict], str],
-    object_mask: Callable[[str], np.ndarray | None],
     thresholds: Thresholds = Thresholds(),
-    num_features: int = 5,
 ) -> dict:
-    """Counts, accuracy, confusion matrix and findings for the current manifest rows.
+    """Counts, accuracy, confusion matrix, findings and quality for the current manifest rows.
 
     ``truth`` gives an image's true label (None: unknown), ``predicted`` the
-    label a row's prediction means (a label map's, or the class name),
-    ``object_mask`` the image's object mask in the 224x224 frame LIME saw
-    (None: no ground truth, or no object). ``previous`` holds the previous
-    audit's rows, for what changed.
+    label a row's prediction means (a label map's, or the class name).
+    ``previous`` holds the previous audit's rows, for what changed.
     """
     images = image_rows(current)
     ok = {path: row for path, row in images.items() if row["status"] == "ok"}
@@ -168,18 +165,47 @@ def audit_report(
                     {"path": path, "true": true_label, "predicted": label, "prob": probability})
         if row["pred_prob"] < thresholds.low_confidence:
             findings["low-confidence"].append({"path": path, "predicted": label, "prob": probability})
-        mask = object_mask(path)
-        if mask is not None and mask.any():
-            weights = np.asarray(row["weights"])
-            selected = top_positive(weights, num_features)
-            share = area_inside(decode_segments(row["segments"]), selected, mask) if selected else 0.0
-            if share < thresholds.min_on_object:
-                findings["background"].append(
-                    {"path": path, "label": row["explained_name"], "on_object": round(share, 4)})
+        share = row.get("on_object")
+        if share is not None and share < thresholds.min_on_object:
+            findings["background"].append(
+                {"path": path, "label": row["explained_name"], "on_object": round(share, 4)})
     since = _since_previous(current, previous, ok, predicted, thresholds, findings) if previous is not None else None
     counts = {"images": len(images), "explained": len(ok), "labelled": len(pairs),
               **{kind: len(found) for kind, found in findings.items()}}
-    return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since}
+    return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
+            "quality": quality_summary(list(ok.values()))}
+
+
+def quality_summary(rows: Sequence[dict]) -> dict:
+    """Means of the quality columns over the rows that have them, and how often they beat chance.
+
+    ``deletion_beats_random``: the share of images whose deletion AUC is
+    below the random order's (lower is better); ``insertion_beats_random``
+    the same for insertion (higher is better); likewise for localisation.
+    """
+    def values(column):
+        return np.array([row[column] for row in rows if row.get(column) is not None], np.float64)
+
+    def mean(column):
+        found = values(column)
+        return round(float(found.mean()), 4) if len(found) else None
+
+    def share(better):
+        verdicts = [verdict for verdict in map(better, rows) if verdict is not None]
+        return round(sum(verdicts) / len(verdicts), 4) if verdicts else None
+
+    summary = {column: mean(column) for column in (
+        "deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random", "stability",
+        "on_object", "on_object_random", "pointing_random")}
+    summary["pointing_hit"] = mean("pointing_hit")
+    summary["deletion_beats_random"] = share(
+        lambda r: None if r.get("deletion_auc") is None else r["deletion_auc"] < r["deletion_auc_random"])
+    summary["insertion_beats_random"] = share(
+        lambda r: None if r.get("insertion_auc") is None else r["insertion_auc"] > r["insertion_auc_random"])
+    summary["on_object_beats_random"] = share(
+        lambda r: None if r.get("on_object") is None else r["on_object"] > r["on_object_random"])
+    summary["images"] = {column: int(len(values(column))) for column in ("deletion_auc", "stability", "on_object")}
+    return summary
 
 
 def _since_previous(current, previous, ok, predicted, thresholds, findings) -> dict:

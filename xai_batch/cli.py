@@ -140,10 +140,10 @@ class _PathOrURI(click.ParamType):
         return self.path.convert(value, param, ctx)
 
 
-def _explain_option_list(on_cluster: bool, reuse: bool = True) -> list[Callable]:
+def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable]:
     """The explain options; ``on_cluster`` for ``submit``, whose paths live on the cluster.
 
-    Without ``reuse`` (an audit's reuse is its ``--previous``) there is no ``--reuse``.
+    An ``audit`` measures quality by default and has no ``--reuse`` (it reuses its ``--previous``).
     """
     if on_cluster:
         paths = [
@@ -187,8 +187,18 @@ def _explain_option_list(on_cluster: bool, reuse: bool = True) -> list[Callable]
                      help="Write finished rows at least this often: what a crash can lose."),
         click.option("--overwrite", is_flag=True,
                      help="Discard results already in --out instead of resuming them."),
+        click.option("--faithfulness/--no-faithfulness", default=audit, show_default=True,
+                     help="Measure each explanation's deletion and insertion AUC, and a random order's: "
+                          "2 (S+1) model passes per label and 2 (S+1) per image, S superpixels."),
+        click.option("--stability/--no-stability", default=audit, show_default=True,
+                     help="Measure the top --num-features overlap (Jaccard) with an explanation drawn with a "
+                          "second seed: as many model passes again as the explanation."),
     ]
-    if reuse:
+    if not audit:
+        settings.append(click.option(
+            "--masks", metavar="DIR", default=None,
+            help="Folder of ground-truth object masks named like the images (a.png or a.mask.pgm for "
+                 "a.jpg): adds the localisation columns (on_object, pointing_hit and their chance levels)."))
         settings.append(click.option(
             "--reuse", metavar="OLD_OUT", default=None,
             help="Copy rows of the same configuration from another run's output for images whose file is "
@@ -222,14 +232,14 @@ def submitted_audit_options(func: Callable) -> Callable:
     return _apply(_audit_option_list(on_cluster=True), func)
 
 
-_AUDIT_SETTINGS = ("previous", "labels", "label_map", "masks", "low_confidence", "min_iou", "min_on_object")
+_AUDIT_SETTINGS = ("previous", "labels", "label_map", "low_confidence", "min_iou", "min_on_object")
 
 
 def _audit_option_list(on_cluster: bool) -> list[Callable]:
     """What an audit adds to the explain options (minus ``--reuse``: it reuses ``--previous``)."""
     path = (lambda **checks: None) if on_cluster else (lambda **checks: _PathOrURI(**checks))
     share = click.FloatRange(0, 1)
-    *explaining, progress = _explain_option_list(on_cluster, reuse=False)
+    *explaining, progress = _explain_option_list(on_cluster, audit=True)
     return [
         *explaining,
         click.option("--previous", metavar="OLD_OUT", type=path(exists=True, file_okay=False),
@@ -241,8 +251,8 @@ def _audit_option_list(on_cluster: bool) -> list[Callable]:
                      help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. "
                           "Default: class names."),
         click.option("--masks", type=path(exists=True, file_okay=False),
-                     help="Folder of ground-truth object masks named like the images (a.png or "
-                          "a.mask.pgm for a.jpg): enables the background finding."),
+                     help="Folder of ground-truth object masks named like the images (a.png or a.mask.pgm "
+                          "for a.jpg): the localisation columns and the background finding."),
         click.option("--low-confidence", default=0.5, show_default=True, type=share,
                      help="A predicted class's probability below this is a low-confidence finding."),
         click.option("--min-iou", default=0.5, show_default=True, type=share,
@@ -272,11 +282,13 @@ def job_arguments(options: dict) -> list[str]:
     """``jobs/*.py`` arguments that reproduce parsed explain or audit options (but the checkpoint)."""
     args = [options["source"], "--out", options["out"]]
     for name in ("num_samples", "max_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
-                 "max_pixels", "flush_seconds", "reuse", *_AUDIT_SETTINGS):
+                 "max_pixels", "flush_seconds", "reuse", "masks", *_AUDIT_SETTINGS):
         if options.get(name) is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]
     args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
     args += ["--overwrite"] if options["overwrite"] else []
+    args += ["--faithfulness" if options["faithfulness"] else "--no-faithfulness"]
+    args += ["--stability" if options["stability"] else "--no-stability"]
     args += [f"--fail-on={condition}" for condition in options.get("fail_on", ())]
     args += ["--progress" if options["progress"] else "--no-progress"]
     return args
@@ -352,14 +364,13 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
     from xai_batch.runtime.audit import AuditConfig, run_audit
 
     try:
-        explaining = explain_config(**options, reuse=previous)
+        explaining = explain_config(**options, reuse=previous, masks=masks)
     except ConfigError as exc:
         if exc.param == "reuse":  # what explain calls reusing, an audit calls --previous
             exc.param = "previous"
         raise
     config = AuditConfig(
-        explain=explaining, previous=previous, labels=labels, label_map=label_map,
-        masks=masks, thresholds=Thresholds(low_confidence, min_iou, min_on_object), fail_on=fail_on,
+        explain=explaining, previous=previous, labels=labels, label_map=label_map, thresholds=Thresholds(low_confidence, min_iou, min_on_object), fail_on=fail_on,
     )
     try:
         with _sigterm_as_interrupt():
@@ -570,7 +581,7 @@ def submit_explain(settings: dict, **options) -> None:
     paths on storage every node reaches. On a local cluster relative paths are made absolute;
     on a remote one they are refused. A local --checkpoint file is shipped with the job.
     """
-    _submit_job("explain.py", settings, options, paths=("source", "out", "reuse"))
+    _submit_job("explain.py", settings, options, paths=("source", "out", "reuse", "masks"))
 
 
 @submit.command("audit", context_settings=CONTEXT_SETTINGS)
@@ -716,6 +727,38 @@ def train(data_dir: str, out: str, **options) -> None:
     from xai_batch.training import TrainConfig, train_model
 
     train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=click.echo)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("data_dir", type=_PathOrURI(exists=True, file_okay=False, readable=True))
+@click.option("--out", default="eval.json", show_default=True, type=_PathOrURI(dir_okay=False, writable=True),
+              help="The JSON file to write.")
+@click.option("--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
+              help="ResNet18 checkpoint, a file or URI. Default: torchvision's ImageNet weights.")
+@click.option("--label-map", default=None,
+              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: class names.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Model actors. Default: one per GPU, else one.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Larger images become errors undecoded.")
+@click.option("--address", default=None,
+              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show Ray Data's progress bars.")
+@_reporting_errors
+def evaluate(progress: bool, **options) -> None:
+    """How good is the model on DATA_DIR (one folder per class): accuracy, confusion, wrong images.
+
+    A batch prediction with Ray Data and a pool of model actors, no LIME. With
+    --label-map imagenet-cats-dogs, ImageNet's dog breeds (151-268) count as
+    dog and its cats (281-285) as cat, as the seed measured its accuracy.
+    """
+    from xai_batch.runtime.evaluate import EvaluateConfig, run_evaluate
+
+    result = run_evaluate(EvaluateConfig(**options), progress=progress)
+    accuracy = "no image could be classified" if result.accuracy is None else f"accuracy {result.accuracy:.4f}"
+    click.echo(f"{result.images} images, {result.errors} errors; {accuracy}")
+    click.echo(f"evaluation: {result.path}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -47,6 +47,11 @@ class ExplainConfig:
     an input's size, read from its header before decoding. ``flush_seconds``
     bounds how long finished rows wait to be written (what a crash can lose).
     ``overwrite`` discards results already in ``out`` instead of resuming them.
+    ``faithfulness`` adds each explanation's deletion and insertion AUC, and
+    the same for a random order; ``stability`` the top-k overlap with an
+    explanation drawn with a second seed; ``masks`` a folder of ground-truth
+    object masks for the localisation columns (:mod:`xai_batch.explain.quality`).
+
     ``reuse`` names another run's output (last night's audit, say) whose rows
     of the same configuration are copied for images whose file is unchanged,
     so only new and changed images cost model time; it is not hashed, because
@@ -76,6 +81,9 @@ class ExplainConfig:
     flush_seconds: float = 30.0
     overwrite: bool = False
     reuse: str | None = None
+    faithfulness: bool = False
+    stability: bool = False
+    masks: str | None = None
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
@@ -102,6 +110,8 @@ class ExplainConfig:
                 "precision",
             )
         _check_storage(self.source, self.out, self.checkpoint)
+        if self.masks is not None and not _safely(lambda: locate(self.masks).is_dir()):
+            raise ConfigError(f"masks {self.masks!r} is not a folder", "masks")
         if self.reuse is not None and not _safely(lambda: locate(self.reuse).child("manifest").is_dir()):
             raise ConfigError(f"{self.reuse!r} holds no manifest to reuse", "reuse")
 
@@ -136,6 +146,9 @@ def config_hash(config: ExplainConfig, model_id: str) -> str:
         "seed": config.seed,
         "precision": config.precision,
         "segmentation": dataclasses.asdict(config.segmentation),
+        **({"faithfulness": True} if config.faithfulness else {}),
+        **({"stability": True} if config.stability else {}),
+        **({"masks": config.masks} if config.masks else {}),
     }
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -3,8 +3,9 @@
 ImageNet weights cannot be downloaded everywhere, so the demo does what the
 MRI workflow does with its own data: it generates a class-per-folder dataset
 with ground-truth object masks, fine-tunes ResNet18 on it, explains held-out
-images on a local Ray, and reports how much of each explanation lands on the
-object, against what a random choice of superpixels would get.
+images on a local Ray with their quality measured, and reports how much of
+each explanation lands on the object and how faithful it is (deletion and
+insertion AUC), each against what a random choice of superpixels would get.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
+from xai_batch.audit import quality_summary
 from xai_batch.config import ExplainConfig
-from xai_batch.explain.localisation import area_inside, random_area_inside, top_positive
-from xai_batch.images import load_object_mask
-from xai_batch.manifest import decode_segments, read_manifest
+from xai_batch.manifest import read_manifest
 from xai_batch.runtime import run_explain
-from xai_batch.synthetic import NO_OBJECT, generate_dataset, mask_path
+from xai_batch.synthetic import NO_OBJECT, generate_dataset
 from xai_batch.training import TrainConfig, train_model
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo", "load_truth_mask"]
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 TRAIN_PER_CLASS = 36
 OBJECTS = ("disc", "square", "triangle")
@@ -46,12 +44,6 @@ class DemoResult:
     random_on_object: float  # the same for 5 random superpixels
 
 
-def load_truth_mask(image_path: str) -> np.ndarray:
-    """The generated object mask, preprocessed to the 224x224 frame LIME saw."""
-    with open(mask_path(image_path), "rb") as handle:
-        return load_object_mask(handle.read())
-
-
 def run_demo(config: DemoConfig, report: Callable[[str], None] = print) -> DemoResult:
     data = os.path.join(config.out, "data")
     per_class = -(-config.images // len(OBJECTS))
@@ -70,35 +62,36 @@ def run_demo(config: DemoConfig, report: Callable[[str], None] = print) -> DemoR
         report=report,
     )
 
-    report(f"3/3 explaining {per_class * len(OBJECTS)} held-out images with LIME on a local Ray")
+    report(f"3/3 explaining {per_class * len(OBJECTS)} held-out images with LIME on a local Ray, "
+           "with their faithfulness and localisation")
     run = os.path.join(config.out, "run")
     result = run_explain(
         ExplainConfig(source=holdout, out=run, checkpoint=checkpoint, num_samples=config.num_samples,
-                      seed=config.seed, overwrite=True)
+                      seed=config.seed, overwrite=True, faithfulness=True, masks=holdout)
     )
     table = read_manifest(run).to_pylist()
-    correct, on_object, by_chance = 0, [], []
-    report(f"{'image':<28} {'predicted':<10} {'prob':>5}  {'on object':>9}  {'random':>6}")
+    report(f"{'image':<28} {'predicted':<10} {'prob':>5}  {'on object':>9}  {'random':>6}  "
+           f"{'deletion':>8}  {'random':>6}  {'insertion':>9}  {'random':>6}")
+    ok = [row for row in table if row["status"] == "ok"]
     for row in table:
         if row["status"] != "ok":
             report(f"{row['path']:<28} error: {row['error']}")
             continue
-        truth = load_truth_mask(os.path.join(holdout, row["path"]))
-        segments = decode_segments(row["segments"])
-        weights = np.asarray(row["weights"])
-        share = area_inside(segments, top_positive(weights, 5), truth)
-        chance = random_area_inside(segments, 5, truth, seed=row["seed"])
-        correct += row["path"].split("/")[0] == row["pred_name"]
-        on_object.append(share)
-        by_chance.append(chance)
-        report(f"{row['path']:<28} {row['pred_name']:<10} {row['pred_prob']:>5.2f}  {share:>9.2f}  {chance:>6.2f}")
-    accuracy = correct / max(len(on_object), 1)
-    mean_share = float(np.mean(on_object)) if on_object else 0.0
-    mean_chance = float(np.mean(by_chance)) if by_chance else 0.0
+        report(f"{row['path']:<28} {row['pred_name']:<10} {row['pred_prob']:>5.2f}  {row['on_object']:>9.2f}  "
+               f"{row['on_object_random']:>6.2f}  {row['deletion_auc']:>8.2f}  {row['deletion_auc_random']:>6.2f}  "
+               f"{row['insertion_auc']:>9.2f}  {row['insertion_auc_random']:>6.2f}")
+    accuracy = sum(row["path"].split("/")[0] == row["pred_name"] for row in ok) / max(len(ok), 1)
+    quality = quality_summary(ok)
     report(f"accuracy on held-out images: {accuracy:.2f}")
     report(
-        f"top-5 positive superpixels on the object: {mean_share:.2f} of their area "
-        f"(random superpixels: {mean_chance:.2f})"
+        f"top-5 positive superpixels on the object: {quality['on_object'] or 0:.2f} of their area "
+        f"(random superpixels: {quality['on_object_random'] or 0:.2f})"
+    )
+    report(
+        f"deletion AUC {quality['deletion_auc'] or 0:.2f} vs {quality['deletion_auc_random'] or 0:.2f} for a random "
+        f"order (lower is better; LIME's order wins on {100 * (quality['deletion_beats_random'] or 0):.0f}% of "
+        f"images); insertion AUC {quality['insertion_auc'] or 0:.2f} vs {quality['insertion_auc_random'] or 0:.2f}"
     )
     report(f"manifest: {result.manifest}   job record: {os.path.join(run, 'job.json')}")
+    mean_share, mean_chance = quality["on_object"] or 0.0, quality["on_object_random"] or 0.0
     return DemoResult(result.manifest, accuracy, mean_share, mean_chance)

@@ -106,3 +106,14 @@ class TorchEngine:
                 probs = torch.softmax(logits.float(), dim=1)
                 out[start:stop] = probs.cpu().numpy()
         return out
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """(N, num_classes) softmax probabilities of N whole (224, 224, 3) uint8 images: no perturbation."""
+        out = np.empty((len(images), self.num_classes), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([normalise(image, self.device) for image in images[start : start + self.batch_size]])
+                with self._autocast():
+                    logits = self.model(batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+                out[start : start + len(batch)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return out

@@ -36,6 +36,8 @@ __all__ = [
     "open_rgb",
     "preprocess",
     "load_object_mask",
+    "read_object_mask",
+    "MASK_SUFFIXES",
     "image_seed",
 ]
 
@@ -129,6 +131,31 @@ def preprocess(rgb: Image.Image) -> np.ndarray:
     offset = int(round((RESIZE_TO - INPUT_SIZE) / 2.0))
     box = (offset, offset, offset + INPUT_SIZE, offset + INPUT_SIZE)
     return np.asarray(resized.crop(box), dtype=np.uint8).copy()
+
+
+MASK_SUFFIXES = (".png", ".mask.pgm")  # a same-named PNG, or what the generated datasets write beside an image
+
+
+def read_object_mask(masks: str, path: str, image: str | None = None) -> np.ndarray | None:
+    """The object mask of image ``path`` from the folder ``masks``, or None if it has none.
+
+    ``a/b.jpg``'s mask is ``masks/a/b.png`` or ``masks/a/b.mask.pgm``. A
+    candidate that is the image file itself (``image``, its full location:
+    ``masks`` may be SOURCE, where ``a/b.png`` is the picture) is passed over.
+    An unreadable mask is an ``ImageError``.
+    """
+    from xai_batch.storage import locate
+
+    stem = os.path.splitext(path)[0]
+    for suffix in MASK_SUFFIXES:
+        candidate = locate(masks).child(*(stem + suffix).split("/"))
+        if candidate.target == image or not candidate.is_file():
+            continue
+        try:
+            return load_object_mask(candidate.read_bytes())
+        except (OSError, ImageError) as exc:
+            raise ImageError(f"object mask {stem + suffix}: {exc}") from exc
+    return None
 
 
 def load_object_mask(data: bytes) -> np.ndarray:

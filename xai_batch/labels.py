@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from xai_batch.errors import ConfigError
 from xai_batch.storage import locate
 
 __all__ = [
     "BUILTIN_MAPS", "LabelMap", "load_label_map", "load_truth", "folder_label", "truth_labeller", "prediction_labeller",
+    "check_truth_meets_predictions",
 ]
 
 BUILTIN_MAPS = ("imagenet-cats-dogs",)
@@ -78,6 +79,23 @@ def prediction_labeller(label_map: str | None) -> Callable[[dict], str]:
     if mapping is None:
         return lambda row: row["pred_name"]
     return lambda row: mapping(row["pred_index"])
+
+
+def check_truth_meets_predictions(truths: set[str], label_map: str | None, class_names: Sequence[str]) -> None:
+    """Refuse, before any model time, true labels that no prediction can ever equal.
+
+    A forgotten ``--label-map`` (folders cat/ and dog/, ImageNet's 1000 class
+    names) would otherwise be a run of 100 % misclassified.
+    """
+    if not truths:
+        return
+    mapping = load_label_map(label_map)
+    possible = {*mapping.labels.values(), OTHER} if mapping is not None else set(class_names)
+    if not truths & possible:
+        shown = ", ".join(sorted(truths)[:5]) + (", ..." if len(truths) > 5 else "")
+        raise ConfigError(
+            f"no true label ({shown}) is a label the model predicts ({', '.join(sorted(possible)[:5])}, ...): "
+            "pass the --label-map that turns its classes into your labels (e.g. imagenet-cats-dogs)", "label_map")
 
 
 def _read_csv(spec: str, columns: tuple[str, ...], param: str) -> list[dict]:

@@ -49,8 +49,17 @@ def gallery_rows(
             "prob": round(float(row["pred_prob"]), 4), "score": round(float(row["score"]), 4),
             "correct": None if true_label is None else true_label == label,
             "findings": by_path.get(path, []), "img": src, "img_error": error,
+            "quality": {column: _rounded(row.get(column)) for column in _QUALITY if row.get(column) is not None},
         })
     return entries
+
+
+_QUALITY = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random", "stability",
+            "on_object", "on_object_random", "pointing_hit")
+
+
+def _rounded(value):
+    return value if isinstance(value, bool) else round(float(value), 4)
 
 
 def report_document(summary: dict, audit: dict, gallery: list[dict], audited: dict | None) -> dict:
@@ -64,6 +73,7 @@ def report_document(summary: dict, audit: dict, gallery: list[dict], audited: di
         "confusion": audit["confusion"],
         "findings": audit["findings"],
         "since_previous": audit.get("since_previous"),
+        "quality": audit.get("quality"),
         "audit": {"created": audited["created"], "previous": audited.get("previous")} if audited else None,
         "rows": gallery,
         "page_size": PAGE_SIZE,

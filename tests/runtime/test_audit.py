@@ -27,7 +27,8 @@ from xai_batch.synthetic import mask_path
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["--num-samples", "40", "--batch-size", "40", "--no-progress"]
+# Quality is on by default in audits; these tests measure it in tests/runtime/test_quality.py.
+SETTINGS = ["--num-samples", "40", "--batch-size", "40", "--no-faithfulness", "--no-stability", "--no-progress"]
 
 
 def _audit(source, out, checkpoint, *extra):
@@ -65,16 +66,17 @@ def nights(ray_session, shapes_data, trained, tmp_path_factory):
     wrong = next(folder_label(p) for p in sorted(before)
                  if folder_label(p) == before[p] and folder_label(p) != folder_label(b))
     (source / wrong).rename(source / "none")
-    second = _audit(source, root / "night2", trained.checkpoint, "--previous", str(root / "night1"))
+    second = _audit(source, root / "night2", trained.checkpoint, "--previous", str(root / "night1"),
+                    "--masks", str(masks))  # the same options every night, or nothing is reusable
 
     # Night 3. A changed model: the same network, but it now answers 'none' whatever it sees.
     changed = str(root / "changed.pt")
     checkpoint = torch.load(trained.checkpoint, weights_only=True)
     checkpoint["state_dict"]["fc.bias"][checkpoint["class_names"].index("none")] += 1e4
     torch.save(checkpoint, changed)
-    third = _audit(source, root / "night3", changed, "--previous", str(root / "night2"),
+    third = _audit(source, root / "night3", changed, "--previous", str(root / "night2"), "--masks", str(masks),
                    "--fail-on", "errors,changed>3", "--fail-on", "accuracy<0.99")
-    return {"root": root, "source": source, "a": a, "b": b, "wrong": wrong, "before": before,
+    return {"root": root, "source": source, "masks": masks, "a": a, "b": b, "wrong": wrong, "before": before,
             "nights": [first, second, third]}
 
 
@@ -140,7 +142,8 @@ def test_night_three_finds_the_changed_model_and_fails(nights):
 
 def test_a_rerun_of_the_same_night_does_no_model_work(nights, trained):
     root = nights["root"]
-    result, audit = _audit(nights["source"], root / "night2", trained.checkpoint, "--previous", str(root / "night1"))
+    result, audit = _audit(nights["source"], root / "night2", trained.checkpoint, "--previous", str(root / "night1"),
+                           "--masks", str(nights["masks"]))
     assert result.exit_code == 0, result.output + result.stderr
     assert audit["run"]["explained"] == 0 and audit["run"]["already_done"] == 6
     assert audit["findings"] == nights["nights"][1][1]["findings"]
@@ -152,7 +155,7 @@ def test_audit_usage_errors(nights, trained, tmp_path):
         (["--previous", str(tmp_path)], "'--previous'"),
         (["--previous", str(root / "night1"), "--fail-on", "sometimes"], "'--fail-on'"),
         (["--fail-on", "accuracy>0.5"], "'--fail-on'"),
-        (["--label-map", "imagenet-cats-dogs"], "'--labels'"),
+        (["--label-map", "imagenet-cats-dogs"], "'--label-map'"),
     ]
     for extra, option in cases:
         result, _ = _audit(nights["source"], tmp_path / "out", trained.checkpoint, *extra)

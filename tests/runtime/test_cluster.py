@@ -129,7 +129,8 @@ def test_submit_audit_exits_as_the_audit_did(head, shapes_data, trained, tmp_pat
     submitted = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "xai-batch"), "submit", "--address", dashboard, "--wait",
          "audit", str(source), "--out", str(tmp_path / "audit"), "--checkpoint", trained.checkpoint,
-         "--num-samples", "20", "--no-progress", "--fail-on", "misclassified,changed"],
+         "--num-samples", "20", "--no-faithfulness", "--no-stability", "--no-progress",
+         "--fail-on", "misclassified,changed"],
         env=client_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
     )
     assert submitted.returncode == 3, submitted.stdout + submitted.stderr

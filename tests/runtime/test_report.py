@@ -34,7 +34,8 @@ def audited(ray_session, shapes_data, trained, tmp_path_factory):
     (source / "triangle" / "broken.png").write_bytes(b"not a png at all")
     out = root / "run"
     result = CliRunner().invoke(cli, ["audit", str(source), "--out", str(out), "--checkpoint", trained.checkpoint,
-                                      "--num-samples", "40", "--batch-size", "40", "--no-progress"])
+                                      "--num-samples", "40", "--batch-size", "40", "--no-faithfulness",
+                                      "--stability", "--no-progress"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -88,6 +89,9 @@ def test_report_in_a_real_browser(audited, browser, tmp_path):
         assert [int(n) for n in row[1:]] == audit["confusion"]["matrix"][labels.index(row[0])]
     assert browser.evaluate("document.querySelector('details[data-kind=errors] td.path').textContent") \
         == "triangle/broken.png"
+    quality = browser.evaluate("[...document.querySelectorAll('#quality-table tr')].map(r => r.children[0].textContent)")
+    assert quality == ["measure (mean over images)", "stability: top-k Jaccard with a second seed"]  # what was measured
+    assert "stability" in browser.evaluate("document.querySelector('#gallery .card .quality').textContent")
 
     # The gallery: every explained image, the hostile name as text, pictures decoded.
     assert sorted(_shown(browser)) == sorted(p for p, r in rows.items() if r["status"] == "ok")
@@ -141,7 +145,7 @@ def test_ten_thousand_rows_stay_paged_and_filterable(browser, tmp_path):
         gallery.append({"path": f"{truth}/img_{i:05d}.jpg", "truth": truth, "pred": pred, "class": pred,
                         "prob": round((i % 100) / 100, 2), "score": round((i * 37 % 1000) / 1000, 3),
                         "correct": truth == pred, "findings": [] if truth == pred else ["misclassified"],
-                        "img": "", "img_error": "not drawn in this test"})
+                        "img": "", "img_error": "not drawn in this test", "quality": {}})
     wrong = [g for g in gallery if not g["correct"]]
     audit = {"counts": {"labelled": 10_000}, "accuracy": 1 - len(wrong) / 10_000, "per_class": {},
              "confusion": {"labels": classes, "matrix": [[0] * 4 for _ in classes]},

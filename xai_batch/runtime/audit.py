@@ -14,24 +14,21 @@ import datetime
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from xai_batch.audit import FailCondition, Thresholds, audit_report, failed_conditions
 from xai_batch.config import ExplainConfig
-from xai_batch.errors import ConfigError, ImageError
-from xai_batch.images import discover_images, load_object_mask
-from xai_batch.labels import OTHER, load_label_map, prediction_labeller, truth_labeller
+from xai_batch.errors import ConfigError
+from xai_batch.images import discover_images
+from xai_batch.labels import check_truth_meets_predictions, prediction_labeller, truth_labeller
 from xai_batch.manifest import read_manifest
 from xai_batch.models import resolve_model
 from xai_batch.runtime.job import JobResult, run_explain
-from xai_batch.storage import Location, join, locate, read_json, write_json
+from xai_batch.storage import join, locate, read_json, write_json
 
-__all__ = ["AuditConfig", "AuditResult", "run_audit", "load_audit", "AUDIT_FILE", "MASK_SUFFIXES"]
+__all__ = ["AuditConfig", "AuditResult", "run_audit", "load_audit", "AUDIT_FILE"]
 
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.json"
-MASK_SUFFIXES = (".png", ".mask.pgm")  # a same-named PNG, or what generated datasets write beside an image
 
 
 @dataclass(frozen=True)
@@ -39,15 +36,14 @@ class AuditConfig:
     """An audit: the explain it runs (its ``reuse`` is ``previous``), and what counts as a finding.
 
     ``labels`` (a CSV) or else the images' first folder gives the truth;
-    ``label_map`` what a predicted class means; ``masks`` a folder of
-    ground-truth object masks named like the images.
+    ``label_map`` what a predicted class means. Ground-truth object masks
+    (for the background finding) are the explain's ``masks``.
     """
 
     explain: ExplainConfig
     previous: str | None = None
     labels: str | None = None
     label_map: str | None = None
-    masks: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     fail_on: tuple[FailCondition, ...] = ()
 
@@ -56,8 +52,6 @@ class AuditConfig:
             raise ConfigError("an audit reuses exactly its --previous output", "previous")
         if self.previous is not None and locate(self.previous).target == locate(self.explain.out).target:
             raise ConfigError("--previous must be another audit's output, not --out itself", "previous")
-        if self.masks is not None and not locate(self.masks).is_dir():
-            raise ConfigError(f"{self.masks!r} is not a folder", "masks")
 
 
 @dataclass(frozen=True)
@@ -72,13 +66,14 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     """Explain what is new or changed, then write ``OUT/audit.json``."""
     truth = truth_labeller(config.labels)
     predicted = prediction_labeller(config.label_map)
-    _check_labels_meet_predictions(config, truth)
+    truths = {truth(path) for path in discover_images(config.explain.source)} - {None}
+    if truths:
+        class_names = () if config.label_map else resolve_model(config.explain.checkpoint).class_names
+        check_truth_meets_predictions(truths, config.label_map, class_names)
     job = run_explain(config.explain, progress=progress)
     current = read_manifest(config.explain.out).to_pylist()
     previous = read_manifest(config.previous).to_pylist() if config.previous else None
-    masks = _ObjectMasks(config.masks)
-    report = audit_report(current, previous, truth, predicted, masks, config.thresholds,
-                          config.explain.num_features)
+    report = audit_report(current, previous, truth, predicted, config.thresholds)
     failed = failed_conditions(config.fail_on, report)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -87,12 +82,11 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         "previous": config.previous,
         "labels": config.labels,  # None: each path's first folder
         "label_map": config.label_map,
-        "masks": config.masks,
+        "masks": config.explain.masks,
         "thresholds": dataclasses.asdict(config.thresholds),
         "run": {"run_id": job.run_id, "explained": job.ok + job.errors, "reused": job.reused,
                 "already_done": job.skipped - job.reused, "seconds": round(job.seconds, 2)},
         **report,
-        "mask_problems": masks.problems,
         "fail_on": [str(condition) for condition in config.fail_on],
         "failed": failed,
     }
@@ -103,42 +97,3 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
 def load_audit(out: str) -> dict | None:
     """``OUT/audit.json``, if ``OUT`` was audited."""
     return read_json(join(out, AUDIT_FILE))
-
-
-def _check_labels_meet_predictions(config: AuditConfig, truth) -> None:
-    """Refuse, before any model time, true labels the model's predictions can never equal."""
-    labels = {truth(path) for path in discover_images(config.explain.source)} - {None}
-    if not labels:
-        return
-    mapping = load_label_map(config.label_map)
-    if mapping is not None:
-        possible = {*mapping.labels.values(), OTHER}
-    else:
-        possible = set(resolve_model(config.explain.checkpoint).class_names)
-    if not labels & possible:
-        shown = ", ".join(sorted(labels)[:5]) + (", ..." if len(labels) > 5 else "")
-        hint = "pass --label-map (e.g. imagenet-cats-dogs) or --labels CSV"
-        param = "label_map" if mapping is None else "labels"
-        raise ConfigError(f"no true label ({shown}) is a label the model predicts: {hint}", param)
-
-
-class _ObjectMasks:
-    """Path -> the image's object mask from ``--masks``, or None where it has none."""
-
-    def __init__(self, folder: str | None) -> None:
-        self.folder: Location | None = locate(folder) if folder else None
-        self.problems: list[dict] = []
-
-    def __call__(self, path: str) -> np.ndarray | None:
-        if self.folder is None:
-            return None
-        stem = path.rsplit(".", 1)[0]
-        for suffix in MASK_SUFFIXES:
-            candidate = self.folder.child(*(stem + suffix).split("/"))
-            if candidate.is_file():
-                try:
-                    return load_object_mask(candidate.read_bytes())
-                except (OSError, ImageError) as exc:
-                    self.problems.append({"path": path, "mask": candidate.target, "error": str(exc)})
-                    return None
-        return None

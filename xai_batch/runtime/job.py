@@ -43,7 +43,9 @@ from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_ma
 from xai_batch.models import resolve_model
 from xai_batch.runtime.cluster import connected
 from xai_batch.runtime.replica import Replicas
-from xai_batch.stages import ImageHeader, RowContext, enough_samples, error_row, finish, prepare
+from xai_batch.stages import (
+    ImageHeader, PreparedImage, RowContext, enough_samples, error_row, finish, prepare, quality_rows, score,
+)
 from xai_batch.storage import join, locate
 
 __all__ = ["JobResult", "run_explain"]
@@ -92,6 +94,8 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         top_labels=config.top_labels,
         num_features=config.num_features,
         adaptive=config.adaptive,
+        faithfulness=config.faithfulness,
+        stability=config.stability,
     )
     done = _resume_state(config, context.config_hash)
     paths = discover_images(config.source)
@@ -238,6 +242,7 @@ class _Image:
     pending: int = 0
     round: int = 0  # index into the pipeline's sample schedule
     crashes: int = 0
+    rows: ray.ObjectRef | None = None  # the finished rows, while their quality is measured
 
 
 @dataclass
@@ -272,7 +277,8 @@ class _Pipeline:
         self.counts = counts
         self.source = locate(config.source)
         self.prepare_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(prepare)
-        self.finish_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_finish_from_chunks)
+        self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
+        self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
@@ -282,7 +288,7 @@ class _Pipeline:
         self.chunk_queue: deque[_Chunk] = deque()
         self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
-        self.finishing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # row count -> (path, rows)
+        self.finishing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (path, rows, extra)
         self.chunks_by_node: dict[str, int] = {}
 
     def run(self) -> None:
@@ -338,9 +344,9 @@ class _Pipeline:
         self.images[path] = image = _Image(header, payload, submitted, [])
         self._queue_round(path, image, 0)
 
-    def _queue_round(self, path: str, image: _Image, start: int) -> None:
-        """Queue the chunks of sample rows [start, the image's current round's count)."""
-        stop_all = self.schedule[image.round]
+    def _queue_round(self, path: str, image: _Image, start: int, stop_all: int | None = None) -> None:
+        """Queue the chunks of the payload's rows [start, stop_all): by default, to the current round's count."""
+        stop_all = self.schedule[image.round] if stop_all is None else stop_all
         for begin in range(start, stop_all, self.config.batch_size):
             stop = min(begin + self.config.batch_size, stop_all)
             self.chunk_queue.append(_Chunk(path, len(image.chunks), begin, stop))
@@ -366,9 +372,13 @@ class _Pipeline:
             return
         image.chunks[chunk.index] = probs
         image.pending -= 1
-        if image.pending == 0:
-            count, rows = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
-            self.finishing[count] = (chunk.path, rows)
+        if image.pending == 0 and image.rows is None:
+            counts, rows, extra = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
+            self.finishing[counts] = (chunk.path, rows, extra)
+        elif image.pending == 0:
+            counts, rows = self.score_task.remote(image.header, image.rows, image.payload, self.context_ref,
+                                                  *image.chunks)
+            self.finishing[counts] = (chunk.path, rows, None)
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica, resend its calls, charge the one it was running."""
@@ -394,16 +404,20 @@ class _Pipeline:
             self._record([error_row(image.header, self.context, reason)], ok=False)
 
     def _finished(self, ref: ray.ObjectRef) -> None:
-        path, rows = self.finishing.pop(ref)
+        path, rows, extra = self.finishing.pop(ref)
         image = self.images[path]
         try:
-            count = ray.get(ref)  # the rows go from the finish task to the writer, not through here
+            count, extra_rows = ray.get(ref)  # the rows go from the task to the writer, not through here
         except ray.exceptions.RayError as exc:
             self._fail(path, f"explaining failed: {_describe(exc)}")
             return
         if count == 0:  # not settled yet: draw the next round of samples
             image.round += 1
             self._queue_round(path, image, self.schedule[image.round - 1])
+            return
+        if extra_rows:  # explained; now the model's outputs on the quality measures' rows
+            image.rows, image.payload, image.chunks = rows, extra, []
+            self._queue_round(path, image, 0, extra_rows)
             return
         del self.images[path]
         self._record(rows, ok=True, seconds=time.monotonic() - image.submitted)
@@ -418,18 +432,31 @@ class _Pipeline:
 
 def _finish_from_chunks(
     header: ImageHeader, prepared, context: RowContext, *chunks: np.ndarray
-) -> tuple[int, list[dict]]:
+) -> tuple[tuple[int, int], list[dict] | None, PreparedImage | None]:
     """``finish`` on the chunks' outputs, which Ray hands over as arguments.
 
-    Returns (row count, rows) as two objects: the driver waits on the count,
-    the writer takes the rows. A count of 0 (and no rows) asks for more
-    samples: ``auto`` found the explanation not settled yet.
+    Returns ((row count, quality rows), rows, quality payload) as three
+    objects: the driver waits on the counts, the writer (or ``score``) takes
+    the rows, the replicas the payload. A row count of 0 asks for more
+    samples: ``auto`` found the explanation not settled yet. Quality rows
+    > 0 ask for the model's outputs on the payload's rows before ``score``.
     """
     probs = np.concatenate(chunks)
     if not enough_samples(prepared, probs, context):
-        return 0, None
+        return (0, 0), None, None
     rows = finish(header, prepared, probs, context)
-    return len(rows), rows
+    if not context.measures_quality:
+        return (len(rows), 0), rows, None
+    extra = quality_rows(header, prepared, rows, context)
+    return (len(rows), len(extra.rows)), rows, extra
+
+
+def _score_from_chunks(
+    header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, *chunks: np.ndarray
+) -> tuple[tuple[int, int], list[dict]]:
+    """``score`` on the outputs for the quality rows: ((row count, 0), the rows with their measures)."""
+    scored = score(header, rows, extra, np.concatenate(chunks), context)
+    return (len(scored), 0), scored
 
 
 def _describe(exc: BaseException) -> str:

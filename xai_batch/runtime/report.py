@@ -1,9 +1,9 @@
 """``xai-batch report``: a run as one HTML page, its pictures drawn by the renderer's Ray tasks.
 
-Accuracy, the confusion matrix, misclassified and low-confidence images are
-computed from the manifest (with the audit's labels and label map unless
-given); what needs an earlier run or object masks (changed, moved,
-background) comes from ``audit.json`` where the run was audited. Each
+Accuracy, the confusion matrix, the findings and the quality summary are
+computed from the manifest (with the audit's labels, label map and
+thresholds unless given); what needs an earlier run (changed, moved) comes
+from ``audit.json`` where the run was audited. Each
 image's top-label explanation is drawn as a 224x224 JPEG thumbnail (lime's
 figure): embedded in the page for up to ``EMBED_UP_TO`` images, else in a
 folder beside it, loaded as the gallery pages through them.
@@ -28,7 +28,7 @@ __all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]
 
 IMAGES = ("auto", "embed", "beside")
 EMBED_UP_TO = 1000  # images; about 15 KB each in the page
-COMPARED = ("changed", "moved", "background")  # findings only an audit can make
+COMPARED = ("changed", "moved")  # findings only an audit against a previous run can make
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def run_report(
         label_map = label_map if label_map is not None else audited.get("label_map")
     truth, predicted = truth_labeller(labels), prediction_labeller(label_map)
     thresholds = Thresholds(**audited["thresholds"]) if audited else Thresholds()
-    audit = audit_report(rows, None, truth, predicted, lambda path: None, thresholds)
+    audit = audit_report(rows, None, truth, predicted, thresholds)
     if audited:
         audit["findings"].update({kind: audited["findings"][kind] for kind in COMPARED})
         audit["since_previous"] = audited.get("since_previous")
