@@ -64,6 +64,10 @@ _OPTION_NAMES = {
     "lr": "--lr",
     "val_fraction": "--val-fraction",
     "pretrained": "--pretrained",
+    "patience": "--patience",
+    "workers": "--workers",
+    "gpus_per_worker": "--gpus-per-worker",
+    "max_failures": "--max-failures",
     "images": "--images",
 }
 
@@ -721,9 +725,24 @@ def jobs_stop(settings: dict, job_id: str) -> None:
 @click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
               help="Start from torchvision's ImageNet weights, or from scratch.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and shifts.")
+@click.option("--patience", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Stop after this many epochs without a better validation loss (0: never stop early).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="1 trains in this process; more run Ray Train's TorchTrainer with DDP, one process each.")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="GPUs each Ray Train worker asks for (0: CPU).")
+@click.option("--max-failures", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Worker failures Ray Train recovers from, each time from the last epoch's checkpoint.")
+@click.option("--address", default=None,
+              help="Ray cluster to join with --workers > 1 ('auto', host:port). Default: RAY_ADDRESS, else local.")
 @_reporting_errors
 def train(data_dir: str, out: str, **options) -> None:
-    """Fine-tune ResNet18 on DATA_DIR (one sub-folder per class) into a checkpoint."""
+    """Fine-tune ResNet18 on DATA_DIR (one sub-folder per class) into a checkpoint.
+
+    With --workers N > 1 it trains on Ray Train (DDP over N workers, a checkpoint
+    each epoch, restarts from it when a worker dies); DATA_DIR must then be on
+    storage every worker's node reaches. The checkpoint format is the same.
+    """
     from xai_batch.training import TrainConfig, train_model
 
     train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=click.echo)

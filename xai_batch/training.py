@@ -6,24 +6,33 @@ cross-entropy (no ``LogSoftmax`` before it); a stratified held-out split
 measures accuracy every epoch; the checkpoint keeps the class names and the
 metrics and is the weights of the epoch with the best validation loss.
 Inputs are preprocessed exactly as ``explain`` preprocesses them.
+
+With one worker it trains in this process. With more it runs on Ray Train:
+a ``TorchTrainer`` of N workers with DDP, each on its share of the batches,
+the validation split sharded and its sums all-reduced, a checkpoint each
+epoch from which Ray Train restarts the workers when one dies. Both paths
+run the same epoch loop, stop early on the validation loss, and write the
+same checkpoint format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
-from xai_batch.errors import ConfigError
+from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import IMAGE_EXTENSIONS, open_rgb, preprocess
 from xai_batch.models import build_resnet18, imagenet_weights_path, parse_checkpoint, save_checkpoint
 
@@ -47,6 +56,12 @@ class TrainConfig:
     pretrained: str = "imagenet"
     augment: bool = True
     loader_workers: int | None = None
+    patience: int = 3  # epochs without a better validation loss before stopping; 0 never stops early
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    max_failures: int = 3  # worker failures Ray Train recovers from, each time from the last checkpoint
+    address: str | None = None
+    storage: str | None = None  # Ray Train's run folder; default: next to ``out``
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.data_dir):
@@ -58,6 +73,12 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}", "val_fraction")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}", "lr")
+        for name, value, minimum in (("patience", self.patience, 0), ("workers", self.workers, 1),
+                                     ("max_failures", self.max_failures, 0)):
+            if not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}", "gpus_per_worker")
         if self.pretrained not in PRETRAINED:
             raise ConfigError(f"pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}", "pretrained")
 
@@ -69,6 +90,7 @@ class TrainResult:
     best_epoch: int
     val_accuracy: float
     metrics: tuple[dict, ...]
+    restarts: int = 0  # times Ray Train resumed from a checkpoint after a failure
 
 
 def class_folders(data_dir: str) -> dict[str, list[str]]:
@@ -129,6 +151,19 @@ def _augment(pixels: np.ndarray) -> np.ndarray:
     return padded[16 + dy : 16 + dy + pixels.shape[0], 16 + dx : 16 + dx + pixels.shape[1]]
 
 
+@dataclass
+class _Progress:
+    """Where a training run stands: what a checkpoint holds and a resumed run continues from."""
+
+    epoch: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stale: int = 0  # epochs since the validation loss last improved
+    restarts: int = 0
+
+
 def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -> TrainResult:
     """Train, report each epoch through ``report``, write the best checkpoint."""
     files = class_folders(config.data_dir)
@@ -138,43 +173,183 @@ def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -
             "data_dir",
         )
     class_names = tuple(files)
+    train_items, val_items = stratified_split(files, config.val_fraction, config.seed)
+    where = "in this process" if config.workers == 1 else f"on Ray Train, {config.workers} workers (DDP)"
+    report(f"training ResNet18 {where} on {len(train_items)} images, validating on {len(val_items)}, "
+           f"classes: {', '.join(class_names)}")
+    if config.workers == 1:
+        progress = _train(config, class_names, train_items, val_items, _Local(), report)
+    else:
+        progress = _train_on_ray(config, class_names, train_items, val_items, report)
+    model = build_resnet18(len(class_names), progress.best_state)
+    save_checkpoint(config.out, model, class_names, progress.metrics)
+    best_metrics = progress.metrics[progress.best_epoch - 1]
+    report(f"saved epoch {progress.best_epoch} (val acc {best_metrics['val_accuracy']:.3f}) to {config.out}")
+    return TrainResult(config.out, class_names, progress.best_epoch, best_metrics["val_accuracy"],
+                       tuple(progress.metrics), progress.restarts)
+
+
+class _Local:
+    """The training run's place when it runs in this process: one process, no checkpoints."""
+
+    rank, world, device = 0, 1, torch.device("cpu")
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def total(self, *sums: float) -> list[float]:
+        return list(sums)
+
+    def resume(self) -> dict | None:
+        return None
+
+    def epoch_done(self, progress: _Progress, model: torch.nn.Module, optimizer) -> None:
+        pass
+
+
+class _RayWorker:
+    """The training run's place on a Ray Train worker: DDP, all-reduced sums, checkpoints."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def total(self, *sums: float) -> list[float]:
+        values = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return values.tolist()
+
+    def resume(self) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(os.path.join(folder, _STATE), map_location="cpu", weights_only=True)
+
+    def epoch_done(self, progress: _Progress, model: torch.nn.Module, optimizer) -> None:
+        """Report the epoch to Ray Train, with a checkpoint from rank 0 (every worker must call this)."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="xai-batch-train-") as folder:
+            checkpoint = None
+            if self.rank == 0:
+                torch.save({"progress": dataclasses.asdict(progress), "model": _unwrapped(model).state_dict(),
+                            "optimizer": optimizer.state_dict()}, os.path.join(folder, _STATE))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(progress.metrics[-1], checkpoint=checkpoint)
+
+
+_STATE = "state.pt"
+
+
+def _train(config: TrainConfig, class_names, train_items, val_items, place, report) -> _Progress:
+    """The epoch loop, wherever it runs; returns where it ended (best weights included)."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    train_items, val_items = stratified_split(files, config.val_fraction, config.seed)
     model = _initial_model(config.pretrained, len(class_names))
-    workers = config.loader_workers if config.loader_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(
-        _Images(train_items, config.augment), batch_size=config.batch_size, shuffle=True,
-        num_workers=workers, generator=generator, worker_init_fn=_seed_worker,
-    )
-    val_loader = DataLoader(_Images(val_items, False), batch_size=config.batch_size, num_workers=workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    progress = _Progress()
+    saved = place.resume()
+    if saved is not None:  # Ray Train restarted the workers after a failure
+        progress = _Progress(**{**saved["progress"], "restarts": saved["progress"]["restarts"] + 1})
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        report(f"resuming after epoch {progress.epoch} from Ray Train's checkpoint")
+    model = place.wrap(model.to(place.device))
+    workers = config.loader_workers if config.loader_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    train_set = _Images(train_items, config.augment)
+    sampler = torch.utils.data.DistributedSampler(
+        train_set, num_replicas=place.world, rank=place.rank, shuffle=True, seed=config.seed)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
+                              worker_init_fn=_seed_worker)
+    val_loader = DataLoader(_Images(val_items[place.rank :: place.world], False), batch_size=config.batch_size,
+                            num_workers=workers)
     loss_fn = torch.nn.CrossEntropyLoss()
-    report(f"training ResNet18 on {len(train_items)} images, validating on {len(val_items)}, classes: {', '.join(class_names)}")
-    metrics: list[dict] = []
-    best = (math.inf, -1)
-    best_state = None
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.time()
-        train_loss, train_acc = _train_one_epoch(model, train_loader, optimizer, loss_fn)
-        val_loss, val_acc = _evaluate(model, val_loader, loss_fn)
-        metrics.append(
+        sampler.set_epoch(epoch)
+        train_loss, train_acc = _run_epoch(model, train_loader, loss_fn, place, optimizer)
+        val_loss, val_acc = _run_epoch(model, val_loader, loss_fn, place)
+        progress.epoch = epoch
+        progress.metrics.append(
             {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
              "val_loss": val_loss, "val_accuracy": val_acc, "seconds": round(time.time() - started, 2)}
         )
+        if val_loss < progress.best_loss:
+            progress.best_loss, progress.best_epoch, progress.stale = val_loss, epoch, 0
+            progress.best_state = {k: v.detach().cpu().clone() for k, v in _unwrapped(model).state_dict().items()}
+        else:
+            progress.stale += 1
         report(
             f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.3f} | {time.time() - started:.1f}s"
         )
-        if val_loss < best[0]:
-            best = (val_loss, epoch)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    save_checkpoint(config.out, model, class_names, metrics)
-    best_metrics = metrics[best[1] - 1]
-    report(f"saved epoch {best[1]} (val acc {best_metrics['val_accuracy']:.3f}) to {config.out}")
-    return TrainResult(config.out, class_names, best[1], best_metrics["val_accuracy"], tuple(metrics))
+        place.epoch_done(progress, model, optimizer)
+        if config.patience and progress.stale >= config.patience:
+            report(f"stopping early: no better validation loss for {config.patience} epochs")
+            break
+    return progress
+
+
+def _train_on_ray(config: TrainConfig, class_names, train_items, val_items, report) -> _Progress:
+    """Run ``_train`` on Ray Train's workers; the last checkpoint holds the run's progress."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from xai_batch.runtime.cluster import connected
+
+    storage = config.storage or os.path.abspath(config.out) + ".ray-train"
+    name = time.strftime("train-%Y%m%d-%H%M%S")
+    absolute = [(os.path.abspath(path), label) for path, label in train_items]
+    held_out = [(os.path.abspath(path), label) for path, label in val_items]
+
+    def loop(_: dict) -> None:
+        rank = ray.train.get_context().get_world_rank()
+        _train(config, class_names, absolute, held_out, _RayWorker(),
+               report=lambda line: print(line, flush=True) if rank == 0 else None)
+
+    use_gpu = config.gpus_per_worker > 0
+    resources = {"CPU": 1, **({"GPU": config.gpus_per_worker} if use_gpu else {})}
+    with connected(config.address):
+        trainer = TorchTrainer(
+            loop,
+            scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray Train wraps a worker's error; say it in one line
+            raise XaiBatchError(f"training on Ray failed: {' '.join(str(exc).split())[:500]}") from exc
+    if result.checkpoint is None:
+        raise XaiBatchError(f"training on Ray ended without a checkpoint (see {storage}/{name})")
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(os.path.join(folder, _STATE), map_location="cpu", weights_only=True)
+    progress = _Progress(**saved["progress"])
+    for line in (f"epoch {m['epoch']}: val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.3f}" for m in progress.metrics):
+        log.info(line)
+    if progress.restarts:
+        report(f"Ray Train recovered from {progress.restarts} worker failure(s), each from the last epoch's checkpoint")
+    report(f"Ray Train's checkpoints: {storage}/{name}")
+    return progress
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
 
 
 def _initial_model(pretrained: str, num_classes: int) -> torch.nn.Module:
@@ -187,31 +362,24 @@ def _initial_model(pretrained: str, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def _train_one_epoch(model, loader, optimizer, loss_fn) -> tuple[float, float]:
-    model.train()
+def _run_epoch(model, loader, loss_fn, place, optimizer=None) -> tuple[float, float]:
+    """One pass over ``loader``: training if given an optimizer, else evaluation; (mean loss, accuracy) over all workers."""
+    model.train(optimizer is not None)
     total_loss, correct, seen = 0.0, 0, 0
-    for inputs, labels in loader:
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = loss_fn(logits, labels)
-        loss.backward()
-        optimizer.step()
-        total_loss += float(loss.detach()) * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-    return total_loss / seen, correct / seen
-
-
-def _evaluate(model, loader, loss_fn) -> tuple[float, float]:
-    model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    with torch.inference_mode():
+    with torch.set_grad_enabled(optimizer is not None):
         for inputs, labels in loader:
+            inputs, labels = inputs.to(place.device), labels.to(place.device)
             logits = model(inputs)
-            total_loss += float(loss_fn(logits, labels)) * len(labels)
+            loss = loss_fn(logits, labels)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total_loss += float(loss.detach()) * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
-    return total_loss / seen, correct / seen
+    total_loss, correct, seen = place.total(total_loss, correct, seen)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
 def _seed_worker(worker_id: int) -> None:
