@@ -3,23 +3,25 @@
 One run, on the same images, checkpoint and sample count, measures:
 
 1. the limit: ResNet18 forwards per second at its best batch size and memory
-   layout on this device, no LIME at all;
+   layout on this device, no LIME at all, for each engine (PyTorch eager,
+   ONNX Runtime);
 2. the baseline: the seed's loop, lime 0.2.0.1's ``explain_instance`` with a
    ``batch_predict`` that builds and normalises every perturbed image on the
    CPU, 10 at a time (lime's default), in this process;
 3. a peer: captum's ``Lime`` on the same quickshift superpixels, with
    ``perturbations_per_eval`` set;
-4. xai-batch: ``xai-batch explain`` as a user runs it, timed from start to
-   manifest on disk, and its steady state: the same command on the first
-   image alone and on all of them, differenced, so Ray's start-up, loading the
-   model and filling and draining the pipeline all cancel out;
+4. xai-batch with each engine: ``xai-batch explain --engine E`` as a user
+   runs it, timed from start to manifest on disk, and its steady state: the
+   same command on the first image alone and on all of them, differenced, so
+   Ray's start-up, loading the model and filling and draining the pipeline
+   all cancel out;
 
 then prints images/s and the ratios. With ``--auto`` it also runs
 ``--num-samples auto`` on the same images and on generated shapes explained
 by a ResNet18 it trains first, and compares its top features with the fixed
 run's.
 
-    .venv/bin/python bench/speed.py --images 4 --num-samples 1000 --auto
+    .venv/bin/python bench/speed.py --images 5 --num-samples 1000 --auto
 
 ``pip install -e '.[bench]'`` installs captum.
 """
@@ -42,7 +44,7 @@ import torch
 from PIL import Image
 
 from xai_batch.config import Quickshift
-from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
+from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD, OnnxEngine
 from xai_batch.explain import quickshift_segments
 from xai_batch.images import open_rgb, preprocess
 from xai_batch.manifest import read_manifest
@@ -58,7 +60,8 @@ def make_images(folder: str, count: int) -> list[str]:
     import skimage.data
 
     os.makedirs(folder, exist_ok=True)
-    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    photos = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket(),
+              skimage.data.immunohistochemistry()]
     rng = np.random.default_rng(0)
     paths = []
     for index in range(count):
@@ -107,6 +110,19 @@ def measure_limit(model: torch.nn.Module, batch_sizes: list[int], min_seconds: f
     model.to(memory_format=torch.contiguous_format)
     best = max(table, key=lambda row: row["forwards_per_s"])
     return {"best": best, "table": table}
+
+
+def measure_onnx_limit(checkpoint: str, batch_sizes: list[int], min_seconds: float, threads: int) -> dict:
+    """Forwards per second of the same model in ONNX Runtime (the engine xai-batch runs), per batch size."""
+    with open(checkpoint, "rb") as handle:
+        engine = OnnxEngine(handle.read(), batch_size=max(batch_sizes), threads=threads)
+    table = []
+    for size in batch_sizes:
+        batch = np.random.default_rng(0).standard_normal((size, 3, 224, 224)).astype(np.float32)
+        rate = _rate(lambda: engine._run(batch), size, min_seconds)
+        table.append({"batch_size": size, "forwards_per_s": rate})
+        print(f"  limit: onnxruntime   batch {size:4d}: {rate:6.1f} forwards/s", flush=True)
+    return {"best": max(table, key=lambda row: row["forwards_per_s"]), "table": table}
 
 
 def _load(path: str) -> np.ndarray:
@@ -235,7 +251,8 @@ def _top(row: dict, k: int = 5) -> frozenset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--engines", nargs="+", default=["torch", "onnxruntime"], help="xai-batch --engine values")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--classes", type=int, default=1000, help="the model's outputs (ImageNet: 1000)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 256])
@@ -257,10 +274,16 @@ def main() -> None:
     print(f"{args.images} images, {n} samples, ResNet18 with {args.classes} classes, {threads} threads", flush=True)
 
     results: dict = {"machine": _machine(), "versions": _versions(), "args": vars(args)}
-    results["limit"] = measure_limit(model, args.batch_sizes, args.min_seconds)
-    limit_images = results["limit"]["best"]["forwards_per_s"] / n
-    results["xai_batch"] = measure_xai_batch(paths, work, checkpoint, str(n), args.xai_batch_args.split())
-    print(f"  xai-batch: {results['xai_batch']}", flush=True)
+    limits = {"torch": measure_limit(model, args.batch_sizes, args.min_seconds)}
+    if "onnxruntime" in args.engines:
+        limits["onnxruntime"] = measure_onnx_limit(checkpoint, args.batch_sizes, args.min_seconds, threads)
+    results["limits"] = limits
+    runs = {}
+    for engine in args.engines:
+        extra = ["--engine", engine, *args.xai_batch_args.split()]
+        runs[engine] = measure_xai_batch(paths, os.path.join(work, engine), checkpoint, str(n), extra)
+        print(f"  xai-batch --engine {engine}: {runs[engine]}", flush=True)
+    results["xai_batch"] = runs
     results["baseline"] = measure_baseline(model, paths, n)
     print(f"  baseline: {results['baseline']}", flush=True)
     results["captum"] = measure_captum(model, paths, n, args.per_eval)
@@ -268,35 +291,48 @@ def main() -> None:
     if args.auto:
         extra = args.xai_batch_args.split()
         auto_out = os.path.join(work, "out-auto")
-        run_xai_batch(os.path.dirname(paths[0]), auto_out, checkpoint, "auto",
-                      ["--max-samples", str(args.max_samples), *extra])
-        results["auto_photos"] = compare_auto(os.path.join(work, "out"), auto_out, n, args.max_samples)
+        timed = run_xai_batch(os.path.dirname(paths[0]), auto_out, checkpoint, "auto",
+                              ["--max-samples", str(args.max_samples), *extra])
+        fixed_out = os.path.join(work, args.engines[-1], "out")
+        results["auto_photos"] = {**compare_auto(fixed_out, auto_out, n, args.max_samples),
+                                  "images_per_s": timed["images_per_s"]}
         results["auto_shapes"] = auto_on_shapes(os.path.join(work, "shapes"), n, args.max_samples, extra)
 
-    ours, steady = results["xai_batch"]["images_per_s"], results["xai_batch"]["steady_images_per_s"]
+    baseline = results["baseline"]["images_per_s"]
+    torch_limit = limits["torch"]["best"]["forwards_per_s"] / n
     rows = [
-        ("limit (best forwards/s / samples)", limit_images),
-        ("baseline: lime + seed batch_predict", results["baseline"]["images_per_s"]),
-        (f"captum Lime, perturbations_per_eval={args.per_eval}", results["captum"]["images_per_s"]),
-        ("xai-batch end to end", ours),
-        ("xai-batch steady state", steady),
+        ("baseline: lime + seed batch_predict", baseline, torch_limit),
+        (f"captum Lime, perturbations_per_eval={args.per_eval}", results["captum"]["images_per_s"], torch_limit),
     ]
-    print("\n| run | images/s | × limit |\n|---|---:|---:|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.4f} | {rate / limit_images:.2f} |")
-    best = results["limit"]["best"]
-    print(f"\nlimit: {best['forwards_per_s']:.1f} forwards/s ({best['layout']}, batch {best['batch_size']})")
-    for label, rate in (("end to end", ours), ("steady state", steady)):
-        print(
-            f"xai-batch {label}: {rate / results['baseline']['images_per_s']:.2f}x baseline, "
-            f"{rate / results['captum']['images_per_s']:.2f}x captum, {rate / limit_images:.2f} of the limit"
-        )
+    for engine in args.engines:
+        own = limits[engine]["best"]["forwards_per_s"] / n
+        rows += [
+            (f"limit, {engine} (best forwards/s / samples)", own, own),
+            (f"xai-batch --engine {engine}, end to end", runs[engine]["images_per_s"], own),
+            (f"xai-batch --engine {engine}, steady state", runs[engine]["steady_images_per_s"], own),
+        ]
+    print("\n| run | images/s | × baseline | × its engine's limit |\n|---|---:|---:|---:|")
+    for name, rate, own in rows:
+        print(f"| {name} | {rate:.4f} | {rate / baseline:.2f} | {rate / own:.2f} |")
+    for engine, limit in limits.items():
+        best = limit["best"]
+        print(f"limit, {engine}: {best['forwards_per_s']:.1f} forwards/s (batch {best['batch_size']}"
+              + (f", {best['layout']})" if "layout" in best else ")"))
+    for engine in args.engines:
+        for label, key in (("end to end", "images_per_s"), ("steady state", "steady_images_per_s")):
+            rate = runs[engine][key]
+            print(
+                f"xai-batch --engine {engine} {label}: {rate / baseline:.2f}x baseline, "
+                f"{rate / results['captum']['images_per_s']:.2f}x captum, "
+                f"{rate / (limits[engine]['best']['forwards_per_s'] / n):.2f} of its engine's limit"
+            )
     for name in ("auto_photos", "auto_shapes") if args.auto else ():
         auto = results[name]
         print(
             f"--num-samples auto ({name[5:]}): top-5 set (with signs) equal to the {n}-sample run's on "
             f"{auto['top_set_equal']:.0%} of {auto['images']} images, using {auto['sample_share']:.0%} of the "
             f"samples on average ({auto['mean_samples']:.0f}; {auto['at_max']} images reached --max-samples)"
+            + (f"; end to end {auto['images_per_s'] / baseline:.2f}x the seed loop at {n}" if "images_per_s" in auto else "")
         )
     if args.json:
         with open(args.json, "w") as handle:
@@ -314,7 +350,7 @@ def _machine() -> dict:
 
 
 def _versions() -> dict:
-    names = ("torch", "torchvision", "lime", "captum", "ray", "numpy", "scikit-image")
+    names = ("torch", "torchvision", "lime", "captum", "ray", "numpy", "scikit-image", "onnxruntime")
     return {name: metadata.version(name) for name in names}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 import pytest
 from PIL import Image
@@ -11,6 +13,10 @@ from helpers import save_random_resnet
 
 from xai_batch.synthetic import SHAPES, generate_dataset
 from xai_batch.training import TrainConfig, train_model
+
+# ONNX exports of the tests' checkpoints go to a folder of this session's, not the user's cache
+# (set before Ray starts, so its workers inherit it).
+os.environ["XAI_BATCH_CACHE"] = tempfile.mkdtemp(prefix="xai-batch-test-cache-")
 
 PHOTOS = {"cat/chelsea.jpg": "chelsea", "people/astronaut.png": "astronaut", "coffee.jpg": "coffee"}
 

@@ -39,6 +39,8 @@ def test_version_and_help():
         (["--hide-color", "grey"], "'grey' is neither a grey level 0..255 nor 'mean'"),
         (["--actors", "0"], "Invalid value for '--actors'"),
         (["--checkpoint", "/no/such/model.pt"], "Invalid value for '--checkpoint'"),
+        (["--engine", "tensorrt"], "Invalid value for '--engine'"),
+        (["--engine", "onnxruntime", "--precision", "bf16"], "Invalid value for '--engine': ONNX Runtime runs fp32 only"),
     ],
 )
 def test_bad_options_are_usage_errors(photos, tmp_path, args, message):

@@ -1,10 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import skimage.data
 import torch
 from PIL import Image
 
-from helpers import checkpoint_bytes, load_model
+from helpers import checkpoint_bytes, load_model, save_random_resnet
 from xai_batch.config import Quickshift
 from xai_batch.engine import TorchEngine
 from xai_batch.explain import hidden_image, perturb, quickshift_segments, sample_rows
@@ -57,3 +59,43 @@ def test_the_forward_batch_is_the_devices_best(random_checkpoint):
 
     assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=256, device="cpu").batch_size == DEVICE_BATCH["cpu"] == 32
     assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=10, device="cpu").batch_size == 10
+
+
+@pytest.mark.parametrize("batch_size", [5, 24, 64])
+def test_onnxruntime_probabilities_equal_the_seeds_batch_predict(random_checkpoint, case, batch_size):
+    """ONNX Runtime, fed the perturbations it builds itself, within fp32 rounding of the seed's torch loop."""
+    from xai_batch.engine import OnnxEngine
+
+    image, hidden, segments, rows = case
+    engine = OnnxEngine(checkpoint_bytes(random_checkpoint), batch_size=batch_size, threads=2)
+    ours = engine.predict(image, hidden, segments, rows.astype(np.uint8))
+    images = perturb(torch.from_numpy(image), torch.from_numpy(hidden), torch.from_numpy(segments),
+                     torch.from_numpy(rows)).numpy()
+    expected = seed_batch_predict(load_model(random_checkpoint))(images)
+    assert ours.dtype == np.float32 and ours.shape == (24, 4)
+    np.testing.assert_allclose(ours, expected, atol=2e-6, rtol=0)
+    whole = np.stack([image, hidden])
+    np.testing.assert_allclose(engine.classify(whole), TorchEngine(checkpoint_bytes(random_checkpoint)).classify(whole),
+                               atol=2e-6, rtol=0)
+
+
+def test_the_onnx_export_is_cached_by_checkpoint_and_versions(random_checkpoint, tmp_path, monkeypatch):
+    from xai_batch.engine import onnx_model
+    from xai_batch.models import parse_checkpoint
+
+    monkeypatch.setenv("XAI_BATCH_CACHE", str(tmp_path))
+    data = checkpoint_bytes(random_checkpoint)
+    first = onnx_model(data, parse_checkpoint(data))
+    written = os.stat(first).st_mtime_ns
+    assert onnx_model(data, parse_checkpoint(data)) == first and os.stat(first).st_mtime_ns == written  # not redone
+    assert os.listdir(tmp_path / "onnx") == [os.path.basename(first)]  # no temporary left behind
+    other = save_random_resnet(str(tmp_path / "other.pt"), num_classes=4, seed=1)
+    assert onnx_model(checkpoint_bytes(other), parse_checkpoint(checkpoint_bytes(other))) != first
+
+
+def test_auto_is_onnxruntime_on_cpu_and_torch_on_cuda():
+    from xai_batch.engine import engine_name
+
+    assert engine_name("auto", cuda=False) == "onnxruntime" and engine_name("auto", cuda=True) == "torch"
+    assert engine_name("auto", cuda=False, precision="bf16") == "torch"
+    assert engine_name("torch", cuda=False) == "torch"

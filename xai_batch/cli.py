@@ -20,7 +20,7 @@ from importlib import metadata
 
 import click
 
-from xai_batch.config import AUTO, PRECISIONS, ExplainConfig
+from xai_batch.config import AUTO, ENGINES, PRECISIONS, ExplainConfig
 from xai_batch.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
@@ -69,6 +69,7 @@ _OPTION_NAMES = {
     "gpus_per_worker": "--gpus-per-worker",
     "max_failures": "--max-failures",
     "images": "--images",
+    "engine": "--engine",
 }
 
 
@@ -185,6 +186,9 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
                      help="Model replicas. Default: one per GPU, else one."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="fp32 is exact; bf16/fp16 autocast is faster on GPUs, approximately."),
+        click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+                     help="What runs the model: auto is ONNX Runtime on CPU (fp32), PyTorch on CUDA. Both "
+                          "are exact in fp32."),
         click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
                      help="Larger images (width x height, read from the header) become error rows undecoded."),
         click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -286,6 +290,7 @@ def job_arguments(options: dict) -> list[str]:
     """``jobs/*.py`` arguments that reproduce parsed explain or audit options (but the checkpoint)."""
     args = [options["source"], "--out", options["out"]]
     for name in ("num_samples", "max_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
+                 "engine",
                  "max_pixels", "flush_seconds", "reuse", "masks", *_AUDIT_SETTINGS):
         if options.get(name) is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]
@@ -759,6 +764,8 @@ def train(data_dir: str, out: str, **options) -> None:
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="Model actors. Default: one per GPU, else one.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="What runs the model: auto is ONNX Runtime on CPU (fp32), PyTorch on CUDA.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
               help="Larger images become errors undecoded.")
 @click.option("--address", default=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 from xai_batch.storage import is_uri, locate
 
-__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "AUTO", "config_hash"]
+__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "ENGINES", "AUTO", "config_hash", "check_engine"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 AUTO = "auto"
 
 
@@ -51,6 +53,10 @@ class ExplainConfig:
     the same for a random order; ``stability`` the top-k overlap with an
     explanation drawn with a second seed; ``masks`` a folder of ground-truth
     object masks for the localisation columns (:mod:`xai_batch.explain.quality`).
+
+    ``engine`` runs the model: 'torch', 'onnxruntime' (CPU, fp32), or 'auto'
+    (ONNX Runtime on CPU, PyTorch on CUDA). It is not hashed: the engines
+    agree within fp32 rounding, so their rows are the same results.
 
     ``reuse`` names another run's output (last night's audit, say) whose rows
     of the same configuration are copied for images whose file is unchanged,
@@ -84,6 +90,7 @@ class ExplainConfig:
     faithfulness: bool = False
     stability: bool = False
     masks: str | None = None
+    engine: str = "auto"
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
@@ -110,6 +117,7 @@ class ExplainConfig:
                 "precision",
             )
         _check_storage(self.source, self.out, self.checkpoint)
+        check_engine(self.engine, self.precision)
         if self.masks is not None and not _safely(lambda: locate(self.masks).is_dir()):
             raise ConfigError(f"masks {self.masks!r} is not a folder", "masks")
         if self.reuse is not None and not _safely(lambda: locate(self.reuse).child("manifest").is_dir()):
@@ -159,6 +167,17 @@ def stopping_rule() -> dict:
     from xai_batch.explain import convergence
 
     return {"alpha": convergence.ALPHA, "first_round": convergence.FIRST_ROUND, "round": convergence.ROUND}
+
+
+def check_engine(engine: str, precision: str) -> None:
+    """Refuse, before torch or Ray is loaded, an engine this machine cannot run as asked."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", "engine")
+    if engine == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError("ONNX Runtime is not installed: pip install onnxruntime, or --engine torch", "engine")
+        if precision != "fp32":
+            raise ConfigError(f"ONNX Runtime runs fp32 only; {precision} needs --engine torch", "engine")
 
 
 def _check_storage(source: str, out: str, checkpoint: str | None) -> None:

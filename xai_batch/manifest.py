@@ -79,6 +79,7 @@ SCHEMA = pa.schema(
         pa.field("pointing_hit", pa.bool_()),
         pa.field("pointing_random", pa.float64()),
         pa.field("config_hash", pa.string()),
+        pa.field("engine", pa.string()),
         pa.field("seconds", pa.float32()),
         pa.field("run_id", pa.string(), nullable=False),
     ]

@@ -74,6 +74,7 @@ class RowContext:
     adaptive: bool = False
     faithfulness: bool = False
     stability: bool = False
+    engine: str | None = None  # what ran the model, e.g. 'onnxruntime 1.32.0'
 
     @property
     def measures_quality(self) -> bool:
@@ -179,6 +180,7 @@ def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, cont
                 "local_pred": surrogate.local_pred,
                 "mask": encode_mask(mask),
                 "config_hash": context.config_hash,
+                "engine": context.engine,
                 **_localisation(prepared, surrogate.weights, context.num_features, header.seed),
             }
         )

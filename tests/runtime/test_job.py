@@ -18,10 +18,12 @@ from xai_batch.runtime import run_explain
 pytestmark = pytest.mark.slow
 
 
-def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, engine):
+    """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model."""
     num_samples = 120
     config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
-                           num_samples=num_samples, seed=42, batch_size=50)
+                           num_samples=num_samples, seed=42, batch_size=50, engine=engine)
     result = run_explain(config, progress=False)
     assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
     table = read_manifest(config.out)
@@ -52,6 +54,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     assert record["state"] == "completed"
     assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
     assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
+    assert record["engine"].split()[0] == engine and set(table.column("engine").to_pylist()) == {record["engine"]}
 
 
 def _explain(source, out, checkpoint, **options):

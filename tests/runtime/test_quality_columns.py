@@ -30,6 +30,6 @@ def test_faithfulness_stability_and_localisation_columns(ray_session, shapes_dat
     insertion_wins = sum(row["insertion_auc"] > row["insertion_auc_random"] for row in rows)
     assert deletion_wins >= 4 and insertion_wins >= 4, (deletion_wins, insertion_wins)
     on_object = np.mean([row["on_object"] for row in rows])
-    assert on_object > np.mean([row["on_object_random"] for row in rows]) + 0.2
+    assert on_object > 1.5 * np.mean([row["on_object_random"] for row in rows])  # a 3-epoch model: 2.7x on CI
     assert np.mean([row["pointing_hit"] for row in rows]) > np.mean([row["pointing_random"] for row in rows])
     assert_verified(str(out), shapes_data["holdout"])

@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from xai_batch.audit import confusion
+from xai_batch.config import check_engine
 from xai_batch.errors import ConfigError, ImageError
 from xai_batch.images import DEFAULT_MAX_PIXELS, discover_images, load_image
 from xai_batch.labels import check_truth_meets_predictions, folder_label, load_label_map
@@ -39,6 +40,7 @@ class EvaluateConfig:
     label_map: str | None = None
     actors: int | None = None
     precision: str = "fp32"
+    engine: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     address: str | None = None
 
@@ -49,6 +51,7 @@ class EvaluateConfig:
             raise ConfigError(f"{self.out!r} is a folder; give the JSON file to write", "out")
         if self.actors is not None and self.actors < 1:
             raise ConfigError(f"actors must be at least 1, got {self.actors}", "actors")
+        check_engine(self.engine, self.precision)
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,13 @@ class EvaluateResult:
 class _Classifier:
     """A Ray Data actor holding one model: decoded batches in, predictions out."""
 
-    def __init__(self, checkpoint_bytes: bytes, precision: str) -> None:
-        from xai_batch.engine import TorchEngine
+    def __init__(self, checkpoint_bytes: bytes, precision: str, engine: str, threads: int) -> None:
+        import torch
 
-        self.engine = TorchEngine(checkpoint_bytes, precision=precision)
+        from xai_batch.engine import make_engine
+
+        torch.set_num_threads(threads)
+        self.engine = make_engine(engine, checkpoint_bytes, precision, 256, threads)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["error"] == "")
@@ -108,10 +114,11 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
         context.enable_progress_bars = progress
         gpus = ray.cluster_resources().get("GPU", 0)
         actors = config.actors or max(1, int(gpus))
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
         predictions = (
             ray.data.from_items([{"path": path} for path in paths])
             .map_batches(_decode, fn_kwargs={"source": source, "max_pixels": config.max_pixels}, batch_size=BATCH)
-            .map_batches(_Classifier, fn_constructor_args=(model.checkpoint_bytes, config.precision),
+            .map_batches(_Classifier, fn_constructor_args=(model.checkpoint_bytes, config.precision, config.engine, threads),
                          batch_size=BATCH, concurrency=actors, num_gpus=1 if gpus else 0)
             .take_all()
         )

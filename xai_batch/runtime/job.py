@@ -23,6 +23,7 @@ lacks, and then count as done the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -121,7 +122,11 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         with connected(config.address):
             timings["ray_start_seconds"] = time.time() - started
             checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
-            replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}")
+            replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}",
+                                config.engine)
+            context = dataclasses.replace(
+                context, engine=", ".join(sorted({replica["engine"] for replica in replicas.placement})))
+            record["engine"] = context.engine
             run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
             models_ready = time.time()
             timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]

@@ -17,19 +17,20 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int) -> None:
+    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int, engine: str = "auto") -> None:
         import torch
 
-        from xai_batch.engine import TorchEngine
+        from xai_batch.engine import make_engine
 
         torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
         self.threads = threads
-        self.engine = TorchEngine(checkpoint_bytes, precision=precision, batch_size=batch_size)
+        self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
 
     def describe(self) -> dict:
         """Where this replica runs: device, node, process, threads."""
         return {
             "device": str(self.engine.device),
+            "engine": self.engine.version,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "threads": self.threads,
@@ -59,7 +60,8 @@ class Replicas:
     """
 
     def __init__(
-        self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str
+        self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
+        engine: str = "auto",
     ) -> None:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -74,7 +76,7 @@ class Replicas:
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
         node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
         threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
-        self._args = (checkpoint_ref, precision, batch_size, threads)
+        self._args = (checkpoint_ref, precision, batch_size, threads, engine)
         self._actor = ray.remote(ModelReplica)
         self.name = name
         self.started = 0
