@@ -18,17 +18,20 @@ def inject() -> None:
     import xai_batch.stages as stages
 
     prepare = stages.prepare
-    predict = engine.TorchEngine.predict
 
     def crashing_prepare(source, path, config, done_sha256=None):
         if "poison-decode" in path:
             os._exit(1)
         return prepare(source, path, config, done_sha256)
 
-    def crashing_predict(self, image, hidden, segments, rows):
-        if (np.asarray(image) == MAGENTA).all():
-            os._exit(1)
-        return predict(self, image, hidden, segments, rows)
+    def crashing(predict):
+        def crashing_predict(self, image, hidden, segments, rows):
+            if (np.asarray(image) == MAGENTA).all():
+                os._exit(1)
+            return predict(self, image, hidden, segments, rows)
+
+        return crashing_predict
 
     stages.prepare = crashing_prepare
-    engine.TorchEngine.predict = crashing_predict
+    for kind in (engine.TorchEngine, engine.OnnxEngine):  # whichever engine the replica runs
+        kind.predict = crashing(kind.predict)

@@ -87,6 +87,11 @@ class TorchEngine:
         self, checkpoint_bytes: bytes, precision: str = "fp32", batch_size: int = 256, device: str | None = None
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and precision == "fp32":
+            # fp32 means fp32: PyTorch lets cuDNN convolve in TF32 by default, which moved probabilities by
+            # 2.5e-4 on an H200 (test_cuda_fp32_matches_cpu). The replica is this process's only model.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         loaded = parse_checkpoint(checkpoint_bytes)
         model = build_resnet18(len(loaded.class_names), loaded.state_dict)
         self.model = model.to(self.device, memory_format=torch.channels_last)

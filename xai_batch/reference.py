@@ -27,7 +27,7 @@ def seed_batch_predict(model: torch.nn.Module) -> Callable[[Sequence[np.ndarray]
         model.eval()
         batch = torch.stack(tuple(transform(image) for image in images), dim=0)
         with torch.no_grad():
-            logits = model(batch)
-        return torch.nn.functional.softmax(logits, dim=1).numpy()
+            logits = model(batch.to(next(model.parameters()).device))  # the model's device, GPU included
+        return torch.nn.functional.softmax(logits, dim=1).cpu().numpy()
 
     return batch_predict
