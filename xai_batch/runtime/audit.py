@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 from dataclasses import dataclass, field
 
 from xai_batch.audit import FailCondition, Thresholds, audit_report, failed_conditions
@@ -25,8 +24,6 @@ from xai_batch.runtime.job import JobResult, run_explain
 from xai_batch.storage import join, locate, read_json, write_json
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "load_audit", "AUDIT_FILE"]
-
-log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.json"
 
