@@ -18,9 +18,20 @@ from importlib import resources
 
 from xai_batch.audit import image_rows
 
-__all__ = ["PAGE_SIZE", "gallery_rows", "report_document", "report_html"]
+__all__ = ["PAGE_SIZE", "folders_are_classes", "gallery_rows", "report_document", "report_html"]
 
 PAGE_SIZE = 48  # cards per gallery page
+
+
+def folders_are_classes(rows: Sequence[dict], predicted: Callable[[dict], str]) -> bool:
+    """Whether the images' first folders can be their true labels: some folder names a label the run predicted.
+
+    A SOURCE merely organised in folders (``2026/``, ``micro/``) is not
+    class-per-folder; reading its folders as classes would report every
+    image misclassified.
+    """
+    folders = {row["path"].partition("/")[0] for row in rows if "/" in row["path"]}
+    return bool(folders & {predicted(row) for row in rows if row["status"] == "ok"})
 
 
 def gallery_rows(

@@ -19,7 +19,7 @@ from xai_batch.errors import ConfigError
 from xai_batch.jobrecord import load_job_record
 from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.manifest import read_manifest
-from xai_batch.report import gallery_rows, report_document, report_html
+from xai_batch.report import folders_are_classes, gallery_rows, report_document, report_html
 from xai_batch.runtime.audit import load_audit
 from xai_batch.runtime.render import RenderOptions, job_source, render_rows
 from xai_batch.storage import join, locate
@@ -54,6 +54,8 @@ def run_report(
         labels = labels if labels is not None else audited.get("labels")
         label_map = label_map if label_map is not None else audited.get("label_map")
     truth, predicted = truth_labeller(labels), prediction_labeller(label_map)
+    if labels is None and not folders_are_classes(rows, predicted):
+        truth = _no_truth  # folders that are not classes: no accuracy rather than 0 %
     thresholds = Thresholds(**audited["thresholds"]) if audited else Thresholds()
     audit = audit_report(rows, None, truth, predicted, thresholds)
     if audited:
@@ -92,3 +94,7 @@ def run_report(
         stream.write(page.encode("utf-8"))
     errors = sum(1 for entry in entries if entry["error"])
     return ReportResult(path=locate(to).target, images=len(gallery), pictures=None if embed else folder, errors=errors)
+
+
+def _no_truth(path: str) -> None:
+    return None
