@@ -19,10 +19,10 @@ def inject() -> None:
 
     prepare = stages.prepare
 
-    def crashing_prepare(source, path, config, done_sha256=None):
+    def crashing_prepare(source, path, config, done=None):
         if "poison-decode" in path:
             os._exit(1)
-        return prepare(source, path, config, done_sha256)
+        return prepare(source, path, config, done)
 
     def crashing(predict):
         def crashing_predict(self, image, hidden, segments, rows):

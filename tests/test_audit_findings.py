@@ -95,23 +95,23 @@ def test_findings_by_hand():
     ]
     report = _report(current, previous, min_on_object=0.8)
     findings = report["findings"]
-    assert findings["errors"] == [{"path": "dog/broken.png", "error": "not an image"}]
+    assert findings["errors"] == [{"path": "dog/broken.png", "method": "lime", "error": "not an image"}]
     assert findings["misclassified"] == [{"path": "cat/wrong.png", "true": "cat", "predicted": "dog", "prob": 0.45}]
     assert findings["low-confidence"] == [{"path": "cat/wrong.png", "predicted": "dog", "prob": 0.45}]
     assert findings["changed"] == [{"path": "cat/wrong.png", "before": "cat", "after": "dog", "prob_before": 0.7,
                                     "prob_after": 0.45, "file_changed": False, "model_changed": False}]
-    assert findings["moved"] == [{"path": "dog/moved.png", "label": "dog", "iou": pytest.approx(1 / 3, abs=1e-4),
+    assert findings["moved"] == [{"path": "dog/moved.png", "method": "lime", "label": "dog", "iou": pytest.approx(1 / 3, abs=1e-4),
                                   "file_changed": True}]
     # Rows without on_object (no mask, or no object in it) are no finding; 0.75 < 0.8 is one.
-    assert findings["background"] == [{"path": "cat/right.png", "label": "cat", "on_object": 0.75},
-                                      {"path": "flat.png", "label": "dog", "on_object": 0.0}]
+    assert findings["background"] == [{"path": "cat/right.png", "method": "lime", "label": "cat", "on_object": 0.75},
+                                      {"path": "flat.png", "method": "lime", "label": "dog", "on_object": 0.0}]
     assert report["counts"] == {"images": 5, "explained": 4, "labelled": 3, "errors": 1, "misclassified": 1,
                                 "low-confidence": 1, "changed": 1, "moved": 1, "background": 2}
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["since_previous"] == {"new": ["flat.png"], "removed": ["dog/gone.png"],
                                         "models_before": ["m1"], "models_now": ["m1"]}
     assert _report(current, previous)["findings"]["background"] == [
-        {"path": "flat.png", "label": "dog", "on_object": 0.0}]
+        {"path": "flat.png", "method": "lime", "label": "dog", "on_object": 0.0}]
     quality = report["quality"]
     assert quality["deletion_auc"] == pytest.approx(0.4) and quality["insertion_auc"] == pytest.approx(0.75)
     assert quality["deletion_beats_random"] == 0.5 and quality["insertion_beats_random"] == 1.0

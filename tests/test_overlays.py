@@ -81,4 +81,6 @@ def test_overlay_names_are_safe_deterministic_and_distinct():
     for name in names:
         assert "/" not in name and "\\" not in name and not name.startswith(".") and name.endswith(".png")
     assert overlay_name("cat/chelsea.jpg", 3, "boundaries") == names[0]
-    assert names[0].startswith("cat__chelsea.jpg.label3.boundaries.")
+    assert names[0].startswith("cat__chelsea.jpg.label3.lime.boundaries.")
+    gradcam = overlay_name("cat/chelsea.jpg", 3, "boundaries", "gradcam")
+    assert gradcam.startswith("cat__chelsea.jpg.label3.gradcam.boundaries.") and gradcam not in names

@@ -90,3 +90,38 @@ def test_label_csvs(tmp_path):
     (tmp_path / "bad.csv").write_text("file,class\na.png,cat\n")
     with pytest.raises(ConfigError, match="needs the columns path, label"):
         load_truth(str(tmp_path / "bad.csv"))
+
+
+def _two_method_rows(count_per_class=6):
+    rows = _rows(count_per_class)
+    return [{**row, "method": method} for row in rows for method in ("lime", "gradcam")]
+
+
+def test_methods_are_within_subjects_every_chosen_image_once_per_method():
+    design = Design(by=("method", "label", "correct"), per_cell=2, seed=4, methods=("lime", "gradcam"))
+    stimuli, short = _pick(design, _two_method_rows())
+    assert short == {}
+    cells = [s.cell for s in stimuli]
+    assert len(stimuli) == 2 * 8 * 2 and all(cells.count(cell) == 2 for cell in set(cells))
+    assert {s.cell.split("/")[0] for s in stimuli} == {"lime", "gradcam"} == {s.method for s in stimuli}
+    shown = {method: sorted(s.row["path"] for s in stimuli if s.method == method) for method in ("lime", "gradcam")}
+    assert shown["lime"] == shown["gradcam"] and len(set(shown["lime"])) == 16  # the same images, each once
+    assert all(s.row["method"] == s.method for s in stimuli)
+    again, _ = _pick(design, list(reversed(_two_method_rows())))
+    assert [(s.stimulus_id, s.row["path"], s.method) for s in again] == [
+        (s.stimulus_id, s.row["path"], s.method) for s in stimuli]
+    methods_in_order = [s.method for s in stimuli]
+    assert methods_in_order != sorted(methods_in_order)  # shuffled, not one method after the other
+    # The images chosen are those a one-method design chooses: the method does not change the picks.
+    lime_only, _ = _pick(Design(by=("label", "correct"), per_cell=2, seed=4), _two_method_rows())
+    assert sorted(s.row["path"] for s in lime_only) == shown["lime"]
+
+
+def test_an_image_missing_a_method_is_left_out_and_several_methods_need_the_factor():
+    rows = [row for row in _two_method_rows(3) if not (row["path"] == "glioma/001.png" and row["method"] == "gradcam")]
+    design = Design(by=("method", "label"), per_cell=2, methods=("lime", "gradcam"))
+    stimuli, short = _pick(design, rows)
+    assert "glioma/001.png" not in {s.row["path"] for s in stimuli}
+    assert short == {}
+    with pytest.raises(ConfigError, match="need 'method' in --by"):
+        Design(by=("label",), per_cell=1, methods=("lime", "gradcam"))

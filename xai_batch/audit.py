@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xai_batch.agreement import agreement, methods_in
 from xai_batch.errors import ConfigError
 from xai_batch.manifest import decode_mask
+from xai_batch.methods import METHODS
 
 __all__ = [
     "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions", "image_rows", "confusion",
@@ -95,12 +97,24 @@ def failed_conditions(conditions: Sequence[FailCondition], report: dict) -> list
     return [str(c) for c in conditions if c.met(report["counts"], report["accuracy"])]
 
 
-def image_rows(rows: Iterable[dict]) -> dict[str, dict]:
-    """One row per image: the explanation of its predicted class (or its error row)."""
+def image_rows(rows: Iterable[dict], method: str | None = None) -> dict[str, dict]:
+    """One row per image: the explanation of its predicted class (or its error row).
+
+    Of several methods, ``method``'s row, by default the first method (LIME
+    before KernelSHAP before Grad-CAM) that explained the image: their
+    predictions are the same.
+    """
+    rank = {name: number for number, name in enumerate(METHODS)}
+
+    def preference(row: dict) -> tuple:
+        name = row.get("method") or "lime"
+        return (row["status"] != "ok", row["explained_index"] != row["pred_index"],
+                name != method, rank.get(name, len(rank)))
+
     chosen: dict[str, dict] = {}
     for row in rows:
         held = chosen.get(row["path"])
-        if held is None or (row["status"] == "ok" and row["explained_index"] == row["pred_index"]):
+        if held is None or preference(row) < preference(held):
             chosen[row["path"]] = row
     return chosen
 
@@ -143,8 +157,12 @@ def audit_report(
     truth: Callable[[str], str | None],
     predicted: Callable[[dict], str],
     thresholds: Thresholds = Thresholds(),
+    num_features: int = 5,
 ) -> dict:
     """Counts, accuracy, confusion matrix, findings and quality for the current manifest rows.
+
+    With several methods, the quality is summarised per method and their
+    agreement (top-``num_features`` Jaccard, rank correlation) per pair.
 
     ``truth`` gives an image's true label (None: unknown), ``predicted`` the
     label a row's prediction means (a label map's, or the class name).
@@ -153,7 +171,8 @@ def audit_report(
     images = image_rows(current)
     ok = {path: row for path, row in images.items() if row["status"] == "ok"}
     findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
-    findings["errors"] = [{"path": p, "error": r["error"]} for p, r in images.items() if r["status"] != "ok"]
+    findings["errors"] = [{"path": r["path"], "method": r.get("method") or "lime", "error": r["error"]}
+                          for r in current if r["status"] != "ok"]
     pairs = []
     for path, row in ok.items():
         label, probability = predicted(row), round(float(row["pred_prob"]), 4)
@@ -165,15 +184,24 @@ def audit_report(
                     {"path": path, "true": true_label, "predicted": label, "prob": probability})
         if row["pred_prob"] < thresholds.low_confidence:
             findings["low-confidence"].append({"path": path, "predicted": label, "prob": probability})
+    for row in current:
         share = row.get("on_object")
-        if share is not None and share < thresholds.min_on_object:
-            findings["background"].append(
-                {"path": path, "label": row["explained_name"], "on_object": round(share, 4)})
+        if row["status"] == "ok" and row["explained_index"] == row["pred_index"] and share is not None \
+                and share < thresholds.min_on_object:
+            findings["background"].append({"path": row["path"], "method": row.get("method") or "lime",
+                                           "label": row["explained_name"], "on_object": round(share, 4)})
     since = _since_previous(current, previous, ok, predicted, thresholds, findings) if previous is not None else None
     counts = {"images": len(images), "explained": len(ok), "labelled": len(pairs),
               **{kind: len(found) for kind, found in findings.items()}}
+    methods = methods_in(current)
+    by_method = {
+        method: quality_summary([row for row in image_rows(current, method).values()
+                                 if row["status"] == "ok" and (row.get("method") or "lime") == method])
+        for method in methods
+    }
     return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
-            "quality": quality_summary(list(ok.values()))}
+            "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
+            "quality_by_method": by_method, "agreement": agreement(current, num_features)}
 
 
 def quality_summary(rows: Sequence[dict]) -> dict:
@@ -212,7 +240,8 @@ def _since_previous(current, previous, ok, predicted, thresholds, findings) -> d
     """Fill the 'changed' and 'moved' findings; return what else changed (new, removed, models)."""
     before = image_rows(previous)
     before_ok = {path: row for path, row in before.items() if row["status"] == "ok"}
-    previous_rows = {(r["path"], r["explained_index"]): r for r in previous if r["status"] == "ok"}
+    previous_rows = {(r["path"], r.get("method") or "lime", r["explained_index"]): r
+                     for r in previous if r["status"] == "ok"}
     for path, row in ok.items():
         old = before_ok.get(path)
         if old is None:
@@ -224,13 +253,14 @@ def _since_previous(current, previous, ok, predicted, thresholds, findings) -> d
                 "file_changed": old["sha256"] != row["sha256"], "model_changed": old["model_id"] != row["model_id"],
             })
     for row in current:
-        old = previous_rows.get((row["path"], row["explained_index"]))
+        old = previous_rows.get((row["path"], row.get("method") or "lime", row["explained_index"]))
         if row["status"] != "ok" or old is None:
             continue
         now, then = decode_mask(row["mask"]), decode_mask(old["mask"])
         iou = mask_iou(now, then) if now.shape == then.shape else 0.0
         if iou < thresholds.min_iou:
-            findings["moved"].append({"path": row["path"], "label": row["explained_name"], "iou": round(iou, 4),
+            findings["moved"].append({"path": row["path"], "method": row.get("method") or "lime",
+                                      "label": row["explained_name"], "iou": round(iou, 4),
                                       "file_changed": old["sha256"] != row["sha256"]})
     return {
         "new": sorted(set(ok) - set(before)),

@@ -20,11 +20,12 @@ from importlib import metadata
 
 import click
 
-from xai_batch.config import AUTO, ENGINES, PRECISIONS, ExplainConfig
+from xai_batch.config import AUTO, ENGINES, PRECISIONS, ExplainConfig, check_methods
 from xai_batch.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 from xai_batch.labels import BUILTIN_MAPS
+from xai_batch.methods import DEFAULT_METHOD, METHODS
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -70,6 +71,7 @@ _OPTION_NAMES = {
     "max_failures": "--max-failures",
     "images": "--images",
     "engine": "--engine",
+    "methods": "--method",
 }
 
 
@@ -166,8 +168,12 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
                               "Default: torchvision's ImageNet weights."),
         ]
     settings = [
+        click.option("--method", "methods", multiple=True, default=(DEFAULT_METHOD,), show_default=True,
+                     metavar="METHODS", callback=lambda ctx, param, value: _methods(value),
+                     help=f"Explanation methods, repeated or a comma list: {', '.join(METHODS)}. They share "
+                          "each image's superpixels; one row per image, label and method."),
         click.option("--num-samples", default="1000", show_default=True, type=_SampleCount(),
-                     help="Perturbed samples per image, or 'auto': in rounds, until the top --num-features "
+                     help="Perturbed samples per image and method, or 'auto' (LIME only): in rounds, until the top --num-features "
                           "superpixels and their signs are statistically settled."),
         click.option("--max-samples", default=2000, show_default=True, type=click.IntRange(min=2),
                      help="The most samples 'auto' draws for one image."),
@@ -277,6 +283,16 @@ def _audit_option_list(on_cluster: bool) -> list[Callable]:
     ]
 
 
+def _methods(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--method`` values, each a name or a comma list, as one tuple in the order given."""
+    methods = tuple(name.strip() for item in value for name in item.split(",") if name.strip())
+    try:
+        check_methods(methods)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    return methods
+
+
 def _fail_conditions(value: tuple[str, ...]) -> tuple:
     from xai_batch.audit import parse_fail_on
 
@@ -294,6 +310,7 @@ def job_arguments(options: dict) -> list[str]:
                  "max_pixels", "flush_seconds", "reuse", "masks", *_AUDIT_SETTINGS):
         if options.get(name) is not None:
             args += [f"--{name.replace('_', '-')}", str(options[name])]
+    args += ["--method", ",".join(options["methods"])]
     args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
     args += ["--overwrite"] if options["overwrite"] else []
     args += ["--faithfulness" if options["faithfulness"] else "--no-faithfulness"]
@@ -331,7 +348,8 @@ def explain(progress: bool, **options) -> None:
 
     Folders are walked recursively; jpg, jpeg, png, bmp, gif, webp, tif and tiff
     files (any case) are explained, everything else is ignored. Running again
-    into the same --out resumes: unchanged images already explained are skipped.
+    into the same --out resumes: unchanged images already explained are skipped,
+    and a method added since runs alone.
     """
     config = explain_config(**options)  # a bad option fails here, before torch or Ray is loaded
     from xai_batch.runtime import run_explain
@@ -450,6 +468,10 @@ def _drawing_options(func: Callable) -> Callable:
                      help="Superpixels to mark, by decreasing |weight|."),
         click.option("--positive-only", is_flag=True, help="Mark only superpixels that speak for the label."),
         click.option("--blind", is_flag=True, help="side-by-side without the predicted class and probability."),
+        click.option("--method", "methods", multiple=True, metavar="METHODS",
+                     callback=lambda ctx, param, value: _methods(value) if value else (),
+                     help="Only these methods' explanations, repeated or a comma list. Default: every method "
+                          "in OUT."),
         click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
                      help="Where the images are now, if not where job.json says they were explained from."),
         click.option("--address", default=None,
@@ -465,17 +487,18 @@ def _drawing_options(func: Callable) -> Callable:
               help="Folder for the PNGs and overlays.csv. Default: OUT/overlays/STYLE.")
 @_drawing_options
 @_reporting_errors
-def render(out: str, style: str, num_features: int, positive_only: bool, blind: bool, to: str | None,
-           source: str | None, address: str | None, progress: bool) -> None:
+def render(out: str, style: str, num_features: int, positive_only: bool, blind: bool, methods: tuple[str, ...],
+           to: str | None, source: str | None, address: str | None, progress: bool) -> None:
     """Draw PNG overlays of the explanations in OUT, without running the model.
 
-    One PNG per image and label, named after the image's path; overlays.csv
-    maps each (path, label) to its file, or to the reason it has none.
+    One PNG per image, label and method, named after the image's path, every
+    method in the same style; overlays.csv maps each (path, method, label)
+    to its file, or to the reason it has none.
     """
     from xai_batch.runtime.render import RenderOptions, run_render
 
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
-    result = run_render(out, to, options, source=source, address=address, progress=progress)
+    result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods)
     click.echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
     click.echo(f"index: {result.index}")
     if result.errors:
@@ -489,7 +512,8 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
 @click.option("--per-cell", required=True, type=click.IntRange(min=1), help="Images from each cell of the design.")
 @click.option("--by", "factors", default="label,correct", show_default=True, metavar="FACTORS",
               callback=lambda ctx, param, value: _comma_list(value),
-              help="Factors to balance: label (true class), correct (model right/wrong), confidence (bands).")
+              help="Factors to balance: label (true class), correct (model right/wrong), confidence (bands), "
+                   "method (each chosen image shown once per method).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Picks within cells and the presentation order.")
 @click.option("--bands", default="0.5,0.8", show_default=True, type=_Bands(),
@@ -504,23 +528,27 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
 @_reporting_errors
 def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: int, bands: tuple[float, ...],
             labels: str | None, label_map: str | None, style: str, allow_unbalanced: bool, num_features: int,
-            positive_only: bool, blind: bool, source: str | None, address: str | None, progress: bool) -> None:
+            positive_only: bool, blind: bool, methods: tuple[str, ...], source: str | None, address: str | None,
+            progress: bool) -> None:
     """Pick a balanced, reproducible set of explanations from OUT and render them for a study.
 
-    Every cell of the design (true class x right/wrong x confidence band, as
-    chosen with --by) gets --per-cell images; presentation order is shuffled
-    with --seed and files are named by stimulus id only. stimuli.csv lists
-    id, file, cell, path, true and predicted label, probability and the
-    surrogate's score. A short cell is an error unless --allow-unbalanced.
+    Every cell of the design (true class x right/wrong x confidence band x
+    method, as chosen with --by) gets --per-cell images; with 'method' each
+    chosen image is shown once per method (within subjects), all in the same
+    style. Presentation order is shuffled with --seed and files are named by
+    stimulus id only. stimuli.csv lists id, file, cell, method, path, true
+    and predicted label, probability and LIME's surrogate score. A short cell
+    is an error unless --allow-unbalanced.
     """
     from xai_batch.runtime.render import RenderOptions
     from xai_batch.runtime.stimuli import run_stimuli
     from xai_batch.stimuli import Design
 
-    design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands)
+    design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands, methods=methods or ("lime",))
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_stimuli(out, to, design, options, labels=labels, label_map=label_map, source=source,
-                         address=address, progress=progress, allow_unbalanced=allow_unbalanced)
+                         address=address, progress=progress, allow_unbalanced=allow_unbalanced,
+                         every_method=not methods)
     for cell, count in result.short.items():
         click.echo(f"warning: cell {cell} has {count} of {per_cell} images", err=True)
     click.echo(f"{result.stimuli} stimuli, {result.errors} errors in {result.to}")
@@ -545,23 +573,28 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
               help="Where the images are now, if not where job.json says they were explained from.")
 @click.option("--address", default=None,
               help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
+@click.option("--method", "methods", multiple=True, metavar="METHODS",
+              callback=lambda ctx, param, value: _methods(value) if value else (),
+              help="Only these methods, shown side by side; repeated or a comma list. Default: every method in OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reporting_errors
 def report(out: str, to: str | None, images: str, labels: str | None, label_map: str | None, source: str | None,
-           address: str | None, progress: bool) -> None:
+           address: str | None, methods: tuple[str, ...], progress: bool) -> None:
     """Write OUT's run as one self-contained HTML page.
 
     The run's summary; accuracy per class and the confusion matrix where true
     labels exist; the findings (those of `xai-batch audit` when OUT was
     audited); and a gallery of every image's explanation that filters by true
     and predicted class, right or wrong, finding and confidence, sorts by
-    score or confidence, and pages through any number of images. Nothing is
-    loaded from the network; filters live in the URL, so a view can be shared.
+    score or confidence, and pages through any number of images. With
+    several methods, each image shows them side by side (the most faithful
+    marked) and a table shows how far the methods agree. Nothing is loaded
+    from the network; filters live in the URL, so a view can be shared.
     """
     from xai_batch.runtime.report import run_report
 
     result = run_report(out, to, images, labels=labels, label_map=label_map, source=source, address=address,
-                        progress=progress)
+                        methods=methods, progress=progress)
     where = "embedded" if result.pictures is None else f"in {result.pictures}"
     click.echo(f"{result.images} images, pictures {where}; {result.errors} could not be drawn")
     click.echo(f"report: {result.path}")

@@ -19,9 +19,12 @@ from typing import Literal
 
 from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS
+from xai_batch.methods import METHODS
 from xai_batch.storage import is_uri, locate
 
-__all__ = ["Quickshift", "ExplainConfig", "PRECISIONS", "ENGINES", "AUTO", "config_hash", "check_engine"]
+__all__ = [
+    "Quickshift", "ExplainConfig", "PRECISIONS", "ENGINES", "AUTO", "config_hash", "check_engine", "check_methods",
+]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -40,7 +43,11 @@ class Quickshift:
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """One explain job: which images, which model, which LIME settings.
+    """One explain job: which images, which model, which methods and settings.
+
+    ``methods`` are the explanation methods run on every image (LIME,
+    KernelSHAP, Grad-CAM; :mod:`xai_batch.methods`), on the same superpixels;
+    ``num_samples`` is each perturbation method's sample count.
 
     ``hide_color`` is an RGB grey level 0..255 painted over hidden superpixels,
     or ``None`` for lime's per-superpixel mean colour. ``actors=None`` means
@@ -91,9 +98,15 @@ class ExplainConfig:
     stability: bool = False
     masks: str | None = None
     engine: str = "auto"
+    methods: tuple[str, ...] = ("lime",)
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))  # a list from JSON is the same choice
+        check_methods(self.methods)
+        if self.num_samples == AUTO and self.methods != ("lime",):
+            raise ConfigError("num_samples 'auto' is LIME's stopping rule; with other methods give a number",
+                              "num_samples")
         if self.num_samples != AUTO and not _is_int(self.num_samples, minimum=2):
             raise ConfigError(f"num_samples must be an integer >= 2 or 'auto', got {self.num_samples!r}", "num_samples")
         _check_int(self.max_samples, "max_samples", minimum=2)
@@ -138,13 +151,16 @@ class ExplainConfig:
         return dataclasses.asdict(self)
 
 
-def config_hash(config: ExplainConfig, model_id: str) -> str:
-    """Hash of everything that changes a manifest row's content.
+def config_hash(config: ExplainConfig, model_id: str, method: str = "lime") -> str:
+    """Hash of everything that changes the content of a manifest row of ``method``.
 
     Two runs with the same hash and the same image bytes produce the same row,
-    whatever the number of actors or the batch size.
+    whatever the number of actors or the batch size. Each method has its own
+    hash (LIME's is what it was before there were methods), so adding a
+    method to a run leaves the rows of the others valid.
     """
     material = {
+        **({} if method == "lime" else {"method": method}),
         "model_id": model_id,
         "num_samples": config.num_samples,
         **({"max_samples": config.max_samples, "stopping": stopping_rule()} if config.adaptive else {}),
@@ -167,6 +183,17 @@ def stopping_rule() -> dict:
     from xai_batch.explain import convergence
 
     return {"alpha": convergence.ALPHA, "first_round": convergence.FIRST_ROUND, "round": convergence.ROUND}
+
+
+def check_methods(methods: tuple[str, ...]) -> None:
+    """Refuse no method, an unknown one, or one named twice."""
+    if not methods:
+        raise ConfigError(f"give at least one method: {', '.join(METHODS)}", "methods")
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {unknown[0]!r}", "methods")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"a method is named twice in {', '.join(methods)}", "methods")
 
 
 def check_engine(engine: str, precision: str) -> None:

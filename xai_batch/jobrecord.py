@@ -10,7 +10,8 @@ from xai_batch.storage import join, read_json, write_json
 __all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
 
 JOB_FILE = "job.json"
-_PACKAGES = ("xai-batch", "torch", "torchvision", "lime", "ray", "numpy", "scikit-image", "pyarrow", "pillow", "onnxruntime")
+_PACKAGES = ("xai-batch", "torch", "torchvision", "lime", "shap", "grad-cam", "ray", "numpy", "scikit-image", "pyarrow",
+             "pillow", "onnxruntime")
 
 
 def software_versions() -> dict[str, str]:

@@ -1,14 +1,16 @@
 """The Parquet manifest: its schema, its writer and its reader.
 
 A manifest is a folder of part files (one Parquet dataset) with one row per
-image and explained label, or one ``status='error'`` row per image that could
-not be explained. Parts are written as results arrive, each to a hidden
+image, explained label and method, or one ``status='error'`` row per image
+and method that could not explain it. Parts are written as results arrive, each to a hidden
 temporary name and then renamed, so readers never see half a file.
 
 Every row carries the ``run_id`` of the run that wrote it, and run ids sort
 in time. When a resumed run redoes an image (its file changed, or it failed
-before), the new rows supersede the old: the current rows of a path are those
-of the latest run that wrote it. ``read_manifest`` returns only those.
+before), the new rows supersede the old: the current rows of a path and
+method are those of the latest run that wrote them, so a run that adds a
+method leaves the other methods' rows current. ``read_manifest`` returns
+only those.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "decode_segments",
     "encode_mask",
     "decode_mask",
+    "encode_heatmap",
+    "decode_heatmap",
 ]
 
 MANIFEST_DIR = "manifest"
@@ -60,6 +64,7 @@ SCHEMA = pa.schema(
         pa.field("explained_index", pa.int32()),
         pa.field("explained_name", pa.string()),
         pa.field("explained_prob", pa.float32()),
+        pa.field("method", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("num_samples", pa.int32()),
         pa.field("num_segments", pa.int32()),
@@ -69,6 +74,7 @@ SCHEMA = pa.schema(
         pa.field("score", pa.float64()),
         pa.field("local_pred", pa.float64()),
         pa.field("mask", pa.binary()),
+        pa.field("heatmap", pa.binary()),
         pa.field("deletion_auc", pa.float64()),
         pa.field("insertion_auc", pa.float64()),
         pa.field("deletion_auc_random", pa.float64()),
@@ -106,6 +112,17 @@ def encode_mask(mask: np.ndarray) -> bytes:
 def decode_mask(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image, dtype=np.uint8)
+
+
+def encode_heatmap(heatmap: np.ndarray) -> bytes:
+    """A [0, 1] heatmap as an 8-bit grayscale PNG (value = round(255 * heat))."""
+    return _png(Image.fromarray(np.round(np.clip(heatmap, 0, 1) * 255).astype(np.uint8), mode="L"))
+
+
+def decode_heatmap(data: bytes) -> np.ndarray:
+    """The heatmap back in [0, 1], to within 1/510."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image, dtype=np.float32) / 255
 
 
 def _png(image: Image.Image) -> bytes:
@@ -174,10 +191,11 @@ def write_part(folder: Location, name: str, table: pa.Table) -> None:
 
 
 def read_manifest(out: str, current: bool = True) -> pa.Table:
-    """The manifest under ``out`` (a path or URI), sorted by path and label.
+    """The manifest under ``out`` (a path or URI), sorted by path, method and label.
 
-    With ``current`` (the default) only each path's rows from the latest run
-    that wrote it; otherwise every row ever written. Hidden files (temporary
+    With ``current`` (the default) only each path and method's rows from the
+    latest run that wrote them; otherwise every row ever written. Rows from
+    before methods were recorded read as LIME's. Hidden files (temporary
     parts of a killed job) are ignored.
     """
     folder = locate(out).child(MANIFEST_DIR)
@@ -186,9 +204,13 @@ def read_manifest(out: str, current: bool = True) -> pa.Table:
     dataset = ds.dataset(folder.path, filesystem=folder.filesystem, format="parquet", schema=SCHEMA,
                          ignore_prefixes=[".", "_"])
     table = dataset.to_table()
+    column = table.schema.get_field_index("method")
+    table = table.set_column(column, SCHEMA.field("method"), pc.fill_null(table["method"], "lime"))
     if current and table.num_rows:
-        latest = table.group_by("path").aggregate([("run_id", "max")])
-        keys = table.select(["path", "run_id"]).append_column("row", pa.array(range(table.num_rows), pa.int64()))
-        joined = keys.join(latest, "path")  # joins cannot carry list columns: join the keys, take the rows
+        latest = table.group_by(["path", "method"]).aggregate([("run_id", "max")])
+        keys = table.select(["path", "method", "run_id"]).append_column(
+            "row", pa.array(range(table.num_rows), pa.int64()))
+        joined = keys.join(latest, ["path", "method"])  # joins cannot carry list columns: join the keys, take the rows
         table = table.take(joined.filter(pc.equal(joined["run_id"], joined["run_id_max"]))["row"])
-    return table.sort_by([("path", "ascending"), ("explained_index", "ascending"), ("run_id", "ascending")])
+    return table.sort_by([("path", "ascending"), ("method", "ascending"), ("explained_index", "ascending"),
+                          ("run_id", "ascending")])

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 
+from xai_batch.agreement import methods_in
 from xai_batch.audit import image_rows
 
 __all__ = ["PAGE_SIZE", "folders_are_classes", "gallery_rows", "report_document", "report_html"]
@@ -39,28 +40,46 @@ def gallery_rows(
     truth: Callable[[str], str | None],
     predicted: Callable[[dict], str],
     findings: Mapping[str, Sequence[dict]],
-    pictures: Mapping[str, tuple[str, str]],
+    pictures: Mapping[tuple[str, str], tuple[str, str]],
 ) -> list[dict]:
-    """One gallery entry per explained image: labels, probability, score, findings and picture.
+    """One gallery entry per explained image: labels, probability, findings, and a view per method.
 
-    ``pictures`` maps a path to (src, error): the picture's URL, or why there is none.
+    ``pictures`` maps (path, method) to (src, error): the picture's URL, or
+    why there is none. Each view holds a method's picture, LIME's fit score
+    and the quality measures; the entry's own ``img``, ``score`` and
+    ``quality`` are its first view's, and ``most_faithful`` names the
+    method with the lowest deletion AUC when two or more were measured and
+    one is lower than the others.
     """
     by_path: dict[str, list[str]] = {}
     for kind, items in findings.items():
         for item in items:
             by_path.setdefault(item["path"], []).append(kind)
+    views: dict[str, list[dict]] = {}
+    for method in methods_in(rows):
+        for path, row in image_rows(rows, method).items():
+            if row["status"] == "ok" and (row.get("method") or "lime") == method:
+                src, error = pictures.get((path, method), ("", "not drawn"))
+                views.setdefault(path, []).append({
+                    "method": method, "img": src, "img_error": error,
+                    "score": None if row.get("score") is None else round(float(row["score"]), 4),
+                    "quality": {column: _rounded(row[column]) for column in _QUALITY if row.get(column) is not None},
+                })
     entries = []
     for path, row in image_rows(rows).items():
         if row["status"] != "ok":
             continue
-        true_label, label = truth(path), predicted(row)
-        src, error = pictures.get(path, ("", "not drawn"))
+        true_label, label, shown = truth(path), predicted(row), views[path]
+        aucs = sorted((view["quality"]["deletion_auc"], view["method"]) for view in shown
+                      if "deletion_auc" in view["quality"])
         entries.append({
             "path": path, "truth": true_label, "pred": label, "class": row["pred_name"],
-            "prob": round(float(row["pred_prob"]), 4), "score": round(float(row["score"]), 4),
+            "prob": round(float(row["pred_prob"]), 4),
             "correct": None if true_label is None else true_label == label,
-            "findings": by_path.get(path, []), "img": src, "img_error": error,
-            "quality": {column: _rounded(row.get(column)) for column in _QUALITY if row.get(column) is not None},
+            "findings": by_path.get(path, []),
+            **{key: shown[0][key] for key in ("img", "img_error", "score", "quality")},
+            "views": shown,
+            "most_faithful": aucs[0][1] if len(aucs) > 1 and aucs[0][0] < aucs[1][0] else None,
         })
     return entries
 
@@ -85,6 +104,9 @@ def report_document(summary: dict, audit: dict, gallery: list[dict], audited: di
         "findings": audit["findings"],
         "since_previous": audit.get("since_previous"),
         "quality": audit.get("quality"),
+        "methods": audit.get("methods", ["lime"]),
+        "quality_by_method": audit.get("quality_by_method"),
+        "agreement": audit.get("agreement", []),
         "audit": {"created": audited["created"], "previous": audited.get("previous")} if audited else None,
         "rows": gallery,
         "page_size": PAGE_SIZE,

@@ -1,8 +1,9 @@
 """The two CPU stages of explaining one image, around the model work.
 
-``prepare`` reads and decodes a file, segments it and draws its sample rows;
-``finish`` fits the surrogate to the model's outputs and builds the manifest
-rows. When the job measures the explanations' quality, ``quality_rows``
+``prepare`` reads and decodes a file, segments it once and draws each
+method's sample rows on those superpixels; ``finish`` turns one method's
+model outputs into its attributions (:mod:`xai_batch.methods`) and builds
+the manifest rows. When the job measures the explanations' quality, ``quality_rows``
 then gives the rows those measures need the model's outputs on (deletion and
 insertion curves, a second explanation), and ``score`` adds the measures to
 the manifest rows. All are plain functions: Ray runs them as tasks, tests call them
@@ -12,20 +13,22 @@ directly. Model evaluation in between belongs to an :class:`~xai_batch.engine.En
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ImageError
-from xai_batch.explain import explanation_mask, fit_surrogate, hidden_image, quickshift_segments, sample_rows
+from xai_batch.explain import explanation_mask, hidden_image, quickshift_segments
 from xai_batch.explain.convergence import sample_schedule, settled
 from xai_batch.explain.localisation import area_inside, pointing_chance, pointing_hit, random_area_inside, top_positive
 from xai_batch.explain.quality import (
     curve_auc, deletion_rows, insertion_rows, random_order, ranking, second_seed, topk_jaccard,
 )
 from xai_batch.images import image_seed, load_image, read_object_mask
-from xai_batch.manifest import encode_mask, encode_segments
+from xai_batch.manifest import encode_heatmap, encode_mask, encode_segments
+from xai_batch.methods import explained_labels, get_method, method_seed
 from xai_batch.storage import Location
 
 __all__ = [
@@ -47,17 +50,19 @@ class ImageHeader:
     seed: int | None = None
     num_segments: int | None = None
     error: str | None = None
-    skipped: bool = False  # already in the manifest with the same content
+    methods: tuple[str, ...] = ()  # the methods to run on it: those without results for this content
+    drawn: tuple[int, ...] = ()  # per method to run, the sample rows its payload holds
+    skipped: bool = False  # every method already in the manifest with the same content
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """What the model replicas need to evaluate one image's perturbations."""
+    """What the model replicas need to evaluate one method's perturbations of one image."""
 
     image: np.ndarray  # (224, 224, 3) uint8
     hidden: np.ndarray  # (224, 224, 3) uint8, what hidden superpixels show
     segments: np.ndarray  # (224, 224) int32, ids 0..S-1
-    rows: np.ndarray  # (samples drawn, S) uint8, 1 keeps a superpixel
+    rows: np.ndarray  # (samples drawn, S) uint8, 1 keeps a superpixel; none for Grad-CAM
     object_mask: np.ndarray | None = None  # (224, 224) bool ground truth, where --masks has one
 
 
@@ -67,7 +72,7 @@ class RowContext:
 
     model_id: str
     class_names: tuple[str, ...]
-    config_hash: str
+    config_hashes: Mapping[str, str]  # method -> the hash its rows carry
     num_samples: int  # the samples drawn per image: all of them, or at most that many with ``adaptive``
     top_labels: int
     num_features: int
@@ -83,40 +88,47 @@ class RowContext:
 
 
 def prepare(
-    source: Location, path: str, config: ExplainConfig, done_sha256: str | None = None
-) -> tuple[ImageHeader, PreparedImage | None]:
-    """Read, decode and segment one file; a bad file gives a header with ``error``.
+    source: Location, path: str, config: ExplainConfig, done: Mapping[str, str] | None = None
+) -> tuple[ImageHeader | PreparedImage | None, ...]:
+    """Read, decode and segment one file: (header, one payload per method of ``config.methods``).
 
-    ``done_sha256`` is the content hash the manifest already holds results for:
-    when the file still has it, the header says ``skipped`` and nothing is decoded.
+    ``done`` maps a method to the content hash the manifest already holds its
+    results for; methods whose results are for the file's current content
+    are not run again (their payload is ``None``), and when none is left the
+    header says ``skipped`` and nothing is decoded. A bad file gives a
+    header with ``error`` and no payloads.
     """
+    done = done or {}
+    nothing = (None,) * len(config.methods)
     try:
         data = source.child(path).read_bytes()
     except OSError as exc:
-        return ImageHeader(path, error=f"cannot read: {' '.join(str(exc).split())}"), None
-    if done_sha256 is not None and hashlib.sha256(data).hexdigest() == done_sha256:
-        return ImageHeader(path, sha256=done_sha256, skipped=True), None
+        return ImageHeader(path, error=f"cannot read: {' '.join(str(exc).split())}", methods=config.methods), *nothing
+    sha256 = hashlib.sha256(data).hexdigest()
+    todo = tuple(method for method in config.methods if done.get(method) != sha256)
+    if not todo:
+        return ImageHeader(path, sha256=sha256, skipped=True), *nothing
     try:
         loaded = load_image(data, config.max_pixels)
+        object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
     except ImageError as exc:
-        return ImageHeader(path, sha256=hashlib.sha256(data).hexdigest(), error=str(exc)), None
+        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo), *nothing
     seed = image_seed(config.seed, loaded.sha256)
     segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
     num_segments = int(segments.max()) + 1
-    rows = sample_rows(seed, config.samples_drawn, num_segments)
-    try:
-        object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
-    except ImageError as exc:
-        return ImageHeader(path, sha256=loaded.sha256, error=str(exc)), None
-    prepared = PreparedImage(
-        image=loaded.pixels,
-        hidden=hidden_image(loaded.pixels, segments, config.hide_color),
-        segments=segments.astype(np.int32),
-        rows=rows.astype(np.uint8),
-        object_mask=object_mask,
-    )
-    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, seed, num_segments)
-    return header, prepared
+    hidden = hidden_image(loaded.pixels, segments, config.hide_color)
+    rows = {
+        method: get_method(method).sample(method_seed(seed, method), num_segments, config.samples_drawn)
+        for method in todo
+    }
+    payloads = [
+        PreparedImage(loaded.pixels, hidden, segments.astype(np.int32), rows[method].astype(np.uint8), object_mask)
+        if method in todo else None
+        for method in config.methods
+    ]
+    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, seed, num_segments, methods=todo,
+                         drawn=tuple(len(rows[method]) for method in todo))
+    return header, *payloads
 
 
 def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> bool:
@@ -131,28 +143,35 @@ def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowConte
     looks = len(sample_schedule(len(prepared.rows)))
     return all(
         settled(rows, probs[:, label], context.num_features, looks).settled
-        for label in _explained_labels(probs[0], context.top_labels)
+        for label in explained_labels(probs[0], context.top_labels)
     )
 
 
-def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> list[dict]:
-    """Fit one surrogate per explained label and build the manifest rows.
+def finish(
+    header: ImageHeader, prepared: PreparedImage, outputs, context: RowContext, method: str = "lime"
+) -> list[dict]:
+    """One method's attributions per explained label, as manifest rows.
 
-    ``probs`` is (n, num_classes), row i the model's output on sample i; the
-    surrogate uses the first n sample rows. The labels explained are the
-    ``top_labels`` most probable on the original image (row 0), in decreasing
-    order, as lime chooses them.
+    For a perturbation method ``outputs`` is (n, num_classes), row i the
+    model's output on sample row i, and the labels explained are the
+    ``top_labels`` most probable on the original image (row 0), in
+    decreasing order, as lime chooses them. For Grad-CAM it is the
+    replica's (probabilities, labels, heatmaps).
     """
-    original = probs[0]
+    explainer = get_method(method)
+    seed = method_seed(header.seed, method)
+    if explainer.perturbs:
+        original, labels, evaluated = outputs[0], explained_labels(outputs[0], context.top_labels), outputs
+    else:
+        original, labels, evaluated = outputs
     topk = np.argsort(original)[::-1][:TOPK]
-    explained = _explained_labels(original, context.top_labels)
-    rows64 = prepared.rows[: len(probs)].astype(np.int64)
+    attributions = explainer.attribute(prepared.rows, prepared.segments, evaluated, labels, seed, context.num_samples)
     segments_png = encode_segments(prepared.segments)
     pred = int(topk[0])
     out = []
-    for label in explained:
-        surrogate = fit_surrogate(rows64, probs[:, label], header.seed)
-        mask = explanation_mask(prepared.segments, surrogate.weights, context.num_features, surrogate.order)
+    for attribution in attributions:
+        label = attribution.label
+        mask = explanation_mask(prepared.segments, attribution.weights, context.num_features, attribution.order)
         out.append(
             {
                 "path": header.path,
@@ -170,18 +189,20 @@ def finish(header: ImageHeader, prepared: PreparedImage, probs: np.ndarray, cont
                 "explained_index": label,
                 "explained_name": context.class_names[label],
                 "explained_prob": float(original[label]),
-                "seed": header.seed,
-                "num_samples": len(probs),
+                "method": method,
+                "seed": seed,
+                "num_samples": len(evaluated) if explainer.perturbs else None,
                 "num_segments": header.num_segments,
                 "segments": segments_png,
-                "weights": surrogate.weights.tolist(),
-                "intercept": surrogate.intercept,
-                "score": surrogate.score,
-                "local_pred": surrogate.local_pred,
+                "weights": attribution.weights.tolist(),
+                "intercept": attribution.intercept,
+                "score": attribution.score,
+                "local_pred": attribution.local_pred,
                 "mask": encode_mask(mask),
-                "config_hash": context.config_hash,
+                "heatmap": None if attribution.heatmap is None else encode_heatmap(attribution.heatmap),
+                "config_hash": context.config_hashes[method],
                 "engine": context.engine,
-                **_localisation(prepared, surrogate.weights, context.num_features, header.seed),
+                **_localisation(prepared, attribution.weights, context.num_features, seed),
             }
         )
     return out
@@ -208,36 +229,52 @@ def _localisation(prepared: PreparedImage, weights: np.ndarray, k: int, seed: in
     }
 
 
-def quality_rows(header: ImageHeader, prepared: PreparedImage, rows: list[dict], context: RowContext) -> PreparedImage:
+def _stable_samples(rows: list[dict], context: RowContext) -> int:
+    """The samples a second explanation draws: as many as the first used (``auto`` may stop early)."""
+    return rows[0]["num_samples"] if context.adaptive else context.num_samples
+
+
+def quality_rows(
+    header: ImageHeader, prepared: PreparedImage, rows: list[dict], context: RowContext, method: str = "lime"
+) -> PreparedImage:
     """The sample rows the quality measures need model outputs on, in ``score``'s order.
 
-    With stability: a second sample matrix of the same size, from the second
-    seed. With faithfulness: per explained label, the deletion then insertion
-    curve in the order of its weights; then both curves in a random order.
+    With stability: a second sample matrix of the method's, drawn with the
+    second seed (Grad-CAM draws nothing: it has no randomness to be stable
+    against). With faithfulness: per explained label, the deletion then
+    insertion curve in the order of its weights; then both curves in a
+    random order.
     """
-    num_segments, blocks = header.num_segments, []
-    if context.stability:
-        blocks.append(sample_rows(second_seed(header.seed), rows[0]["num_samples"], num_segments))
+    num_segments = header.num_segments
+    blocks = [np.zeros((0, num_segments), np.uint8)]
+    explainer, seed = get_method(method), method_seed(header.seed, method)
+    if context.stability and explainer.perturbs:
+        blocks.append(explainer.sample(second_seed(seed), num_segments, _stable_samples(rows, context)))
     if context.faithfulness:
         for row in rows:
             order = ranking(np.asarray(row["weights"]))
             blocks += [deletion_rows(order, num_segments), insertion_rows(order, num_segments)]
-        order = random_order(header.seed, num_segments)
+        order = random_order(seed, num_segments)
         blocks += [deletion_rows(order, num_segments), insertion_rows(order, num_segments)]
     return PreparedImage(prepared.image, prepared.hidden, prepared.segments, np.concatenate(blocks).astype(np.uint8))
 
 
-def score(header: ImageHeader, rows: list[dict], extra: PreparedImage, probs: np.ndarray, context: RowContext) -> list[dict]:
+def score(
+    header: ImageHeader, rows: list[dict], extra: PreparedImage, probs: np.ndarray, context: RowContext,
+    method: str = "lime",
+) -> list[dict]:
     """The manifest rows with their quality measures, from the model's outputs on ``quality_rows``."""
-    num_segments, at = header.num_segments, 0
+    num_segments = header.num_segments
+    explainer, seed = get_method(method), method_seed(header.seed, method)
+    curves = 2 * (num_segments + 1) * (len(rows) + 1) if context.faithfulness else 0
+    at = len(extra.rows) - curves  # the stability block comes first
     scored = [dict(row) for row in rows]
-    if context.stability:
-        count = rows[0]["num_samples"]
-        second = extra.rows[:count].astype(np.int64)
-        for row in scored:
-            again = fit_surrogate(second, probs[:count, row["explained_index"]], second_seed(header.seed))
-            row["stability"] = topk_jaccard(np.asarray(row["weights"]), again.weights, context.num_features)
-        at = count
+    if at:
+        labels = [row["explained_index"] for row in rows]
+        again = explainer.attribute(extra.rows[:at], extra.segments, probs[:at], labels, second_seed(seed),
+                                    _stable_samples(rows, context))
+        for row, second in zip(scored, again):
+            row["stability"] = topk_jaccard(np.asarray(row["weights"]), second.weights, context.num_features)
     if context.faithfulness:
         curve = num_segments + 1
         random_at = at + 2 * curve * len(rows)
@@ -251,13 +288,8 @@ def score(header: ImageHeader, rows: list[dict], extra: PreparedImage, probs: np
     return scored
 
 
-def _explained_labels(original: np.ndarray, top_labels: int) -> list[int]:
-    """The ``top_labels`` most probable labels, most probable first, ranked as lime ranks them."""
-    return [int(label) for label in np.argsort(original)[-top_labels:][::-1]]
-
-
-def error_row(header: ImageHeader, context: RowContext, error: str | None = None) -> dict:
-    """The single row recording that an image could not be explained."""
+def error_row(header: ImageHeader, context: RowContext, method: str, error: str | None = None) -> dict:
+    """The single row recording that a method could not explain an image."""
     return {
         "path": header.path,
         "sha256": header.sha256,
@@ -266,8 +298,9 @@ def error_row(header: ImageHeader, context: RowContext, error: str | None = None
         "width": header.width,
         "height": header.height,
         "model_id": context.model_id,
-        "seed": header.seed,
+        "method": method,
+        "seed": None if header.seed is None else method_seed(header.seed, method),
         "num_samples": context.num_samples,
         "num_segments": header.num_segments,
-        "config_hash": context.config_hash,
+        "config_hash": context.config_hashes[method],
     }

@@ -1,9 +1,12 @@
 """Choosing study stimuli: a balanced, reproducible sample of explained images.
 
 A study's design crosses factors — the image's true class (``label``),
-whether the model was right (``correct``), and how confident it was
-(``confidence``, in bands) — and shows each participant the same number of
-images from every cell. These functions are pure: rows in, a selection and
+whether the model was right (``correct``), how confident it was
+(``confidence``, in bands), and the explanation method (``method``) — and
+shows each participant the same number of images from every cell. Methods
+are a within-subject factor: the images are chosen by the other factors,
+and every chosen image is shown once per method, so the methods' cells
+hold the same images and differ only in the explanation. These functions are pure: rows in, a selection and
 its presentation order out, the same for the same rows and seed wherever
 they run.
 """
@@ -21,17 +24,22 @@ from xai_batch.errors import ConfigError
 
 __all__ = ["FACTORS", "Design", "Stimulus", "annotate", "select", "band_name"]
 
-FACTORS = ("label", "correct", "confidence")
+FACTORS = ("method", "label", "correct", "confidence")
 
 
 @dataclass(frozen=True)
 class Design:
-    """Which factors cross, how many images per cell, the confidence bands' edges and the seed."""
+    """Which factors cross, how many images per cell, the confidence bands' edges, the seed and the methods.
+
+    ``methods`` are the explanation methods shown; more than one needs
+    ``method`` among the factors, so that each is a cell of its own.
+    """
 
     by: tuple[str, ...]
     per_cell: int
     seed: int = 0
     bands: tuple[float, ...] = (0.5, 0.8)
+    methods: tuple[str, ...] = ("lime",)
 
     def __post_init__(self) -> None:
         unknown = [factor for factor in self.by if factor not in FACTORS]
@@ -41,17 +49,29 @@ class Design:
             raise ConfigError(f"give at least 1 image per cell, got {self.per_cell}", "per_cell")
         if list(self.bands) != sorted(set(self.bands)) or not all(0 < edge < 1 for edge in self.bands):
             raise ConfigError(f"give increasing probabilities between 0 and 1, got {self.bands}", "bands")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"give distinct methods, got {','.join(self.methods)!r}", "methods")
+        if len(self.methods) > 1 and "method" not in self.by:
+            raise ConfigError(
+                f"{len(self.methods)} methods ({', '.join(self.methods)}) need 'method' in --by, or pick one with "
+                "--method", "by")
+
+    @property
+    def image_factors(self) -> tuple[str, ...]:
+        """The factors that choose images: all but ``method``."""
+        return tuple(factor for factor in self.by if factor != "method")
 
 
 @dataclass(frozen=True)
 class Stimulus:
-    """One selected row, in presentation order."""
+    """One selected row (an image explained by one method), in presentation order."""
 
     stimulus_id: str
     cell: str
     row: dict
     true_label: str | None
     pred_label: str
+    method: str = "lime"
 
 
 def band_name(probability: float, edges: Sequence[float]) -> str:
@@ -65,16 +85,25 @@ def band_name(probability: float, edges: Sequence[float]) -> str:
 
 def annotate(
     rows: list[dict], truth: Callable[[str], str | None], predicted: Callable[[dict], str], design: Design
-) -> list[tuple[dict, str | None, str, tuple[str, ...]]]:
-    """(row, true label, predicted label, cell) for each row's top-label explanation.
+) -> list[tuple[dict[str, dict], str | None, str, tuple[str, ...]]]:
+    """(rows by method, true label, predicted label, image cell) for each image explained by every method.
 
-    A factor that needs the truth ('label', 'correct') and a row without one
-    is an error naming the row, not a silent drop.
+    The rows are the top-label explanations; the image cell holds the levels
+    of the factors other than ``method``. Images missing one of the design's
+    methods are left out, so every method shows the same images. A factor
+    that needs the truth ('label', 'correct') and a row without one is an
+    error naming the row, not a silent drop.
     """
-    annotated = []
+    by_path: dict[str, dict[str, dict]] = {}
     for row in rows:
-        if row["explained_index"] != row["pred_index"]:
-            continue  # explanations of lower-ranked labels are not what a participant is shown
+        method = row.get("method") or "lime"
+        if row["explained_index"] == row["pred_index"] and method in design.methods:
+            by_path.setdefault(row["path"], {})[method] = row  # lower-ranked labels are not what participants see
+    annotated = []
+    for path, explained in by_path.items():
+        if len(explained) < len(design.methods):
+            continue
+        row = explained[design.methods[0]]
         true_label, pred_label = truth(row["path"]), predicted(row)
         if true_label is None and {"label", "correct"} & set(design.by):
             raise ConfigError(
@@ -85,43 +114,53 @@ def annotate(
             "correct": "right" if pred_label == true_label else "wrong",
             "confidence": band_name(row["pred_prob"], design.bands),
         }
-        annotated.append((row, true_label, pred_label, tuple(values[factor] for factor in design.by)))
+        annotated.append((explained, true_label, pred_label, tuple(values[factor] for factor in design.image_factors)))
     return annotated
 
 
 def select(
-    annotated: list[tuple[dict, str | None, str, tuple[str, ...]]], design: Design
+    annotated: list[tuple[dict[str, dict], str | None, str, tuple[str, ...]]], design: Design
 ) -> tuple[list[Stimulus], dict[tuple[str, ...], int]]:
-    """``per_cell`` rows from every cell of the design, shuffled into presentation order.
+    """``per_cell`` images from every cell of the design, each once per method, shuffled into presentation order.
 
     The cells are every combination of the levels seen (classes) and the
-    fixed levels (right/wrong, every band), so an empty cell is reported too.
-    Returns the stimuli and the cells short of ``per_cell`` with their counts.
-    Each cell draws with its own generator, seeded by the design's seed and
-    the cell, so adding a class does not change the others' picks.
+    fixed levels (right/wrong, every band, every method), so an empty cell is
+    reported too. Returns the stimuli and the cells short of ``per_cell``
+    with their counts. Each image cell draws with its own generator, seeded
+    by the design's seed and the cell, so adding a class (or a method) does
+    not change the others' picks.
     """
+    factors = design.image_factors
     levels = {
-        "label": sorted({item[3][design.by.index("label")] for item in annotated}) if "label" in design.by else [],
+        "label": sorted({item[3][factors.index("label")] for item in annotated}) if "label" in factors else [],
         "correct": ["right", "wrong"],
         "confidence": [band_name(edge, design.bands) for edge in [0.0, *design.bands]],
     }
-    cells = {cell: [] for cell in itertools.product(*(levels[factor] for factor in design.by))}
-    for item in sorted(annotated, key=lambda item: item[0]["path"]):
+    cells = {cell: [] for cell in itertools.product(*(levels[factor] for factor in factors))}
+    for item in sorted(annotated, key=lambda item: next(iter(item[0].values()))["path"]):
         cells.setdefault(item[3], []).append(item)
     chosen, short = [], {}
     for cell, items in cells.items():
         if len(items) < design.per_cell:
-            short[cell] = len(items)
+            for method in design.methods:
+                short[_full_cell(design, cell, method)] = len(items)
         rng = np.random.default_rng([design.seed, _stable(cell)])
         picks = rng.permutation(len(items))[: design.per_cell]
-        chosen += [items[i] for i in sorted(picks)]
+        chosen += [(items[i], method) for i in sorted(picks) for method in design.methods]
     order = np.random.default_rng(design.seed).permutation(len(chosen))
     width = max(3, len(str(len(chosen))))
-    stimuli = [
-        Stimulus(f"S{number:0{width}d}", "/".join(chosen[i][3]), chosen[i][0], chosen[i][1], chosen[i][2])
-        for number, i in enumerate(order, start=1)
-    ]
+    stimuli = []
+    for number, i in enumerate(order, start=1):
+        (rows, true_label, pred_label, cell), method = chosen[i]
+        stimuli.append(Stimulus(f"S{number:0{width}d}", "/".join(_full_cell(design, cell, method)), rows[method],
+                                true_label, pred_label, method))
     return stimuli, short
+
+
+def _full_cell(design: Design, cell: tuple[str, ...], method: str) -> tuple[str, ...]:
+    """An image cell with the method's level put where ``method`` stands in the design."""
+    levels = iter(cell)
+    return tuple(method if factor == "method" else next(levels) for factor in design.by)
 
 
 def _stable(cell: tuple[str, ...]) -> int:

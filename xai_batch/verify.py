@@ -2,8 +2,8 @@
 
 Nightly jobs are trusted only if their output can be checked without reading
 the code that wrote it. Every promise the manifest makes is checked here:
-the schema of every part, exactly one current row per image and label (or
-one error row), decodable PNGs of the right size, one weight per superpixel,
+the schema of every part, exactly one current row per image, method and
+label (or one error row per image and method), decodable PNGs of the right size, one weight per superpixel,
 one configuration, and, given SOURCE, a row for every image and for nothing
 else.
 """
@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from xai_batch.images import INPUT_SIZE, discover_images
-from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_heatmap, decode_mask, decode_segments, read_manifest
 from xai_batch.storage import locate
 
 __all__ = ["VerifyReport", "verify_manifest"]
@@ -73,30 +73,21 @@ def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
     for row in rows:
         by_path[row["path"]].append(row)
     report.images = len(by_path)
-    hashes = {row["config_hash"] for row in rows}
-    if len(hashes) > 1:
-        problems.add("config", f"rows of {len(hashes)} configurations: {', '.join(sorted(map(str, hashes)))}")
+    for method in sorted({row["method"] for row in rows}):
+        hashes = {row["config_hash"] for row in rows if row["method"] == method}
+        if len(hashes) > 1:
+            problems.add("config", f"{method} rows of {len(hashes)} configurations: {', '.join(sorted(map(str, hashes)))}")
     for path, group in by_path.items():
-        statuses = {row["status"] for row in group}
-        if statuses == {"error"}:
-            report.errors += 1
-            if len(group) != 1:
-                problems.add("duplicate", f"{path}: {len(group)} error rows")
-            if not group[0]["error"] or "\n" in group[0]["error"]:
-                problems.add("error", f"{path}: error row without a one-line reason")
-            continue
-        if statuses != {"ok"}:
-            problems.add("status", f"{path}: statuses {sorted(map(str, statuses))}")
-            continue
-        report.ok += 1
-        labels = collections.Counter(row["explained_index"] for row in group)
-        for label, count in labels.items():
-            if count > 1:
-                problems.add("duplicate", f"{path}: {count} rows for label {label}")
-        if len({row["sha256"] for row in group}) > 1:
-            problems.add("sha256", f"{path}: rows for different file contents")
+        failed = False
+        by_method: dict[str, list[dict]] = collections.defaultdict(list)
         for row in group:
-            _check_ok_row(row, problems)
+            by_method[row["method"]].append(row)
+        for method, rows_of in by_method.items():
+            failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, problems)
+        report.errors += failed
+        report.ok += not failed
+        if len({row["sha256"] for row in group if row["status"] == "ok"}) > 1:
+            problems.add("sha256", f"{path}: rows for different file contents")
     if source is not None:
         expected = set(discover_images(source))
         for path in sorted(expected - by_path.keys()):
@@ -107,9 +98,28 @@ def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
     return report
 
 
-def _check_ok_row(row: dict, problems: _Problems) -> None:
-    path, label = row["path"], row["explained_index"]
-    where = f"{path} (label {label})"
+def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bool:
+    """Check one image's current rows of one method; True if they record an error."""
+    statuses = {row["status"] for row in group}
+    if statuses == {"error"}:
+        if len(group) != 1:
+            problems.add("duplicate", f"{where}: {len(group)} error rows")
+        if not group[0]["error"] or "\n" in group[0]["error"]:
+            problems.add("error", f"{where}: error row without a one-line reason")
+        return True
+    if statuses != {"ok"}:
+        problems.add("status", f"{where}: statuses {sorted(map(str, statuses))}")
+        return True
+    labels = collections.Counter(row["explained_index"] for row in group)
+    for label, count in labels.items():
+        if count > 1:
+            problems.add("duplicate", f"{where}: {count} rows for label {label}")
+    for row in group:
+        _check_ok_row(f"{where} (label {row['explained_index']})", row, problems)
+    return False
+
+
+def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
     num_segments = row["num_segments"]
     if row["error"] is not None:
         problems.add("error", f"{where}: ok row with an error")
@@ -131,6 +141,14 @@ def _check_ok_row(row: dict, problems: _Problems) -> None:
             problems.add("mask", f"{where}: mask PNG is not 224x224 with values 0, 1, 2")
     except Exception as exc:
         problems.add("mask", f"{where}: mask PNG does not decode ({exc})")
+    if (row["heatmap"] is not None) != (row["method"] == "gradcam"):
+        problems.add("heatmap", f"{where}: a heatmap is Grad-CAM's and only Grad-CAM's")
+    elif row["heatmap"] is not None:
+        try:
+            if decode_heatmap(row["heatmap"]).shape != (INPUT_SIZE, INPUT_SIZE):
+                problems.add("heatmap", f"{where}: heatmap PNG is not 224x224")
+        except Exception as exc:
+            problems.add("heatmap", f"{where}: heatmap PNG does not decode ({exc})")
 
 
 class _Problems:

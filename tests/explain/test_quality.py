@@ -49,7 +49,7 @@ def test_the_measures_of_an_explanation_of_a_one_region_model():
     truth = SEGMENTS == KEY
     prepared = PreparedImage(image, image, SEGMENTS, sample_rows(seed, 300, S).astype(np.uint8), truth)
     header = ImageHeader("a.png", "0" * 64, 224, 224, seed, S)
-    context = RowContext("m", ("other", "key"), "h", 300, 1, 1, faithfulness=True, stability=True)
+    context = RowContext("m", ("other", "key"), {"lime": "h"}, 300, 1, 1, faithfulness=True, stability=True)
     [row] = finish(header, prepared, _model(prepared.rows), context)
     assert row["explained_index"] == 1 and int(np.argmax(row["weights"])) == KEY
     # Localisation: the top superpixel is the object, exactly; 1 of 16 superpixels would hit by chance.
@@ -78,5 +78,5 @@ def test_without_masks_or_measures_there_are_no_quality_columns():
     image = np.zeros((224, 224, 3), np.uint8)
     prepared = PreparedImage(image, image, SEGMENTS, sample_rows(3, 100, S).astype(np.uint8))
     header = ImageHeader("a.png", "0" * 64, 224, 224, 3, S)
-    [row] = finish(header, prepared, _model(prepared.rows), RowContext("m", ("other", "key"), "h", 100, 1, 1))
+    [row] = finish(header, prepared, _model(prepared.rows), RowContext("m", ("other", "key"), {"lime": "h"}, 100, 1, 1))
     assert "on_object" not in row and "deletion_auc" not in row

@@ -145,7 +145,8 @@ def test_ten_thousand_rows_stay_paged_and_filterable(browser, tmp_path):
         gallery.append({"path": f"{truth}/img_{i:05d}.jpg", "truth": truth, "pred": pred, "class": pred,
                         "prob": round((i % 100) / 100, 2), "score": round((i * 37 % 1000) / 1000, 3),
                         "correct": truth == pred, "findings": [] if truth == pred else ["misclassified"],
-                        "img": "", "img_error": "not drawn in this test", "quality": {}})
+                        "img": "", "img_error": "not drawn in this test", "quality": {}, "most_faithful": None})
+        gallery[-1]["views"] = [{"method": "lime", **{k: gallery[-1][k] for k in ("img", "img_error", "score", "quality")}}]
     wrong = [g for g in gallery if not g["correct"]]
     audit = {"counts": {"labelled": 10_000}, "accuracy": 1 - len(wrong) / 10_000, "per_class": {},
              "confusion": {"labels": classes, "matrix": [[0] * 4 for _ in classes]},

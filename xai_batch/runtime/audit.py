@@ -3,7 +3,9 @@
 The explain reuses the previous audit's rows for images whose file and
 configuration are unchanged, so a night's model time goes to new and changed
 images only; a new model changes the configuration, and everything is redone.
-The findings (:mod:`xai_batch.audit`) are computed from the two manifests and
+The findings (:mod:`xai_batch.audit`) are computed from the two manifests'
+rows of the audited methods (per method where they differ: errors, moved
+explanations, background, quality; the methods' agreement per pair) and
 written to ``OUT/audit.json`` for schedulers, dashboards and ``xai-batch report``.
 """
 
@@ -68,9 +70,11 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         class_names = () if config.label_map else resolve_model(config.explain.checkpoint).class_names
         check_truth_meets_predictions(truths, config.label_map, class_names)
     job = run_explain(config.explain, progress=progress)
-    current = read_manifest(config.explain.out).to_pylist()
-    previous = read_manifest(config.previous).to_pylist() if config.previous else None
-    report = audit_report(current, previous, truth, predicted, config.thresholds)
+    methods = set(config.explain.methods)  # an output may hold other methods' rows from other runs
+    current = [row for row in read_manifest(config.explain.out).to_pylist() if row["method"] in methods]
+    previous = [row for row in read_manifest(config.previous).to_pylist() if row["method"] in methods] \
+        if config.previous else None
+    report = audit_report(current, previous, truth, predicted, config.thresholds, config.explain.num_features)
     failed = failed_conditions(config.fail_on, report)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

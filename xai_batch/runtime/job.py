@@ -1,9 +1,11 @@
 """The explain job's driver: files in, manifest out, the work on Ray.
 
 Three kinds of work run on Ray, pipelined: ``prepare`` tasks (decode, quickshift,
-sample rows) on CPUs; ``predict`` calls on the model replicas, one chunk of
-``batch_size`` sample rows each, so the chunks of a single image spread over
-every replica; ``finish`` tasks (surrogate, masks, rows) on CPUs. The driver
+each method's sample rows) on CPUs; ``predict`` calls on the model replicas,
+one chunk of ``batch_size`` sample rows each, so the chunks of a single image
+spread over every replica (Grad-CAM instead makes one ``gradcam`` call);
+``finish`` tasks (surrogate or solver, masks, rows) on CPUs, one per image
+and method. The driver
 only lists the files and passes object references between them: workers read
 the image bytes, image arrays go from the prepare task to the replicas through
 Ray's object store, model outputs from the replicas to the finish task, and
@@ -15,8 +17,9 @@ Failures are recovered: tasks whose worker dies are retried by Ray
 (``TASK_RETRIES``); replicas are restarted by Ray and their calls in flight
 resent by the driver, which charges the crash to the image that caused it.
 What still fails becomes that image's error row; the job goes on. A run into an ``out`` that already holds
-results of the same configuration resumes: images whose file is unchanged
-are skipped, the others redone. With ``reuse``, rows of the same
+results of the same configuration resumes: each method's results for an
+unchanged file are kept, and only what is missing (a new or changed file,
+an error, a method added since) is done. With ``reuse``, rows of the same
 configuration are first copied from another output for the images ``out``
 lacks, and then count as done the same way.
 """
@@ -36,6 +39,7 @@ import ray
 from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
+from xai_batch.methods import METHODS, get_method
 from xai_batch.errors import ConfigError
 from xai_batch.explain.convergence import sample_schedule
 from xai_batch.images import discover_images
@@ -87,10 +91,11 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         raise ConfigError(
             f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
         )
+    hashes = {method: config_hash(config, model.model_id, method) for method in config.methods}
     context = RowContext(
         model_id=model.model_id,
         class_names=model.class_names,
-        config_hash=config_hash(config, model.model_id),
+        config_hashes=hashes,
         num_samples=config.samples_drawn,
         top_labels=config.top_labels,
         num_features=config.num_features,
@@ -98,22 +103,23 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         faithfulness=config.faithfulness,
         stability=config.stability,
     )
-    done = _resume_state(config, context.config_hash)
+    done = _resume_state(config, {config_hash(config, model.model_id, method) for method in METHODS})
     paths = discover_images(config.source)
     if not paths:
         log.warning("no image files under %s", config.source)
-    reused = _reuse_rows(config, context.config_hash, paths, done) if config.reuse else {}
-    done.update(reused)  # a copy of a file that changed since is redone like any other
+    reused = _reuse_rows(config, hashes, paths, done) if config.reuse else {}
+    for path, methods in reused.items():  # a copy of a file that changed since is redone like any other
+        done.setdefault(path, {}).update(methods)
     run_id = new_run_id()
     record = {} if config.overwrite else load_job_record(config.out)
     record.update(
         config=config.to_dict(),
         model_id=model.model_id,
-        config_hash=context.config_hash,
+        config_hashes=hashes,
         versions=software_versions(),
         state="running",
     )
-    run = {"run_id": run_id, "config_hash": context.config_hash, "state": "running", "started": _iso(started)}
+    run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started)}
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
     counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "rows": 0}
@@ -179,21 +185,23 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
     )
 
 
-def _resume_state(config: ExplainConfig, expected_hash: str) -> dict[str, str]:
-    """Path -> sha256 of the images ``out`` already holds good rows for.
+def _resume_state(config: ExplainConfig, compatible: set[str]) -> dict[str, dict[str, str]]:
+    """Path -> method -> sha256 of the results ``out`` already holds good rows for.
 
-    Results of another configuration are refused, unless ``overwrite`` says
-    to discard them. Error rows are not "done": a resumed run retries them.
+    ``compatible`` are this configuration's hashes for every method: rows of
+    a method this run does not ask for may stay. Results of another
+    configuration are refused, unless ``overwrite`` says to discard them.
+    Error rows are not "done": a resumed run retries them.
     """
     existing = read_manifest(config.out)
     if existing.num_rows == 0:
         return {}
     hashes = set(existing.column("config_hash").drop_null().to_pylist())
-    if hashes - {expected_hash}:
+    if hashes - compatible:
         if not config.overwrite:
             raise ConfigError(
-                f"{config.out!r} holds results of another configuration (config_hash {', '.join(sorted(hashes))}; "
-                f"this run: {expected_hash}); pass --overwrite to start over, or choose another --out",
+                f"{config.out!r} holds results of another configuration (config_hash "
+                f"{', '.join(sorted(hashes - compatible))}); pass --overwrite to start over, or choose another --out",
                 "out",
             )
         locate(config.out).child(MANIFEST_DIR).delete_dir()
@@ -201,23 +209,29 @@ def _resume_state(config: ExplainConfig, expected_hash: str) -> dict[str, str]:
     if config.overwrite:
         locate(config.out).child(MANIFEST_DIR).delete_dir()
         return {}
-    rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "sha256"]).to_pylist()
-    return {row["path"]: row["sha256"] for row in rows}
+    rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "method", "sha256"])
+    done: dict[str, dict[str, str]] = {}
+    for row in rows.to_pylist():
+        done.setdefault(row["path"], {})[row["method"]] = row["sha256"]
+    return done
 
 
-def _reuse_rows(config: ExplainConfig, expected_hash: str, paths: list[str], done: dict[str, str]) -> dict[str, str]:
-    """Copy ``config.reuse``'s ok rows of this configuration for images in SOURCE that ``out`` lacks.
+def _reuse_rows(
+    config: ExplainConfig, hashes: dict[str, str], paths: list[str], done: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    """Copy ``config.reuse``'s ok rows of this configuration for the images and methods ``out`` lacks.
 
     The rows keep their run ids, older than this run's, so an image whose file
     changed since is redone by the prepare task's hash check and its new rows
-    supersede the copies. Returns path -> sha256 of the images copied.
+    supersede the copies. Returns path -> method -> sha256 of what was copied.
     """
     previous = read_manifest(config.reuse)
-    wanted = set(paths) - done.keys()
+    wanted = set(paths)
     keep = [
-        status == "ok" and digest == expected_hash and path in wanted
-        for path, status, digest in zip(previous["path"].to_pylist(), previous["status"].to_pylist(),
-                                        previous["config_hash"].to_pylist())
+        status == "ok" and hashes.get(method) == digest and path in wanted and method not in done.get(path, {})
+        for path, method, status, digest in zip(
+            previous["path"].to_pylist(), previous["method"].to_pylist(), previous["status"].to_pylist(),
+            previous["config_hash"].to_pylist())
     ]
     rows = previous.filter(keep)
     if rows.num_rows:
@@ -225,25 +239,30 @@ def _reuse_rows(config: ExplainConfig, expected_hash: str, paths: list[str], don
         folder.make_dirs()
         write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
     log.info("reused %d rows of %s", rows.num_rows, config.reuse)
-    return dict(zip(rows["path"].to_pylist(), rows["sha256"].to_pylist()))
+    reused: dict[str, dict[str, str]] = {}
+    for row in rows.select(["path", "method", "sha256"]).to_pylist():
+        reused.setdefault(row["path"], {})[row["method"]] = row["sha256"]
+    return reused
 
 
 def _manifest_counts(out: str) -> dict[str, int]:
     """Counts over the current manifest (all runs), as job.json reports them."""
     table = read_manifest(out).select(["path", "status"]).to_pylist()
-    ok = {row["path"] for row in table if row["status"] == "ok"}
     errors = {row["path"] for row in table if row["status"] == "error"}
+    ok = {row["path"] for row in table} - errors
     return {"images": len(ok | errors), "ok": len(ok), "error": len(errors), "rows": len(table)}
 
 
 @dataclass
 class _Image:
-    """An image between its prepare task and its finish task."""
+    """One method's work on an image, between the prepare task and the finish task."""
 
+    method: str
     header: ImageHeader
     payload: ray.ObjectRef
     submitted: float
     chunks: list  # per chunk: the ref of its probabilities once predicted, else None
+    drawn: int = 0  # the sample rows in the payload
     pending: int = 0
     round: int = 0  # index into the pipeline's sample schedule
     crashes: int = 0
@@ -252,10 +271,11 @@ class _Image:
 
 @dataclass
 class _Chunk:
-    path: str
+    key: tuple[str, str]  # (path, method)
     index: int
     start: int
     stop: int
+    gradient: bool = False  # Grad-CAM's pass instead of rows [start, stop)
 
 
 class _Pipeline:
@@ -267,6 +287,10 @@ class _Pipeline:
     was running and the others were only waiting. The waiting ones are resent
     free; an image whose chunk kills ``TASK_RETRIES + 1`` replicas becomes an
     error row, and the rest of the job is unaffected.
+
+    The unit of work is an image and a method: the prepare task segments the
+    image once and hands each method its own payload; an image is counted
+    done when all its methods are, and as an error if any of them failed.
     """
 
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
@@ -281,23 +305,25 @@ class _Pipeline:
         self.bar = bar
         self.counts = counts
         self.source = locate(config.source)
-        self.prepare_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(prepare)
+        self.prepare_task = ray.remote(num_returns=1 + len(config.methods), max_retries=TASK_RETRIES)(prepare)
         self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
         self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
         self.schedule = sample_schedule(config.max_samples) if config.adaptive else [config.num_samples]
-        self.preparing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef, float]] = {}
-        self.images: dict[str, _Image] = {}
+        self.preparing: dict[ray.ObjectRef, tuple[str, list[ray.ObjectRef], float]] = {}
+        self.images: dict[tuple[str, str], _Image] = {}  # (path, method) -> its work in progress
+        self.remaining: dict[str, int] = {}  # path -> methods not yet recorded
+        self.failed: set[str] = set()  # paths with a method that failed
         self.chunk_queue: deque[_Chunk] = deque()
         self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
-        self.finishing: dict[ray.ObjectRef, tuple[str, ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (path, rows, extra)
+        self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
         self.chunks_by_node: dict[str, int] = {}
 
     def run(self) -> None:
-        while self.todo or self.preparing or self.images:
+        while self.todo or self.preparing or self.remaining:
             self._submit_prepares()
             self._dispatch_chunks()
             waiting = [*self.preparing, *self.running, *self.finishing]
@@ -311,12 +337,12 @@ class _Pipeline:
                     self._finished(ref)
 
     def _submit_prepares(self) -> None:
-        while self.todo and len(self.preparing) < self.max_preparing and len(self.images) < self.max_images:
+        while self.todo and len(self.preparing) < self.max_preparing and len(self.remaining) < self.max_images:
             path = self.todo.popleft()
-            header_ref, payload_ref = self.prepare_task.remote(
+            header_ref, *payload_refs = self.prepare_task.remote(
                 self.source, path, self.config, self.done.get(path)
             )
-            self.preparing[header_ref] = (path, payload_ref, time.monotonic())
+            self.preparing[header_ref] = (path, payload_refs, time.monotonic())
 
     def _dispatch_chunks(self) -> None:
         while self.chunk_queue:
@@ -324,37 +350,49 @@ class _Pipeline:
             if len(self.in_flight[replica]) >= CHUNKS_PER_REPLICA:
                 return
             chunk = self.chunk_queue.popleft()
-            if chunk.path not in self.images:  # the image failed meanwhile
+            if chunk.key not in self.images:  # the image failed meanwhile
                 continue
-            status, probs = self.replicas.handles[replica].predict.options(num_returns=2).remote(
-                self.images[chunk.path].payload, chunk.start, chunk.stop
-            )
+            handle, payload = self.replicas.handles[replica], self.images[chunk.key].payload
+            if chunk.gradient:
+                status, probs = handle.gradcam.options(num_returns=2).remote(payload, self.config.top_labels)
+            else:
+                status, probs = handle.predict.options(num_returns=2).remote(payload, chunk.start, chunk.stop)
             self.running[status] = (chunk, replica, probs)
             self.in_flight[replica].append(status)
 
     def _prepared(self, ref: ray.ObjectRef) -> None:
-        path, payload, submitted = self.preparing.pop(ref)
+        path, payloads, submitted = self.preparing.pop(ref)
         try:
             header: ImageHeader = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}")
+            header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}", methods=self.config.methods)
         if header.skipped:
             self.counts["skipped"] += 1
             self.counts["reused"] += path in self.reused
             self.bar.update(1)
             return
-        if header.error is not None:
-            self._record([error_row(header, self.context)], ok=False)
-            return
-        self.images[path] = image = _Image(header, payload, submitted, [])
-        self._queue_round(path, image, 0)
+        self.remaining[path] = len(header.methods)
+        for method in header.methods:
+            if header.error is not None:
+                self._record((path, method), [error_row(header, self.context, method)], ok=False)
+                continue
+            payload = payloads[self.config.methods.index(method)]
+            drawn = header.drawn[header.methods.index(method)]
+            self.images[path, method] = image = _Image(method, header, payload, submitted, [], drawn)
+            if get_method(method).perturbs:
+                self._queue_round((path, method), image, 0)
+            else:
+                self.chunk_queue.append(_Chunk((path, method), 0, 0, 0, gradient=True))
+                image.chunks.append(None)
+                image.pending += 1
 
-    def _queue_round(self, path: str, image: _Image, start: int, stop_all: int | None = None) -> None:
+    def _queue_round(self, key: tuple[str, str], image: _Image, start: int, stop_all: int | None = None) -> None:
         """Queue the chunks of the payload's rows [start, stop_all): by default, to the current round's count."""
-        stop_all = self.schedule[image.round] if stop_all is None else stop_all
+        if stop_all is None:  # all the rows drawn, or with ``auto`` up to this round's count
+            stop_all = self.schedule[image.round] if self.config.adaptive else image.drawn
         for begin in range(start, stop_all, self.config.batch_size):
             stop = min(begin + self.config.batch_size, stop_all)
-            self.chunk_queue.append(_Chunk(path, len(image.chunks), begin, stop))
+            self.chunk_queue.append(_Chunk(key, len(image.chunks), begin, stop))
             image.chunks.append(None)
             image.pending += 1
 
@@ -367,23 +405,24 @@ class _Pipeline:
             return
         except ray.exceptions.RayError as exc:
             self._forget(ref)
-            self._fail(chunk.path, f"explaining failed: {_describe(exc)}")
+            self._fail(chunk.key, f"explaining failed: {_describe(exc)}")
             return
         self._forget(ref)
         node = self.replicas.placement[replica]["node_id"]
         self.chunks_by_node[node] = self.chunks_by_node.get(node, 0) + 1
-        image = self.images.get(chunk.path)
+        image = self.images.get(chunk.key)
         if image is None:  # the image failed meanwhile
             return
         image.chunks[chunk.index] = probs
         image.pending -= 1
         if image.pending == 0 and image.rows is None:
-            counts, rows, extra = self.finish_task.remote(image.header, image.payload, self.context_ref, *image.chunks)
-            self.finishing[counts] = (chunk.path, rows, extra)
+            counts, rows, extra = self.finish_task.remote(image.header, image.payload, self.context_ref, image.method,
+                                                          *image.chunks)
+            self.finishing[counts] = (chunk.key, rows, extra)
         elif image.pending == 0:
             counts, rows = self.score_task.remote(image.header, image.rows, image.payload, self.context_ref,
-                                                  *image.chunks)
-            self.finishing[counts] = (chunk.path, rows, None)
+                                                  image.method, *image.chunks)
+            self.finishing[counts] = (chunk.key, rows, None)
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica, resend its calls, charge the one it was running."""
@@ -391,52 +430,63 @@ class _Pipeline:
         self.in_flight[replica] = []
         self.replicas.replace(replica)
         chunks = [self.running.pop(ref)[0] for ref in lost]
-        culprit = self.images.get(chunks[0].path)
+        culprit = self.images.get(chunks[0].key)
         if culprit is not None:
             culprit.crashes += 1
-            log.warning("a model replica died while explaining %s (%d)", chunks[0].path, culprit.crashes)
+            log.warning("a model replica died while explaining %s (%d)", chunks[0].key[0], culprit.crashes)
             if culprit.crashes > TASK_RETRIES:
-                self._fail(chunks[0].path, f"explaining failed: the model replica died {culprit.crashes} times on this image")
-        self.chunk_queue.extendleft(reversed([c for c in chunks if c.path in self.images]))
+                self._fail(chunks[0].key, f"explaining failed: the model replica died {culprit.crashes} times on this image")
+        self.chunk_queue.extendleft(reversed([c for c in chunks if c.key in self.images]))
 
     def _forget(self, ref: ray.ObjectRef) -> None:
         chunk, replica, _ = self.running.pop(ref)
         self.in_flight[replica].remove(ref)
 
-    def _fail(self, path: str, reason: str) -> None:
-        image = self.images.pop(path, None)
+    def _fail(self, key: tuple[str, str], reason: str) -> None:
+        image = self.images.pop(key, None)
         if image is not None:
-            self._record([error_row(image.header, self.context, reason)], ok=False)
+            self._record(key, [error_row(image.header, self.context, image.method, reason)], ok=False)
 
     def _finished(self, ref: ray.ObjectRef) -> None:
-        path, rows, extra = self.finishing.pop(ref)
-        image = self.images[path]
+        key, rows, extra = self.finishing.pop(ref)
+        image = self.images[key]
         try:
             count, extra_rows = ray.get(ref)  # the rows go from the task to the writer, not through here
         except ray.exceptions.RayError as exc:
-            self._fail(path, f"explaining failed: {_describe(exc)}")
+            self._fail(key, f"explaining failed: {_describe(exc)}")
             return
         if count == 0:  # not settled yet: draw the next round of samples
             image.round += 1
-            self._queue_round(path, image, self.schedule[image.round - 1])
+            self._queue_round(key, image, self.schedule[image.round - 1])
             return
         if extra_rows:  # explained; now the model's outputs on the quality measures' rows
             image.rows, image.payload, image.chunks = rows, extra, []
-            self._queue_round(path, image, 0, extra_rows)
+            self._queue_round(key, image, 0, extra_rows)
             return
-        del self.images[path]
-        self._record(rows, ok=True, seconds=time.monotonic() - image.submitted)
+        del self.images[key]
+        self._record(key, rows, ok=True, seconds=time.monotonic() - image.submitted)
 
-    def _record(self, rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None) -> None:
+    def _record(
+        self, key: tuple[str, str], rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None
+    ) -> None:
+        """Send one method's rows to the writer; count the image once all its methods are recorded."""
         self.writer.add.remote(rows, seconds)
-        self.counts["ok" if ok else "error"] += 1
+        path = key[0]
+        if not ok:
+            self.failed.add(path)
+        self.remaining[path] -= 1
+        if self.remaining[path]:
+            return
+        del self.remaining[path]
+        self.counts["error" if path in self.failed else "ok"] += 1
+        self.failed.discard(path)
         self.bar.update(1)
         if self.counts["error"]:
             self.bar.set_postfix(errors=self.counts["error"], refresh=False)
 
 
 def _finish_from_chunks(
-    header: ImageHeader, prepared, context: RowContext, *chunks: np.ndarray
+    header: ImageHeader, prepared, context: RowContext, method: str, *chunks
 ) -> tuple[tuple[int, int], list[dict] | None, PreparedImage | None]:
     """``finish`` on the chunks' outputs, which Ray hands over as arguments.
 
@@ -446,21 +496,22 @@ def _finish_from_chunks(
     samples: ``auto`` found the explanation not settled yet. Quality rows
     > 0 ask for the model's outputs on the payload's rows before ``score``.
     """
-    probs = np.concatenate(chunks)
-    if not enough_samples(prepared, probs, context):
+    outputs = np.concatenate(chunks) if get_method(method).perturbs else chunks[0]
+    if context.adaptive and not enough_samples(prepared, outputs, context):
         return (0, 0), None, None
-    rows = finish(header, prepared, probs, context)
+    rows = finish(header, prepared, outputs, context, method)
     if not context.measures_quality:
         return (len(rows), 0), rows, None
-    extra = quality_rows(header, prepared, rows, context)
+    extra = quality_rows(header, prepared, rows, context, method)
     return (len(rows), len(extra.rows)), rows, extra
 
 
 def _score_from_chunks(
-    header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, *chunks: np.ndarray
+    header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, method: str,
+    *chunks: np.ndarray,
 ) -> tuple[tuple[int, int], list[dict]]:
     """``score`` on the outputs for the quality rows: ((row count, 0), the rows with their measures)."""
-    scored = score(header, rows, extra, np.concatenate(chunks), context)
+    scored = score(header, rows, extra, np.concatenate(chunks), context, method)
     return (len(scored), 0), scored
 
 

@@ -3,7 +3,7 @@
 Each task takes a batch of rows, reads their images from SOURCE (checking
 that the file is still the one explained), draws the overlays and writes the
 PNGs itself; the driver only reads the manifest, hands out batches and writes
-``overlays.csv``, the index from (path, label) to file.
+``overlays.csv``, the index from (path, method, label) to file.
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ class RenderResult:
     index: str
 
 
-def overlay_name(path: str, label: int, style: str) -> str:
+def overlay_name(path: str, label: int, style: str, method: str = "lime") -> str:
     """A deterministic, safe file name for one row's overlay: no folders, no leading dot.
 
-    Readable (the image's path with '/' as '__') and unique (a hash of path and
-    label), so two paths that flatten alike still get two files.
+    Readable (the image's path with '/' as '__', the label, the method) and
+    unique (a hash of path, label and method), so two paths that flatten
+    alike still get two files.
     """
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.replace("/", "__")).lstrip("._-")[:100] or "image"
-    digest = hashlib.sha256(f"{path}\0{label}".encode()).hexdigest()[:8]
-    return f"{stem}.label{label}.{style}.{digest}.png"
+    digest = hashlib.sha256(f"{path}\0{label}\0{method}".encode()).hexdigest()[:8]
+    return f"{stem}.label{label}.{method}.{style}.{digest}.png"
 
 
 def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarray:
@@ -88,7 +89,8 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
     """Draw and write a batch of (row, file name); one index entry each, with an error instead of a file if need be."""
     entries = []
     for row, name in jobs:
-        entry = {"path": row["path"], "label": row["explained_index"], "file": name, "error": ""}
+        entry = {"path": row["path"], "method": row["method"], "label": row["explained_index"], "file": name,
+                 "error": ""}
         try:
             data = source.child(row["path"]).read_bytes()
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
@@ -102,12 +104,23 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
     return entries
 
 
-def current_rows(out: str) -> list[dict]:
-    """The manifest's current ``ok`` rows, with what drawing them takes; a usage error if there is no manifest."""
+def current_rows(out: str, methods: tuple[str, ...] = ()) -> list[dict]:
+    """The manifest's current ``ok`` rows of ``methods`` (default all); a usage error if there is no manifest."""
     table = read_manifest(out)
     if table.num_rows == 0:
         raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
-    return table.filter(pc.equal(table.column("status"), "ok")).to_pylist()
+    return chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+
+
+def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
+    """The rows of ``methods`` (all rows when empty); a usage error names a method the manifest lacks."""
+    if not methods:
+        return rows
+    missing = [method for method in methods if not any(row["method"] == method for row in rows)]
+    if rows and missing:
+        present = ", ".join(sorted({row["method"] for row in rows}))
+        raise ConfigError(f"the manifest has no {missing[0]} explanations (it has {present})", "methods")
+    return [row for row in rows if row["method"] in methods]
 
 
 def job_source(out: str, source: str | None) -> str:
@@ -122,7 +135,7 @@ def render_rows(
     jobs: list[tuple[dict, str]], source: str, to: str, options: RenderOptions,
     address: str | None = None, progress: bool = True,
 ) -> list[dict]:
-    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path and label."""
+    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path, method and label."""
     target = locate(to)
     target.make_dirs()
     entries: list[dict] = []
@@ -140,7 +153,7 @@ def render_rows(
         while pending:
             entries += _collect(pending, bar)
         bar.close()
-    return sorted(entries, key=lambda entry: (entry["path"], entry["label"]))
+    return sorted(entries, key=lambda entry: (entry["path"], entry["method"], entry["label"]))
 
 
 def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
@@ -155,15 +168,16 @@ def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
 
 def run_render(
     out: str, to: str | None, options: RenderOptions, source: str | None = None,
-    address: str | None = None, progress: bool = True,
+    address: str | None = None, progress: bool = True, methods: tuple[str, ...] = (),
 ) -> RenderResult:
-    """Render every current ``ok`` row of the manifest under ``out`` into ``to`` (default ``OUT/overlays/STYLE``)."""
-    rows = current_rows(out)
+    """Render every current ``ok`` row of ``methods`` (default all) under ``out`` into ``to``
+    (default ``OUT/overlays/STYLE``), every method in the same style."""
+    rows = current_rows(out, methods)
     to = to or join(out, "overlays", options.style)
-    jobs = [(row, overlay_name(row["path"], row["explained_index"], options.style)) for row in rows]
+    jobs = [(row, overlay_name(row["path"], row["explained_index"], options.style, row["method"])) for row in rows]
     entries = render_rows(jobs, job_source(out, source), to, options, address, progress)
     index = join(to, INDEX)
-    write_csv(index, entries, ["path", "label", "file", "error"])
+    write_csv(index, entries, ["path", "method", "label", "file", "error"])
     errors = sum(1 for entry in entries if entry["error"])
     return RenderResult(to=to, rendered=len(entries) - errors, errors=errors, index=index)
 

@@ -25,6 +25,8 @@ class ModelReplica:
         torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
         self.threads = threads
         self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
+        self._checkpoint_bytes = checkpoint_bytes
+        self._gradcam = None
 
     def describe(self) -> dict:
         """Where this replica runs: device, node, process, threads."""
@@ -44,6 +46,18 @@ class ModelReplica:
         """
         probs = self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
         return len(probs), probs
+
+    def gradcam(self, prepared, top_labels: int):
+        """(1, (probabilities, labels, heatmaps)): Grad-CAM's forward and backward pass on the image.
+
+        Gradients need PyTorch whatever the engine, so the replica loads a
+        PyTorch copy of the model on the engine's device the first time.
+        """
+        if self._gradcam is None:
+            from xai_batch.methods.gradcam import GradCam
+
+            self._gradcam = GradCam(self._checkpoint_bytes, str(self.engine.device))
+        return 1, self._gradcam(prepared.image, top_labels)
 
 
 class Replicas:

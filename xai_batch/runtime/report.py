@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from xai_batch.agreement import methods_in
 from xai_batch.audit import Thresholds, audit_report, image_rows
 from xai_batch.errors import ConfigError
 from xai_batch.jobrecord import load_job_record
@@ -21,7 +22,7 @@ from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.manifest import read_manifest
 from xai_batch.report import folders_are_classes, gallery_rows, report_document, report_html
 from xai_batch.runtime.audit import load_audit
-from xai_batch.runtime.render import RenderOptions, job_source, render_rows
+from xai_batch.runtime.render import RenderOptions, chosen_methods, job_source, render_rows
 from xai_batch.storage import join, locate
 
 __all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]
@@ -42,11 +43,16 @@ class ReportResult:
 def run_report(
     out: str, to: str | None = None, images: str = "auto", labels: str | None = None,
     label_map: str | None = None, source: str | None = None, address: str | None = None, progress: bool = True,
+    methods: tuple[str, ...] = (),
 ) -> ReportResult:
-    """Write the report of the run in ``out`` to ``to`` (default ``OUT/report.html``)."""
+    """Write the report of the run in ``out`` to ``to`` (default ``OUT/report.html``).
+
+    ``methods`` picks the explanation methods shown side by side (default:
+    every method in the manifest).
+    """
     if images not in IMAGES:
         raise ConfigError(f"images must be one of {', '.join(IMAGES)}, got {images!r}", "images")
-    rows = read_manifest(out).to_pylist()
+    rows = chosen_methods(read_manifest(out).to_pylist(), methods)
     if not rows:
         raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
     record, audited = load_job_record(out), load_audit(out)
@@ -57,7 +63,8 @@ def run_report(
     if labels is None and not folders_are_classes(rows, predicted):
         truth = _no_truth  # folders that are not classes: no accuracy rather than 0 %
     thresholds = Thresholds(**audited["thresholds"]) if audited else Thresholds()
-    audit = audit_report(rows, None, truth, predicted, thresholds)
+    num_features = record.get("config", {}).get("num_features", 5)
+    audit = audit_report(rows, None, truth, predicted, thresholds, num_features)
     if audited:
         audit["findings"].update({kind: audited["findings"][kind] for kind in COMPARED})
         audit["since_previous"] = audited.get("since_previous")
@@ -65,25 +72,28 @@ def run_report(
     parent, _, name = to.rpartition("/")
     folder_name = name.removesuffix(".html") + "_files"  # report.html -> report_files/, beside it
     folder = join(parent, folder_name) if parent else folder_name
-    shown = [row for row in image_rows(rows).values() if row["status"] == "ok"]
+    shown = [row for method in methods_in(rows) for row in image_rows(rows, method).values()
+             if row["status"] == "ok" and row["method"] == method]
     jobs = [(row, f"{number:05d}.jpg") for number, row in enumerate(shown)]
-    options = RenderOptions(style="boundaries", num_features=record.get("config", {}).get("num_features", 5))
+    options = RenderOptions(style="boundaries", num_features=num_features)
     entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
     embed = images == "embed" or (images == "auto" and len(jobs) <= EMBED_UP_TO)
     pictures = {}
     for entry in entries:
+        key = (entry["path"], entry["method"])
         if entry["error"]:
-            pictures[entry["path"]] = ("", entry["error"])
+            pictures[key] = ("", entry["error"])
         elif embed:
             data = locate(join(folder, entry["file"])).read_bytes()
-            pictures[entry["path"]] = ("data:image/jpeg;base64," + base64.b64encode(data).decode(), "")
+            pictures[key] = ("data:image/jpeg;base64," + base64.b64encode(data).decode(), "")
         else:
-            pictures[entry["path"]] = (f"{folder_name}/{entry['file']}", "")
+            pictures[key] = (f"{folder_name}/{entry['file']}", "")
     if embed:
         locate(folder).delete_dir()
     summary = {
         "out": out, "source": record.get("config", {}).get("source", source), "model_id": record.get("model_id"),
-        "state": record.get("state"), "config_hash": record.get("config_hash"),
+        "state": record.get("state"),
+        "config_hash": ", ".join(f"{method} {digest}" for method, digest in record.get("config_hashes", {}).items()),
         "num_samples": record.get("config", {}).get("num_samples"),
         "images": audit["counts"]["images"], "explained": audit["counts"]["explained"],
         "errors": audit["counts"]["errors"],

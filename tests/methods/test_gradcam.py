@@ -1,0 +1,45 @@
+"""Grad-CAM: the replica's heatmaps are pytorch-grad-cam's, averaged per superpixel."""
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from helpers import checkpoint_bytes, load_model
+from xai_batch.engine import normalise
+from xai_batch.methods.gradcam import METHOD, GradCam, superpixel_means
+
+
+def test_superpixel_means_by_hand():
+    segments = np.array([[0, 0, 1], [2, 2, 1]])
+    heatmap = np.array([[0.2, 0.4, 1.0], [0.0, 0.5, 0.0]], np.float32)
+    np.testing.assert_allclose(superpixel_means(heatmap, segments), [0.3, 0.5, 0.25], atol=1e-7)
+
+
+@pytest.mark.parametrize("top_labels", [1, 2])
+def test_heatmaps_are_pytorch_grad_cams(random_checkpoint, top_labels):
+    """Each ranked label's map equals GradCAM with ClassifierOutputTarget(label), within 1e-5."""
+    image = (np.random.default_rng(4).random((224, 224, 3)) * 255).astype(np.uint8)
+    probs, labels, heatmaps = GradCam(checkpoint_bytes(random_checkpoint), "cpu")(image, top_labels)
+    model = load_model(random_checkpoint).eval()
+    pixels = normalise(image, torch.device("cpu")).permute(2, 0, 1).unsqueeze(0)
+    with torch.no_grad():
+        expected_probs = torch.softmax(model(pixels), dim=1)[0].numpy()
+    np.testing.assert_allclose(probs, expected_probs, atol=1e-6)
+    assert labels == [int(label) for label in np.argsort(expected_probs)[::-1][:top_labels]]
+    assert heatmaps.shape == (top_labels, 224, 224)
+    for label, heatmap in zip(labels, heatmaps):
+        expected = GradCAM(model=model, target_layers=[model.layer4[-1]])(
+            input_tensor=pixels, targets=[ClassifierOutputTarget(label)])[0]
+        np.testing.assert_allclose(heatmap, expected, atol=1e-5, rtol=0)
+        assert expected.max() > 0.5  # a real map, not zeros
+
+
+def test_attributions_are_the_maps_per_superpixel():
+    segments = np.repeat(np.arange(4), 224 * 56).reshape(224, 224)  # four horizontal bands
+    heatmap = np.linspace(0, 1, 224, dtype=np.float32)[:, None].repeat(224, axis=1)
+    [attribution] = METHOD.attribute(np.zeros((0, 4)), segments, heatmap[None], [3], 0, 0)
+    assert attribution.label == 3 and np.array_equal(attribution.heatmap, heatmap)
+    assert list(np.argsort(attribution.weights)) == [0, 1, 2, 3]
+    assert attribution.intercept is None and attribution.score is None
