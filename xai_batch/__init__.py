@@ -1,4 +1,4 @@
-"""xai-batch: LIME explanations for every image of a dataset, on Ray.
+"""xai-batch: LIME, KernelSHAP and Grad-CAM explanations for every image of a dataset, on Ray.
 
 The library call behind ``xai-batch explain``::
 
@@ -21,6 +21,7 @@ _EXPORTS = {
     "ExplainConfig": "xai_batch.config",
     "ImageError": "xai_batch.errors",
     "JobResult": "xai_batch.runtime",
+    "METHODS": "xai_batch.methods",
     "ModelError": "xai_batch.errors",
     "SCHEMA": "xai_batch.manifest",
     "TrainConfig": "xai_batch.training",

@@ -335,7 +335,7 @@ def explain_config(**options) -> ExplainConfig:
 @click.version_option(metadata.version("xai-batch"), "--version", prog_name="xai-batch")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
-    """Explain a classifier's predictions on every image of a dataset with LIME, on Ray."""
+    """Explain a classifier's predictions on every image of a dataset (LIME, KernelSHAP, Grad-CAM), on Ray."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
