@@ -35,7 +35,7 @@ from xai_batch.models import build_resnet18, parse_checkpoint
 
 __all__ = [
     "Engine", "TorchEngine", "OnnxEngine", "engine_name", "make_engine",
-    "IMAGENET_MEAN", "IMAGENET_STD", "DEVICE_BATCH", "ONNX_BATCH", "normalise",
+    "IMAGENET_MEAN", "IMAGENET_STD", "DEVICE_BATCH", "ONNX_BATCH", "normalise", "exact_fp32",
 ]
 
 ONNX_BATCH = 64  # ONNX Runtime's forward batch on CPU: 32 and 64 measured alike, both beat 16
@@ -64,6 +64,18 @@ class Engine(Protocol):
     ) -> np.ndarray: ...
 
 
+def exact_fp32(device: torch.device) -> None:
+    """Make fp32 on a CUDA ``device`` mean fp32 in this process.
+
+    PyTorch lets cuDNN convolve in TF32 by default, which moved probabilities
+    by 2.5e-4 on an H200 (test_cuda_fp32_matches_cpu). A replica process
+    holds only this job's models, so the process-wide switch is ours to set.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def normalise(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 to normalised float32 (H, W, 3), with ToTensor's and
     Normalize's operations in their order, so every value is bit-identical."""
@@ -87,11 +99,8 @@ class TorchEngine:
         self, checkpoint_bytes: bytes, precision: str = "fp32", batch_size: int = 256, device: str | None = None
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and precision == "fp32":
-            # fp32 means fp32: PyTorch lets cuDNN convolve in TF32 by default, which moved probabilities by
-            # 2.5e-4 on an H200 (test_cuda_fp32_matches_cpu). The replica is this process's only model.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        if precision == "fp32":
+            exact_fp32(self.device)
         loaded = parse_checkpoint(checkpoint_bytes)
         model = build_resnet18(len(loaded.class_names), loaded.state_dict)
         self.model = model.to(self.device, memory_format=torch.channels_last)

@@ -36,6 +36,18 @@ def test_heatmaps_are_pytorch_grad_cams(random_checkpoint, top_labels):
         assert expected.max() > 0.5  # a real map, not zeros
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_maps_are_the_cpu_maps(random_checkpoint):
+    image = (np.random.default_rng(5).random((224, 224, 3)) * 255).astype(np.uint8)
+    data = checkpoint_bytes(random_checkpoint)
+    cpu_probs, cpu_labels, cpu_maps = GradCam(data, "cpu")(image, 2)
+    gpu_probs, gpu_labels, gpu_maps = GradCam(data, "cuda")(image, 2)
+    assert gpu_labels == cpu_labels
+    np.testing.assert_allclose(gpu_probs, cpu_probs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(gpu_maps, cpu_maps, atol=1e-4, rtol=0)
+
+
 def test_attributions_are_the_maps_per_superpixel():
     segments = np.repeat(np.arange(4), 224 * 56).reshape(224, 224)  # four horizontal bands
     heatmap = np.linspace(0, 1, 224, dtype=np.float32)[:, None].repeat(224, axis=1)

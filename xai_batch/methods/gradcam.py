@@ -37,10 +37,12 @@ class GradCam:
         import torch
         from pytorch_grad_cam import GradCAM
 
+        from xai_batch.engine import exact_fp32
         from xai_batch.models import build_resnet18, parse_checkpoint
 
         loaded = parse_checkpoint(checkpoint_bytes)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        exact_fp32(self.device)  # the map of fp32 gradients, not TF32's
         self.model = build_resnet18(len(loaded.class_names), loaded.state_dict).to(self.device).eval()
         self.cam = GradCAM(model=self.model, target_layers=[self.model.layer4[-1]])
 
