@@ -187,3 +187,30 @@ def test_nightly_script_audits_against_the_latest_earlier_night(shapes_data, tra
     assert [f["path"] for f in second["findings"]["misclassified"]] == ["cat/b.png"]
     assert [run.returncode for run in runs] == [3, 3], [run.stderr for run in runs]
     assert "failed: misclassified>0" in runs[1].stderr
+
+
+def test_an_audit_reads_the_checkpoint_and_lists_source_once(shapes_data, trained, tmp_path, monkeypatch):
+    """The label check before the explain and the explain itself share one read (an s3:// checkpoint is
+    downloaded once, a bucket listed once)."""
+    import xai_batch.runtime.audit as audit
+    import xai_batch.runtime.job as job
+
+    calls = {"resolve_model": 0, "discover_images": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    for module in (job, audit):  # wherever the audit could call them from
+        for name in calls:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    result, document = _audit(shapes_data["holdout"], tmp_path / "night", trained.checkpoint,
+                              "--method", "lime,gradcam")
+    assert result.exit_code == 0, result.output
+    assert calls == {"resolve_model": 1, "discover_images": 1}
+    assert document["counts"]["explained"] == 6 and document["methods"] == ["lime", "gradcam"]
+    assert [pair["methods"] for pair in document["agreement"]] == [["lime", "gradcam"]]
+    assert set(document["quality_by_method"]) == {"lime", "gradcam"}

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from xai_batch.audit import FailCondition, Thresholds, audit_report, failed_conditions
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ConfigError
-from xai_batch.images import discover_images
 from xai_batch.labels import check_truth_meets_predictions, prediction_labeller, truth_labeller
 from xai_batch.manifest import read_manifest
-from xai_batch.models import resolve_model
-from xai_batch.runtime.job import JobResult, run_explain
+from xai_batch.runtime.job import JobResult, gather_inputs, run_explain
 from xai_batch.storage import join, locate, read_json, write_json
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "load_audit", "AUDIT_FILE"]
@@ -65,11 +63,11 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     """Explain what is new or changed, then write ``OUT/audit.json``."""
     truth = truth_labeller(config.labels)
     predicted = prediction_labeller(config.label_map)
-    truths = {truth(path) for path in discover_images(config.explain.source)} - {None}
+    inputs = gather_inputs(config.explain)  # read once: for the check here and for the explain
+    truths = {truth(path) for path in inputs.paths} - {None}
     if truths:
-        class_names = () if config.label_map else resolve_model(config.explain.checkpoint).class_names
-        check_truth_meets_predictions(truths, config.label_map, class_names)
-    job = run_explain(config.explain, progress=progress)
+        check_truth_meets_predictions(truths, config.label_map, () if config.label_map else inputs.model.class_names)
+    job = run_explain(config.explain, progress=progress, inputs=inputs)
     methods = set(config.explain.methods)  # an output may hold other methods' rows from other runs
     current = [row for row in read_manifest(config.explain.out).to_pylist() if row["method"] in methods]
     previous = [row for row in read_manifest(config.previous).to_pylist() if row["method"] in methods] \

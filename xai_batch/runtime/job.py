@@ -45,7 +45,7 @@ from xai_batch.explain.convergence import sample_schedule
 from xai_batch.images import discover_images
 from xai_batch.jobrecord import load_job_record, software_versions, write_job_record
 from xai_batch.manifest import MANIFEST_DIR, ManifestWriter, new_run_id, read_manifest, write_part
-from xai_batch.models import resolve_model
+from xai_batch.models import ModelSource, resolve_model
 from xai_batch.runtime.cluster import connected
 from xai_batch.runtime.replica import Replicas
 from xai_batch.stages import (
@@ -53,7 +53,7 @@ from xai_batch.stages import (
 )
 from xai_batch.storage import join, locate
 
-__all__ = ["JobResult", "run_explain"]
+__all__ = ["JobResult", "Inputs", "gather_inputs", "run_explain"]
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,31 @@ class JobResult:
     reused: int = 0  # of the skipped: rows copied from ``config.reuse`` for unchanged files
 
 
-def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads before any work: the model (checkpoint bytes and class names) and the image paths."""
+
+    model: ModelSource
+    paths: list[str]
+
+
+def gather_inputs(config: ExplainConfig) -> Inputs:
+    """Read the checkpoint and list SOURCE: once, for callers that check them before ``run_explain``."""
+    return Inputs(resolve_model(config.checkpoint), discover_images(config.source))
+
+
+def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | None = None) -> JobResult:
     """Explain every image under ``config.source`` into ``config.out``.
 
     The model and the output folder are checked before Ray starts, so a bad
     checkpoint or a clash with earlier results costs no cluster time. Returns
     when every image has its rows; on ``KeyboardInterrupt`` the rows finished
-    so far are kept and the run is recorded as interrupted.
+    so far are kept and the run is recorded as interrupted. ``inputs`` are
+    the model and paths when the caller has read them already.
     """
     started = time.time()
-    model = resolve_model(config.checkpoint)
+    inputs = inputs or gather_inputs(config)
+    model = inputs.model
     if config.top_labels > model.num_classes:
         raise ConfigError(
             f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
@@ -104,7 +119,7 @@ def run_explain(config: ExplainConfig, progress: bool = True) -> JobResult:
         stability=config.stability,
     )
     done = _resume_state(config, {config_hash(config, model.model_id, method) for method in METHODS})
-    paths = discover_images(config.source)
+    paths = inputs.paths
     if not paths:
         log.warning("no image files under %s", config.source)
     reused = _reuse_rows(config, hashes, paths, done) if config.reuse else {}
