@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import _load, _top, make_checkpoint, make_images  # noqa: E402
+from speed import load_pixels, make_checkpoint, make_images, top_set  # noqa: E402
 
 from xai_batch.config import Quickshift  # noqa: E402
 from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -104,7 +104,7 @@ def seed_loop(model, paths, samples) -> dict:
     predict = seed_batch_predict(model.cuda().eval())
     start = time.perf_counter()
     for index, path in enumerate(paths):
-        LimeImageExplainer(random_state=index).explain_instance(_load(path), predict, top_labels=1, hide_color=0,
+        LimeImageExplainer(random_state=index).explain_instance(load_pixels(path), predict, top_labels=1, hide_color=0,
                                                                 num_samples=samples)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -125,7 +125,7 @@ def captum_on_gpu(model, paths, samples, per_eval) -> dict:
     lime = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
     start = time.perf_counter()
     for index, path in enumerate(paths):
-        image = _load(path)
+        image = load_pixels(path)
         segments = torch.from_numpy(quickshift_segments(image, Quickshift(), index)).cuda()
         pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255).cuda()
         with torch.no_grad():
@@ -141,7 +141,7 @@ def captum_on_gpu(model, paths, samples, per_eval) -> dict:
 def fidelity(exact_out, fast_out) -> dict:
     exact = {r["path"]: r for r in read_manifest(exact_out).to_pylist() if r["status"] == "ok"}
     fast = {r["path"]: r for r in read_manifest(fast_out).to_pylist() if r["status"] == "ok"}
-    same = [(_top(exact[p]) == _top(fast[p])) for p in exact]
+    same = [(top_set(exact[p]) == top_set(fast[p])) for p in exact]
     labels = [exact[p]["explained_index"] == fast[p]["explained_index"] for p in exact]
     delta = [np.abs(np.subtract(exact[p]["weights"], fast[p]["weights"])).mean() for p in exact
              if exact[p]["explained_index"] == fast[p]["explained_index"]]

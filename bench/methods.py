@@ -26,19 +26,13 @@ import time
 import numpy as np
 import torch
 
-from speed import _machine, make_checkpoint, make_images, measure_baseline, measure_xai_batch
+from speed import load_pixels, machine, make_checkpoint, make_images, measure_baseline, measure_xai_batch
 from xai_batch.config import Quickshift
 from xai_batch.engine import normalise
 from xai_batch.explain import hidden_image, quickshift_segments
-from xai_batch.images import load_image
 from xai_batch.reference import seed_batch_predict
 
 METHODS = ("lime", "kernelshap", "gradcam")
-
-
-def _pixels(path: str) -> np.ndarray:
-    with open(path, "rb") as handle:
-        return load_image(handle.read()).pixels
 
 
 def direct_kernelshap(model: torch.nn.Module, paths: list[str], num_samples: int) -> dict:
@@ -48,7 +42,7 @@ def direct_kernelshap(model: torch.nn.Module, paths: list[str], num_samples: int
     predict = seed_batch_predict(model)
     start = time.perf_counter()
     for index, path in enumerate(paths):
-        image = _pixels(path)
+        image = load_pixels(path)
         segments = quickshift_segments(image, Quickshift(), index)
         hidden = hidden_image(image, segments, 0)
         label = int(np.argmax(predict(image[None])[0]))
@@ -74,7 +68,7 @@ def direct_gradcam(model: torch.nn.Module, paths: list[str]) -> dict:
     cam = GradCAM(model=model.eval(), target_layers=[model.layer4[-1]])
     start = time.perf_counter()
     for path in paths:
-        cam(input_tensor=normalise(_pixels(path), torch.device("cpu")).permute(2, 0, 1).unsqueeze(0), targets=None)
+        cam(input_tensor=normalise(load_pixels(path), torch.device("cpu")).permute(2, 0, 1).unsqueeze(0), targets=None)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "images_per_s": len(paths) / seconds}
 
@@ -94,7 +88,7 @@ def main() -> None:
     checkpoint = os.path.join(work, "model.pt")
     model = make_checkpoint(checkpoint, args.classes).eval()
     n = args.num_samples
-    print(f"{args.images} images, {n} samples, ResNet18 with {args.classes} classes, {_machine()}", flush=True)
+    print(f"{args.images} images, {n} samples, ResNet18 with {args.classes} classes, {machine()}", flush=True)
     direct = {
         "lime": measure_baseline(model, paths, n),
         "kernelshap": direct_kernelshap(model, paths, n),
@@ -120,7 +114,7 @@ def main() -> None:
           f"({1 / together['steady_images_per_s']:.1f} s per image; three separate jobs {apart:.1f} s per image)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"machine": _machine(), "args": vars(args), "direct": direct, "xai_batch": runs}, handle, indent=2)
+            json.dump({"machine": machine(), "args": vars(args), "direct": direct, "xai_batch": runs}, handle, indent=2)
 
 
 if __name__ == "__main__":

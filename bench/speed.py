@@ -125,7 +125,8 @@ def measure_onnx_limit(checkpoint: str, batch_sizes: list[int], min_seconds: flo
     return {"best": max(table, key=lambda row: row["forwards_per_s"]), "table": table}
 
 
-def _load(path: str) -> np.ndarray:
+def load_pixels(path: str) -> np.ndarray:
+    """An image file as the 224x224 RGB array every method explains."""
     with open(path, "rb") as handle:
         return preprocess(open_rgb(handle.read()))
 
@@ -139,7 +140,7 @@ def measure_baseline(model: torch.nn.Module, paths: list[str], num_samples: int)
     for index, path in enumerate(paths):
         explainer = LimeImageExplainer(random_state=index)
         explainer.explain_instance(
-            _load(path), predict, top_labels=1, hide_color=0, num_samples=num_samples
+            load_pixels(path), predict, top_labels=1, hide_color=0, num_samples=num_samples
         )
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "images_per_s": len(paths) / seconds}
@@ -159,7 +160,7 @@ def measure_captum(model: torch.nn.Module, paths: list[str], num_samples: int, p
     lime = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
     start = time.perf_counter()
     for index, path in enumerate(paths):
-        image = _load(path)
+        image = load_pixels(path)
         segments = quickshift_segments(image, Quickshift(), index)
         pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255)
         with torch.no_grad():
@@ -209,7 +210,7 @@ def compare_auto(fixed_out: str, auto_out: str, num_samples: int, max_samples: i
     same, used = 0, []
     for row in fixed:
         other = auto[row["path"]]
-        same += _top(row) == _top(other)
+        same += top_set(row) == top_set(other)
         used.append(other["num_samples"])
     return {
         "images": len(fixed),
@@ -242,7 +243,7 @@ def auto_on_shapes(work: str, num_samples: int, max_samples: int, extra: list[st
     return compare_auto(fixed, auto, num_samples, max_samples)
 
 
-def _top(row: dict, k: int = 5) -> frozenset:
+def top_set(row: dict, k: int = 5) -> frozenset:
     """The top-``k`` superpixels by |weight|, with their signs."""
     weights = np.asarray(row["weights"])
     order = np.argsort(-np.abs(weights), kind="stable")[:k]
@@ -273,7 +274,7 @@ def main() -> None:
     n = args.num_samples
     print(f"{args.images} images, {n} samples, ResNet18 with {args.classes} classes, {threads} threads", flush=True)
 
-    results: dict = {"machine": _machine(), "versions": _versions(), "args": vars(args)}
+    results: dict = {"machine": machine(), "versions": _versions(), "args": vars(args)}
     limits = {"torch": measure_limit(model, args.batch_sizes, args.min_seconds)}
     if "onnxruntime" in args.engines:
         limits["onnxruntime"] = measure_onnx_limit(checkpoint, args.batch_sizes, args.min_seconds, threads)
@@ -339,7 +340,8 @@ def main() -> None:
             json.dump(results, handle, indent=2)
 
 
-def _machine() -> dict:
+def machine() -> dict:
+    """The CPU, cores, CUDA and Python a run measured on."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
