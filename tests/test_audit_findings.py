@@ -25,14 +25,14 @@ def _row(path, pred, prob, weights, sha="a", model="m1", explained=None, top=2, 
         mask[SEGMENTS == s] = 1 if weights[s] >= 0 else 2
     index = {"cat": 0, "dog": 1}[pred]
     explained = index if explained is None else explained
-    return {"path": path, "status": "ok", "error": None, "sha256": sha, "model_id": model, "pred_index": index,
+    return {"path": path, "method": "lime", "status": "ok", "error": None, "sha256": sha, "model_id": model, "pred_index": index,
             "pred_name": pred, "pred_prob": prob, "explained_index": explained,
             "explained_name": ["cat", "dog"][explained], "segments": encode_segments(SEGMENTS),
             "weights": list(weights), "mask": encode_mask(mask), **quality}
 
 
 def _error(path):
-    return {"path": path, "status": "error", "error": "not an image", "sha256": "x", "model_id": "m1",
+    return {"path": path, "method": "lime", "status": "error", "error": "not an image", "sha256": "x", "model_id": "m1",
             "pred_index": None, "pred_name": None, "pred_prob": None, "explained_index": None}
 
 

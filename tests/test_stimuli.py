@@ -13,7 +13,7 @@ def _rows(count_per_class=12):
     for c, name in enumerate(CLASSES):
         for i in range(count_per_class):
             predicted = c if i % 3 else (c + 1) % 4
-            rows.append({"path": f"{name}/{i:03d}.png", "pred_index": predicted, "explained_index": predicted,
+            rows.append({"path": f"{name}/{i:03d}.png", "method": "lime", "pred_index": predicted, "explained_index": predicted,
                          "pred_name": CLASSES[predicted], "pred_prob": 0.3 + 0.6 * (i % 4) / 3, "score": 0.5})
     return rows
 
@@ -61,7 +61,7 @@ def test_confidence_bands():
 
 
 def test_a_missing_ground_truth_is_an_error_naming_the_image():
-    rows = _rows(3) + [{"path": "loose.png", "pred_index": 0, "explained_index": 0, "pred_name": "glioma",
+    rows = _rows(3) + [{"path": "loose.png", "method": "lime", "pred_index": 0, "explained_index": 0, "pred_name": "glioma",
                         "pred_prob": 0.9, "score": 0.5}]
     with pytest.raises(ConfigError, match="loose.png"):
         _pick(Design(by=("label",), per_cell=1), rows)

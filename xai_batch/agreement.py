@@ -31,7 +31,7 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 def methods_in(rows: Sequence[dict]) -> list[str]:
     """The methods with rows, in the registry's order (LIME first)."""
-    present = {row.get("method") or "lime" for row in rows}
+    present = {row["method"] for row in rows}
     return [method for method in METHODS if method in present]
 
 
@@ -40,7 +40,7 @@ def pairs_of_rows(rows: Sequence[dict], first: str, second: str) -> list[tuple[d
     found: dict[tuple[str, str, int], dict] = {}
     for row in rows:
         if row["status"] == "ok":
-            found[row.get("method") or "lime", row["path"], row["explained_index"]] = row
+            found[row["method"], row["path"], row["explained_index"]] = row
     return [(row, found[second, path, label]) for (method, path, label), row in sorted(found.items(), key=str)
             if method == first and (second, path, label) in found]
 

@@ -26,7 +26,8 @@ from xai_batch.manifest import decode_mask
 from xai_batch.methods import METHODS
 
 __all__ = [
-    "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions", "image_rows", "confusion",
+    "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions", "image_rows", "method_rows",
+    "confusion",
     "mask_iou", "audit_report", "quality_summary",
 ]
 
@@ -97,19 +98,16 @@ def failed_conditions(conditions: Sequence[FailCondition], report: dict) -> list
     return [str(c) for c in conditions if c.met(report["counts"], report["accuracy"])]
 
 
-def image_rows(rows: Iterable[dict], method: str | None = None) -> dict[str, dict]:
+def image_rows(rows: Iterable[dict]) -> dict[str, dict]:
     """One row per image: the explanation of its predicted class (or its error row).
 
-    Of several methods, ``method``'s row, by default the first method (LIME
-    before KernelSHAP before Grad-CAM) that explained the image: their
-    predictions are the same.
+    Of several methods, the first (LIME before KernelSHAP before Grad-CAM)
+    that explained the image: their predictions are the same.
     """
     rank = {name: number for number, name in enumerate(METHODS)}
 
     def preference(row: dict) -> tuple:
-        name = row.get("method") or "lime"
-        return (row["status"] != "ok", row["explained_index"] != row["pred_index"],
-                name != method, rank.get(name, len(rank)))
+        return (row["status"] != "ok", row["explained_index"] != row["pred_index"], rank.get(row["method"], len(rank)))
 
     chosen: dict[str, dict] = {}
     for row in rows:
@@ -117,6 +115,12 @@ def image_rows(rows: Iterable[dict], method: str | None = None) -> dict[str, dic
         if held is None or preference(row) < preference(held):
             chosen[row["path"]] = row
     return chosen
+
+
+def method_rows(rows: Iterable[dict], method: str) -> dict[str, dict]:
+    """Per image ``method`` explained, its explanation of the predicted class."""
+    chosen = image_rows(row for row in rows if row["method"] == method)
+    return {path: row for path, row in chosen.items() if row["status"] == "ok"}
 
 
 def confusion(pairs: Sequence[tuple[str, str]]) -> dict:
@@ -171,7 +175,7 @@ def audit_report(
     images = image_rows(current)
     ok = {path: row for path, row in images.items() if row["status"] == "ok"}
     findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
-    findings["errors"] = [{"path": r["path"], "method": r.get("method") or "lime", "error": r["error"]}
+    findings["errors"] = [{"path": r["path"], "method": r["method"], "error": r["error"]}
                           for r in current if r["status"] != "ok"]
     pairs = []
     for path, row in ok.items():
@@ -188,17 +192,13 @@ def audit_report(
         share = row.get("on_object")
         if row["status"] == "ok" and row["explained_index"] == row["pred_index"] and share is not None \
                 and share < thresholds.min_on_object:
-            findings["background"].append({"path": row["path"], "method": row.get("method") or "lime",
+            findings["background"].append({"path": row["path"], "method": row["method"],
                                            "label": row["explained_name"], "on_object": round(share, 4)})
     since = _since_previous(current, previous, ok, predicted, thresholds, findings) if previous is not None else None
     counts = {"images": len(images), "explained": len(ok), "labelled": len(pairs),
               **{kind: len(found) for kind, found in findings.items()}}
     methods = methods_in(current)
-    by_method = {
-        method: quality_summary([row for row in image_rows(current, method).values()
-                                 if row["status"] == "ok" and (row.get("method") or "lime") == method])
-        for method in methods
-    }
+    by_method = {method: quality_summary(list(method_rows(current, method).values())) for method in methods}
     return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
             "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
             "quality_by_method": by_method, "agreement": agreement(current, num_features)}
@@ -240,7 +240,7 @@ def _since_previous(current, previous, ok, predicted, thresholds, findings) -> d
     """Fill the 'changed' and 'moved' findings; return what else changed (new, removed, models)."""
     before = image_rows(previous)
     before_ok = {path: row for path, row in before.items() if row["status"] == "ok"}
-    previous_rows = {(r["path"], r.get("method") or "lime", r["explained_index"]): r
+    previous_rows = {(r["path"], r["method"], r["explained_index"]): r
                      for r in previous if r["status"] == "ok"}
     for path, row in ok.items():
         old = before_ok.get(path)
@@ -253,13 +253,13 @@ def _since_previous(current, previous, ok, predicted, thresholds, findings) -> d
                 "file_changed": old["sha256"] != row["sha256"], "model_changed": old["model_id"] != row["model_id"],
             })
     for row in current:
-        old = previous_rows.get((row["path"], row.get("method") or "lime", row["explained_index"]))
+        old = previous_rows.get((row["path"], row["method"], row["explained_index"]))
         if row["status"] != "ok" or old is None:
             continue
         now, then = decode_mask(row["mask"]), decode_mask(old["mask"])
         iou = mask_iou(now, then) if now.shape == then.shape else 0.0
         if iou < thresholds.min_iou:
-            findings["moved"].append({"path": row["path"], "method": row.get("method") or "lime",
+            findings["moved"].append({"path": row["path"], "method": row["method"],
                                       "label": row["explained_name"], "iou": round(iou, 4),
                                       "file_changed": old["sha256"] != row["sha256"]})
     return {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 
 from xai_batch.agreement import methods_in
-from xai_batch.audit import image_rows
+from xai_batch.audit import image_rows, method_rows
 
 __all__ = ["PAGE_SIZE", "folders_are_classes", "gallery_rows", "report_document", "report_html"]
 
@@ -57,14 +57,13 @@ def gallery_rows(
             by_path.setdefault(item["path"], []).append(kind)
     views: dict[str, list[dict]] = {}
     for method in methods_in(rows):
-        for path, row in image_rows(rows, method).items():
-            if row["status"] == "ok" and (row.get("method") or "lime") == method:
-                src, error = pictures.get((path, method), ("", "not drawn"))
-                views.setdefault(path, []).append({
-                    "method": method, "img": src, "img_error": error,
-                    "score": None if row.get("score") is None else round(float(row["score"]), 4),
-                    "quality": {column: _rounded(row[column]) for column in _QUALITY if row.get(column) is not None},
-                })
+        for path, row in method_rows(rows, method).items():
+            src, error = pictures.get((path, method), ("", "not drawn"))
+            views.setdefault(path, []).append({
+                "method": method, "img": src, "img_error": error,
+                "score": None if row.get("score") is None else round(float(row["score"]), 4),
+                "quality": {column: _rounded(row[column]) for column in _QUALITY if row.get(column) is not None},
+            })
     entries = []
     for path, row in image_rows(rows).items():
         if row["status"] != "ok":

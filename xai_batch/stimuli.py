@@ -96,9 +96,8 @@ def annotate(
     """
     by_path: dict[str, dict[str, dict]] = {}
     for row in rows:
-        method = row.get("method") or "lime"
-        if row["explained_index"] == row["pred_index"] and method in design.methods:
-            by_path.setdefault(row["path"], {})[method] = row  # lower-ranked labels are not what participants see
+        if row["explained_index"] == row["pred_index"] and row["method"] in design.methods:
+            by_path.setdefault(row["path"], {})[row["method"]] = row  # lower-ranked labels are not what participants see
     annotated = []
     for path, explained in by_path.items():
         if len(explained) < len(design.methods):

@@ -512,7 +512,7 @@ def _finish_from_chunks(
     > 0 ask for the model's outputs on the payload's rows before ``score``.
     """
     outputs = np.concatenate(chunks) if get_method(method).perturbs else chunks[0]
-    if context.adaptive and not enough_samples(prepared, outputs, context):
+    if not enough_samples(prepared, outputs, context):
         return (0, 0), None, None
     rows = finish(header, prepared, outputs, context, method)
     if not context.measures_quality:

@@ -15,7 +15,7 @@ import base64
 from dataclasses import dataclass
 
 from xai_batch.agreement import methods_in
-from xai_batch.audit import Thresholds, audit_report, image_rows
+from xai_batch.audit import Thresholds, audit_report, method_rows
 from xai_batch.errors import ConfigError
 from xai_batch.jobrecord import load_job_record
 from xai_batch.labels import prediction_labeller, truth_labeller
@@ -72,8 +72,7 @@ def run_report(
     parent, _, name = to.rpartition("/")
     folder_name = name.removesuffix(".html") + "_files"  # report.html -> report_files/, beside it
     folder = join(parent, folder_name) if parent else folder_name
-    shown = [row for method in methods_in(rows) for row in image_rows(rows, method).values()
-             if row["status"] == "ok" and row["method"] == method]
+    shown = [row for method in methods_in(rows) for row in method_rows(rows, method).values()]
     jobs = [(row, f"{number:05d}.jpg") for number, row in enumerate(shown)]
     options = RenderOptions(style="boundaries", num_features=num_features)
     entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
