@@ -102,9 +102,9 @@ def test_missing_imagenet_weights_offline(photos, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_explain_end_to_end(ray_session, shapes_data, trained, tmp_path):
+def test_explain_end_to_end(ray_session, shapes_data, shapes_model, tmp_path):
     out = tmp_path / "run"
-    result = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
+    result = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", shapes_model,
                     "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "6 images: 6 explained, 0 errors, 0 already done; 6 rows" in result.output
@@ -114,7 +114,7 @@ def test_explain_end_to_end(ray_session, shapes_data, trained, tmp_path):
     record = json.loads((out / "job.json").read_text())
     assert record["config"]["hide_color"] is None and record["state"] == "completed"
     assert_verified(str(out), shapes_data["holdout"])
-    again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
+    again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", shapes_model,
                    "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
     assert again.exit_code == 0 and "6 images: 0 explained, 0 errors, 6 already done; 0 rows" in again.output
     assert read_manifest(str(out), current=False).num_rows == 6

@@ -66,6 +66,8 @@ _OPTION_NAMES = {
     "val_fraction": "--val-fraction",
     "pretrained": "--pretrained",
     "patience": "--patience",
+    "label_smoothing": "--label-smoothing",
+    "lr_schedule": "--lr-schedule",
     "workers": "--workers",
     "gpus_per_worker": "--gpus-per-worker",
     "max_failures": "--max-failures",
@@ -763,6 +765,14 @@ def jobs_stop(settings: dict, job_id: str) -> None:
 @click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
               help="Start from torchvision's ImageNet weights, or from scratch.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and shifts.")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Cross-entropy's label smoothing: keeps the model's probabilities off 0 and 1, "
+                   "where LIME's surrogates have nothing to fit.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="'cosine' anneals the learning rate to 0 over the epochs.")
+@click.option("--recalibrate-bn/--no-recalibrate-bn", default=True, show_default=True,
+              help="Re-estimate BatchNorm's statistics on the training images before each validation "
+                   "(steadier validation and checkpoints on small datasets; one more forward pass an epoch).")
 @click.option("--patience", default=3, show_default=True, type=click.IntRange(min=0),
               help="Stop after this many epochs without a better validation loss (0: never stop early).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),

@@ -40,6 +40,8 @@ __all__ = ["TrainConfig", "TrainResult", "train_model", "class_folders"]
 
 log = logging.getLogger(__name__)
 PRETRAINED = ("imagenet", "none")
+LR_SCHEDULES = ("constant", "cosine")
+RECALIBRATION_BATCHES = 200  # at most this many training batches re-estimate BatchNorm's statistics
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class TrainConfig:
     seed: int = 0
     pretrained: str = "imagenet"
     augment: bool = True
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"  # or "cosine": from lr down to 0 over the epochs, step by step
+    recalibrate_bn: bool = True  # re-estimate BatchNorm's statistics before each validation
     loader_workers: int | None = None
     patience: int = 3  # epochs without a better validation loss before stopping; 0 never stops early
     workers: int = 1
@@ -79,6 +84,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
         if self.gpus_per_worker < 0:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}", "gpus_per_worker")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}", "label_smoothing")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+                              "lr_schedule")
         if self.pretrained not in PRETRAINED:
             raise ConfigError(f"pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}", "pretrained")
 
@@ -200,6 +210,9 @@ class _Local:
     def total(self, *sums: float) -> list[float]:
         return list(sums)
 
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        pass
+
     def resume(self) -> dict | None:
         return None
 
@@ -226,6 +239,12 @@ class _RayWorker:
         values = torch.tensor(sums, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(values)
         return values.tolist()
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor, in place, by its mean over the workers."""
+        for tensor in tensors:
+            torch.distributed.all_reduce(tensor)
+            tensor.div_(self.world)
 
     def resume(self) -> dict | None:
         import ray.train
@@ -274,11 +293,20 @@ def _train(config: TrainConfig, class_names, train_items, val_items, place, repo
                               worker_init_fn=_seed_worker)
     val_loader = DataLoader(_Images(val_items[place.rank :: place.world], False), batch_size=config.batch_size,
                             num_workers=workers)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        steps = config.epochs * len(train_loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+        for _ in range(progress.epoch * len(train_loader)):  # a resumed run continues the schedule
+            scheduler.step()
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.time()
         sampler.set_epoch(epoch)
-        train_loss, train_acc = _run_epoch(model, train_loader, loss_fn, place, optimizer)
+        train_loss, train_acc = _run_epoch(model, train_loader, loss_fn, place, optimizer, scheduler)
+        if config.recalibrate_bn:
+            _recalibrate_batchnorm(_unwrapped(model), train_loader, place)
         val_loss, val_acc = _run_epoch(model, val_loader, loss_fn, place)
         progress.epoch = epoch
         progress.metrics.append(
@@ -362,7 +390,33 @@ def _initial_model(pretrained: str, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def _run_epoch(model, loader, loss_fn, place, optimizer=None) -> tuple[float, float]:
+def _recalibrate_batchnorm(model: torch.nn.Module, loader, place) -> None:
+    """Re-estimate every BatchNorm's running mean and variance under the epoch's final weights,
+    as the plain average over (up to ``RECALIBRATION_BATCHES``) training batches ("precise BN").
+
+    With a few steps an epoch, the exponential running averages trail the
+    changing weights, and the evaluation-mode model that validation measures and
+    the checkpoint keeps can differ wildly from the one that trained: validation
+    accuracy swings from epoch to epoch. Workers each
+    average their own batches, then average across workers.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for index, (inputs, _) in enumerate(loader):
+            if index == RECALIBRATION_BATCHES:
+                break
+            model(inputs.to(place.device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    place.average([buffer for norm in norms for buffer in (norm.running_mean, norm.running_var)])
+
+
+def _run_epoch(model, loader, loss_fn, place, optimizer=None, scheduler=None) -> tuple[float, float]:
     """One pass over ``loader``: training if given an optimizer, else evaluation; (mean loss, accuracy) over all workers."""
     model.train(optimizer is not None)
     total_loss, correct, seen = 0.0, 0, 0
@@ -375,6 +429,8 @@ def _run_epoch(model, loader, loss_fn, place, optimizer=None) -> tuple[float, fl
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             total_loss += float(loss.detach()) * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)

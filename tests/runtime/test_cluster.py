@@ -67,14 +67,14 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_explain_joins_a_running_head(head, shapes_data, trained, tmp_path):
+def test_explain_joins_a_running_head(head, shapes_data, shapes_model, tmp_path):
     address, env, _ = head
     source = tmp_path / "one"
     source.mkdir()
     shutil.copy(os.path.join(shapes_data["holdout"], "square", "square_0000.png"), source / "sq.png")
     done = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "xai-batch"), "explain", str(source), "--out",
-         str(tmp_path / "out"), "--checkpoint", trained.checkpoint, "--num-samples", "20", "--address", address,
+         str(tmp_path / "out"), "--checkpoint", shapes_model, "--num-samples", "20", "--address", address,
          "--no-progress"],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -85,7 +85,7 @@ def test_explain_joins_a_running_head(head, shapes_data, trained, tmp_path):
     assert_verified(str(tmp_path / "out"), str(source))
 
 
-def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
+def test_submit_and_plain_ray_job_submit(head, shapes_data, shapes_model, tmp_path):
     """`xai-batch submit --wait` and Ray's own `ray job submit` against a token-auth head."""
     _, env, dashboard = head
     source = tmp_path / "two"
@@ -96,7 +96,7 @@ def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
     client_env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     submitted = subprocess.run(
         [os.path.join(bin_dir, "xai-batch"), "submit", "--address", dashboard, "--wait", "explain", str(source),
-         "--out", str(tmp_path / "submitted"), "--checkpoint", trained.checkpoint, "--num-samples", "20",
+         "--out", str(tmp_path / "submitted"), "--checkpoint", shapes_model, "--num-samples", "20",
          "--no-progress"],
         env=client_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
     )
@@ -109,7 +109,7 @@ def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
     plain = subprocess.run(
         [os.path.join(bin_dir, "ray"), "job", "submit", "--address", dashboard, "--working-dir", ROOT, "--",
          "python", "jobs/explain.py", str(source), "--out", str(tmp_path / "plain"), "--checkpoint",
-         trained.checkpoint, "--num-samples", "20", "--no-progress"],
+         shapes_model, "--num-samples", "20", "--no-progress"],
         env={**client_env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600,
     )
     assert plain.returncode == 0, plain.stdout + plain.stderr
@@ -118,7 +118,7 @@ def test_submit_and_plain_ray_job_submit(head, shapes_data, trained, tmp_path):
     assert a.column("mask").to_pylist() == b.column("mask").to_pylist()
 
 
-def test_submit_audit_exits_as_the_audit_did(head, shapes_data, trained, tmp_path):
+def test_submit_audit_exits_as_the_audit_did(head, shapes_data, shapes_model, tmp_path):
     """`xai-batch submit --wait audit`: jobs/audit.py on the cluster; its exit 3 reaches the scheduler."""
     _, env, dashboard = head
     source = tmp_path / "audited"
@@ -128,7 +128,7 @@ def test_submit_audit_exits_as_the_audit_did(head, shapes_data, trained, tmp_pat
     client_env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     submitted = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "xai-batch"), "submit", "--address", dashboard, "--wait",
-         "audit", str(source), "--out", str(tmp_path / "audit"), "--checkpoint", trained.checkpoint,
+         "audit", str(source), "--out", str(tmp_path / "audit"), "--checkpoint", shapes_model,
          "--num-samples", "20", "--no-faithfulness", "--no-stability", "--no-progress",
          "--fail-on", "misclassified,changed"],
         env=client_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
@@ -192,7 +192,7 @@ def test_relative_paths_are_refused_for_a_remote_cluster(tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "Invalid value for '--checkpoint': 'nope.pt' is not a file" in missing.output
 
 
-def test_two_node_cluster_shares_the_work(shapes_data, trained, tmp_path):
+def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
     """Two raylets on this machine (ray.cluster_utils.Cluster), each with its own custom resource."""
     out = str(tmp_path / "out")
     driver = textwrap.dedent(f"""
@@ -203,7 +203,7 @@ def test_two_node_cluster_shares_the_work(shapes_data, trained, tmp_path):
         cluster.add_node(num_cpus=1, resources={{"second_node": 1}})
         ray.init(address=cluster.address, logging_level=logging.ERROR)
         result = run_explain(ExplainConfig(source={shapes_data["holdout"]!r}, out={out!r},
-                                           checkpoint={trained.checkpoint!r}, num_samples=64, batch_size=16,
+                                           checkpoint={shapes_model!r}, num_samples=64, batch_size=16,
                                            actors=2), progress=False)
         nodes = {{n["NodeID"]: sorted(n["Resources"]) for n in ray.nodes() if n["Alive"]}}
         print("NODES", json.dumps(nodes))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -20,14 +21,19 @@ METHODS = ("lime", "gradcam")
 
 
 @pytest.fixture(scope="module")
-def two_methods(ray_session, shapes_data, trained, tmp_path_factory):
-    """The held-out shapes (three classes, two images each) explained by LIME and Grad-CAM, with faithfulness."""
-    out = tmp_path_factory.mktemp("compare") / "run"
+def two_methods(ray_session, shapes_data, shapes_model, tmp_path_factory):
+    """One held-out shape of each class (in its class folder) explained by LIME and Grad-CAM, with faithfulness."""
+    root = tmp_path_factory.mktemp("compare")
+    source = root / "data"
+    for shape in ("disc", "square", "triangle"):
+        (source / shape).mkdir(parents=True)
+        shutil.copy(os.path.join(shapes_data["holdout"], shape, f"{shape}_0000.png"), source / shape)
+    out = root / "run"
     result = CliRunner().invoke(cli, [
-        "explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", trained.checkpoint,
+        "explain", str(source), "--out", str(out), "--checkpoint", shapes_model,
         "--method", ",".join(METHODS), "--num-samples", "40", "--batch-size", "80", "--faithfulness", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert_verified(str(out), shapes_data["holdout"])
+    assert_verified(str(out), str(source))
     return out
 
 
@@ -82,7 +88,7 @@ def test_render_draws_each_method_in_the_same_style(two_methods, tmp_path):
 def test_report_shows_the_methods_side_by_side(two_methods, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(two_methods), "--to", str(tmp_path / "r.html"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "6 images, pictures embedded; 0 could not be drawn" in result.output
+    assert "3 images, pictures embedded; 0 could not be drawn" in result.output
     rows = read_manifest(str(two_methods)).to_pylist()
     chromium = Chromium()
     try:
@@ -90,10 +96,10 @@ def test_report_shows_the_methods_side_by_side(two_methods, tmp_path):
         assert chromium.console_errors() == []
         views = chromium.evaluate("[...document.querySelectorAll('#gallery .card')].map(c => "
                                   "[...c.querySelectorAll('.view')].map(v => v.dataset.method))")
-        assert len(views) == 6 and all(shown == list(METHODS) for shown in views)
+        assert len(views) == 3 and all(shown == list(METHODS) for shown in views)
         sizes = chromium.evaluate("Promise.all([...document.querySelectorAll('#gallery .view img')].map(i => new Promise("
                                   "r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth))))")
-        assert sizes == [224] * 12
+        assert sizes == [224] * 6
         # Each card marks the method with the lower deletion AUC, as the manifest has it (none on a tie).
         marked = chromium.evaluate("Object.fromEntries([...document.querySelectorAll('#gallery .card')].map(c => "
                                    "[c.dataset.path, c.querySelector('.best')?.closest('.view').dataset.method ?? null]))")
@@ -106,7 +112,7 @@ def test_report_shows_the_methods_side_by_side(two_methods, tmp_path):
         agreement = chromium.evaluate("[...document.querySelectorAll('#agreement-table tr')].map(r => "
                                       "[...r.children].map(c => c.textContent))")
         assert agreement[0] == ["methods", "explanations", "top-k Jaccard", "rank correlation"]
-        assert agreement[1][:2] == ["lime – gradcam", "6"] and 0 <= float(agreement[1][2]) <= 1
+        assert agreement[1][:2] == ["lime – gradcam", "3"] and 0 <= float(agreement[1][2]) <= 1
         chromium.screenshot(str(tmp_path / "methods.png"))
         if os.environ.get("XAI_BATCH_SCREENSHOTS"):
             os.makedirs(os.environ["XAI_BATCH_SCREENSHOTS"], exist_ok=True)

@@ -184,8 +184,8 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     assert_verified(out, str(source))
 
 
-def test_a_killed_replica_is_replaced_and_its_work_redone(ray_session, three_shapes, trained, tmp_path):
-    config = ExplainConfig(source=three_shapes, out=str(tmp_path / "out"), checkpoint=trained.checkpoint,
+def test_a_killed_replica_is_replaced_and_its_work_redone(ray_session, three_shapes, shapes_model, tmp_path):
+    config = ExplainConfig(source=three_shapes, out=str(tmp_path / "out"), checkpoint=shapes_model,
                            num_samples=96, batch_size=16, seed=7)
     outcome = {}
     job = threading.Thread(target=lambda: outcome.update(result=run_explain(config, progress=False)))

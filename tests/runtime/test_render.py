@@ -21,13 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def explained(ray_session, three_shapes, trained, tmp_path_factory):
-    """The three held-out shapes explained by the trained model, in a copy of SOURCE we may change."""
+def explained(ray_session, three_shapes, shapes_model, tmp_path_factory):
+    """The three held-out shapes explained by the shapes model, in a copy of SOURCE we may change."""
     source = tmp_path_factory.mktemp("render-source")
     for name in os.listdir(three_shapes):
         (source / name).write_bytes(open(os.path.join(three_shapes, name), "rb").read())
     out = str(tmp_path_factory.mktemp("render") / "run")
-    run_explain(ExplainConfig(source=str(source), out=out, checkpoint=trained.checkpoint, num_samples=60,
+    run_explain(ExplainConfig(source=str(source), out=out, checkpoint=shapes_model, num_samples=60,
                               batch_size=60), progress=False)
     return str(source), out
 
@@ -93,10 +93,10 @@ def test_render_without_a_manifest_is_a_usage_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def explained_classes(ray_session, shapes_data, trained, tmp_path_factory):
-    """The held-out shapes (a class-per-folder SOURCE, two images a class) explained by the trained model."""
+def explained_classes(ray_session, shapes_data, shapes_model, tmp_path_factory):
+    """The held-out shapes (a class-per-folder SOURCE, two images a class) explained by the shapes model."""
     out = str(tmp_path_factory.mktemp("stimuli") / "run")
-    run_explain(ExplainConfig(source=shapes_data["holdout"], out=out, checkpoint=trained.checkpoint, num_samples=60,
+    run_explain(ExplainConfig(source=shapes_data["holdout"], out=out, checkpoint=shapes_model, num_samples=60,
                               batch_size=60), progress=False)
     return out
 
@@ -130,7 +130,7 @@ def test_a_short_cell_is_refused_unless_allowed(explained_classes, tmp_path):
     rows = [row for row in read_manifest(explained_classes).to_pylist()]
     wrong = {row["path"].split("/")[0] for row in rows if row["pred_name"] != row["path"].split("/")[0]}
     short = sorted(f"{label}/wrong" for label in ("disc", "square", "triangle") if label not in wrong)
-    assert short  # the trained model is right on most held-out images
+    assert short  # the shapes model is right on every held-out image
     args = ["stimuli", explained_classes, "--per-cell", "1", "--by", "label,correct", "--no-progress"]
     refused = CliRunner().invoke(cli, [*args, "--to", str(tmp_path / "no")])
     assert refused.exit_code == 2, refused.output

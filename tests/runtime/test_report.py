@@ -23,7 +23,7 @@ HOSTILE = '<img src=x onerror="document.title=1">.png'  # a legal file name that
 
 
 @pytest.fixture(scope="module")
-def audited(ray_session, shapes_data, trained, tmp_path_factory):
+def audited(ray_session, shapes_data, shapes_model, tmp_path_factory):
     """An audited run: the held-out shapes, a disc filed under cat/, a hostile name, a broken file."""
     root = tmp_path_factory.mktemp("report")
     source = root / "data"
@@ -33,7 +33,7 @@ def audited(ray_session, shapes_data, trained, tmp_path_factory):
     shutil.copy(source / "square" / "square_0001.png", source / "square" / HOSTILE)
     (source / "triangle" / "broken.png").write_bytes(b"not a png at all")
     out = root / "run"
-    result = CliRunner().invoke(cli, ["audit", str(source), "--out", str(out), "--checkpoint", trained.checkpoint,
+    result = CliRunner().invoke(cli, ["audit", str(source), "--out", str(out), "--checkpoint", shapes_model,
                                       "--num-samples", "40", "--batch-size", "40", "--no-faithfulness",
                                       "--stability", "--no-progress"])
     assert result.exit_code == 0, result.output
