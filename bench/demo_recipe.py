@@ -7,7 +7,7 @@ on the object against random superpixels', and the deletion AUC against a
 random order's; with each epoch's validation accuracy and the explained
 images' mean probability (1.00 is a saturated model, whose LIME surrogates
 have nothing to fit). "before" is the recipe the demo had before issue 17;
-"demo" is ``xai_batch.demo.RECIPE``.
+"demo" is ``xai_batch.commands.demo.RECIPE``.
 
     .venv/bin/python bench/demo_recipe.py --seeds 0 1 2 3 --threads 1 2 --images 3 --num-samples 100
 """
@@ -26,7 +26,7 @@ import torch
 
 from speed import machine
 
-from xai_batch.demo import RECIPE, DemoConfig, run_demo
+from xai_batch.commands.demo import RECIPE, DemoConfig, run_demo
 from xai_batch.manifest import read_manifest
 
 RECIPES = {

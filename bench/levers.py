@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD, normalise
-from xai_batch.explain import perturb, sample_rows
-from xai_batch.models import build_resnet18
+from xai_batch.engines import normalise
+from xai_batch.maths import perturb, sample_rows
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_resnet18
 
 
 def timed(run, repeats: int) -> float:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from speed import load_pixels, machine, make_checkpoint, make_images, measure_baseline, measure_xai_batch
-from xai_batch.config import Quickshift
-from xai_batch.engine import normalise
-from xai_batch.explain import hidden_image, quickshift_segments
+from xai_batch.maths.superpixels import Quickshift
+from xai_batch.engines import normalise
+from xai_batch.maths import hidden_image, quickshift_segments
 from xai_batch.reference import seed_batch_predict
 
 METHODS = ("lime", "kernelshap", "gradcam")

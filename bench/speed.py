@@ -43,12 +43,12 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from xai_batch.config import Quickshift
-from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD, OnnxEngine
-from xai_batch.explain import quickshift_segments
+from xai_batch.engines import OnnxEngine
 from xai_batch.images import open_rgb, preprocess
 from xai_batch.manifest import read_manifest
-from xai_batch.models import build_resnet18, save_checkpoint
+from xai_batch.maths import quickshift_segments
+from xai_batch.maths.superpixels import Quickshift
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_resnet18, save_checkpoint
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import SHAPES, render_scene
 
@@ -225,7 +225,7 @@ def compare_auto(fixed_out: str, auto_out: str, num_samples: int, max_samples: i
 def auto_on_shapes(work: str, num_samples: int, max_samples: int, extra: list[str]) -> dict:
     """``auto`` against a fixed count on generated shapes, explained by a ResNet18 trained on them."""
     from xai_batch.synthetic import generate_dataset
-    from xai_batch.training import TrainConfig, train_model
+    from xai_batch.commands.train import TrainConfig, train_model
 
     generate_dataset(os.path.join(work, "train"), per_class=20, seed=0)
     held_out = generate_dataset(os.path.join(work, "held-out"), per_class=2, seed=1, shapes=SHAPES[:3])

@@ -14,8 +14,8 @@ MAGENTA = (255, 0, 255)
 
 
 def inject() -> None:
-    import xai_batch.engine as engine
-    import xai_batch.stages as stages
+    import xai_batch.engines as engine
+    import xai_batch.distributed.stages as stages
 
     prepare = stages.prepare
 

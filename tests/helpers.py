@@ -65,7 +65,7 @@ def save_shape_detector(path: str) -> str:
     ``hide_color=0`` does) hands the image to "none". An explanation that is
     right lands on the object.
     """
-    from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
+    from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
 
     model = torchvision.models.resnet18(num_classes=len(SHAPE_CLASSES))
     state = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}

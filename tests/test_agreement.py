@@ -2,8 +2,8 @@
 
 import pytest
 
-from xai_batch.agreement import agreement, methods_in, rank_correlation
-from xai_batch.audit import audit_report
+from xai_batch.analysis.agreement import agreement, methods_in, rank_correlation
+from xai_batch.analysis.findings import audit_report
 
 
 def _row(path, method, weights, deletion=None):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xai_batch.audit import (
+from xai_batch.analysis.findings import (
     FailCondition, Thresholds, audit_report, confusion, failed_conditions, image_rows, mask_iou, parse_fail_on,
 )
 from xai_batch.errors import ConfigError

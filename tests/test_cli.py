@@ -13,7 +13,6 @@ from xai_batch.cli import cli
 from xai_batch.manifest import read_manifest
 
 
-
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -73,6 +72,14 @@ def test_missing_source_and_out(tmp_path):
     assert missing.exit_code == 2 and "Invalid value for 'SOURCE'" in missing.output
     no_out = invoke("explain", str(tmp_path))
     assert no_out.exit_code == 2 and "Missing option '--out'" in no_out.output
+
+
+@pytest.mark.parametrize("command", [["render"], ["report"], ["stimuli", "--to", "pictures", "--per-cell", "1"]])
+def test_a_folder_without_a_manifest_is_named_as_the_argument_it_is(tmp_path, command):
+    """OUT is an argument of these commands: the error names it so, not as explain's --out."""
+    result = invoke(command[0], str(tmp_path), *[str(tmp_path / a) if a == "pictures" else a for a in command[1:]])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for 'OUT': no manifest under {str(tmp_path)!r}: run xai-batch explain first" in result.output
 
 
 def test_top_labels_beyond_the_models_classes_is_a_usage_error(photos, random_checkpoint, tmp_path):

@@ -1,6 +1,6 @@
 """The report's pure parts: when a SOURCE's folders are its classes."""
 
-from xai_batch.report import folders_are_classes
+from xai_batch.analysis.page import folders_are_classes
 
 
 def _row(path, pred, status="ok"):

@@ -2,7 +2,7 @@ import pytest
 
 from xai_batch.errors import ConfigError
 from xai_batch.labels import folder_label, load_label_map, load_truth
-from xai_batch.stimuli import Design, annotate, band_name, select
+from xai_batch.analysis.design import Design, annotate, band_name, select
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 

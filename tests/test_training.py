@@ -5,10 +5,10 @@ from click.testing import CliRunner
 
 from helpers import checkpoint_bytes
 from xai_batch.cli import cli
-from xai_batch.engine import TorchEngine
+from xai_batch.engines import TorchEngine
 from xai_batch.images import load_image
 from xai_batch.models import parse_checkpoint
-from xai_batch.training import _Local, _recalibrate_batchnorm, class_folders, stratified_split
+from xai_batch.commands.train import _Local, _recalibrate_batchnorm, class_folders, stratified_split
 
 
 def test_split_is_stratified_seeded_and_disjoint(shapes_data):

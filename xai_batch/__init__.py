@@ -20,16 +20,16 @@ _EXPORTS = {
     "ConfigError": "xai_batch.errors",
     "ExplainConfig": "xai_batch.config",
     "ImageError": "xai_batch.errors",
-    "JobResult": "xai_batch.runtime",
+    "JobResult": "xai_batch.commands",
     "METHODS": "xai_batch.methods",
     "ModelError": "xai_batch.errors",
     "SCHEMA": "xai_batch.manifest",
-    "TrainConfig": "xai_batch.training",
-    "TrainResult": "xai_batch.training",
+    "TrainConfig": "xai_batch.commands.train",
+    "TrainResult": "xai_batch.commands.train",
     "XaiBatchError": "xai_batch.errors",
     "read_manifest": "xai_batch.manifest",
-    "run_explain": "xai_batch.runtime",
-    "train_model": "xai_batch.training",
+    "run_explain": "xai_batch.commands",
+    "train_model": "xai_batch.commands.train",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -20,8 +20,9 @@ from importlib import metadata
 
 import click
 
-from xai_batch.config import AUTO, ENGINES, PRECISIONS, ExplainConfig, check_methods
-from xai_batch.overlays import STYLES
+from xai_batch.config import AUTO, ExplainConfig, check_methods
+from xai_batch.engines import ENGINES, PRECISIONS
+from xai_batch.analysis.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS
 from xai_batch.labels import BUILTIN_MAPS
@@ -31,50 +32,16 @@ __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# Config field -> the option a user typed, so errors name what the user sees.
-_OPTION_NAMES = {
-    "source": "SOURCE",
-    "data_dir": "DATA_DIR",
-    "out": "--out",
-    "checkpoint": "--checkpoint",
-    "num_samples": "--num-samples",
-    "max_samples": "--max-samples",
-    "top_labels": "--top-labels",
-    "num_features": "--num-features",
-    "hide_color": "--hide-color",
-    "seed": "--seed",
-    "batch_size": "--batch-size",
-    "actors": "--actors",
-    "precision": "--precision",
-    "max_pixels": "--max-pixels",
-    "flush_seconds": "--flush-seconds",
-    "reuse": "--reuse",
-    "previous": "--previous",
-    "masks": "--masks",
-    "fail_on": "--fail-on",
-    "low_confidence": "--low-confidence",
-    "min_iou": "--min-iou",
-    "min_on_object": "--min-on-object",
-    "style": "--style",
-    "per_cell": "--per-cell",
-    "by": "--by",
-    "bands": "--bands",
-    "labels": "--labels",
-    "label_map": "--label-map",
-    "epochs": "--epochs",
-    "lr": "--lr",
-    "val_fraction": "--val-fraction",
-    "pretrained": "--pretrained",
-    "patience": "--patience",
-    "label_smoothing": "--label-smoothing",
-    "lr_schedule": "--lr-schedule",
-    "workers": "--workers",
-    "gpus_per_worker": "--gpus-per-worker",
-    "max_failures": "--max-failures",
-    "images": "--images",
-    "engine": "--engine",
-    "methods": "--method",
-}
+
+def _typed_as(field: str) -> str:
+    """How the user typed the parameter a config field comes from ('--num-samples', 'SOURCE'): read off
+    the command being run, so an error names what the user sees; the field itself if no parameter has it."""
+    ctx = click.get_current_context(silent=True)
+    spelled = f"--{field.replace('_', '-')}"
+    for param in ctx.command.params if ctx else ():
+        if param.name == field or spelled in param.opts:  # '--by' fills ``factors``, but a Design checks ``by``
+            return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    return field
 
 
 def _reporting_errors(func: Callable) -> Callable:
@@ -85,9 +52,8 @@ def _reporting_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            name = _OPTION_NAMES.get(exc.param or "", exc.param)
             message = str(exc)
-            raise click.UsageError(f"Invalid value for '{name}': {message}" if name else message) from exc
+            raise click.UsageError(f"Invalid value for '{_typed_as(exc.param)}': {message}" if exc.param else message) from exc
         except XaiBatchError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -96,6 +62,9 @@ def _reporting_errors(func: Callable) -> Callable:
 
 class _HideColor(click.ParamType):
     name = "0..255|mean"
+
+    def unparse(self, value: int | None) -> str:
+        return "mean" if value is None else str(value)
 
     def get_metavar(self, param, ctx=None) -> str:
         return self.name
@@ -149,6 +118,63 @@ class _PathOrURI(click.ParamType):
         return self.path.convert(value, param, ctx)
 
 
+# Options several commands share, each declared once here: a Click option decorator can decorate any
+# number of commands, and a factory takes the one phrase of help that differs between them. The two
+# --address options are two things: a Ray cluster to join, and the Jobs API.
+def _ray_address(when: str = "", otherwise: str = "an embedded local Ray") -> Callable:
+    """--address, the Ray cluster a command joins; ``when`` says if only some settings use it."""
+    return click.option("--address", default=None,
+                        help=f"Ray cluster to join{when} ('auto', host:port). Default: RAY_ADDRESS, else {otherwise}.")
+
+
+def _progress(what: str = "a progress bar") -> Callable:
+    """--progress/--no-progress; ``what`` names the bars a command shows."""
+    return click.option("--progress/--no-progress", default=True, show_default=True, help=f"Show {what}.")
+
+
+def _methods_shown(how: str = "' explanations,") -> Callable:
+    """--method on a command that reads a manifest: which methods' rows it shows."""
+    return click.option(
+        "--method", "methods", multiple=True, metavar="METHODS",
+        callback=lambda ctx, param, value: _methods(value) if value else (),
+        help=f"Only these methods{how} repeated or a comma list. Default: every method in OUT.")
+
+
+_CHECKPOINT = click.option(
+    "--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
+    help="ResNet18 checkpoint (ours, or a torchvision state dict), a file or URI. Default: torchvision's ImageNet weights.")
+_ACTORS = click.option("--actors", type=click.IntRange(min=1), default=None,
+                       help="Model replicas. Default: one per GPU, else one.")
+_PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                          help="fp32 is exact; bf16/fp16 autocast is faster on GPUs, approximately.")
+_ENGINE = click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+                       help="What runs the model: auto is ONNX Runtime on CPU (fp32), PyTorch on CUDA. Both "
+                            "are exact in fp32.")
+
+
+def _max_pixels(become: str = "error rows") -> Callable:
+    """--max-pixels, the decode bound; ``become`` says what a larger image turns into."""
+    return click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+                        help=f"Larger images (width x height, read from the header) become {become} undecoded.")
+
+
+_JOBS_ADDRESS = click.option(
+    "--address", default=None, help="Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265.")
+_SOURCE_NOW = click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
+                           help="Where the images are now, if not where job.json says they were explained from.")
+
+
+def _label_map(default: str = "class names") -> Callable:
+    """--label-map, whose default a report takes from the audit."""
+    return click.option("--label-map", default=None,
+                        help=f"What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: {default}.")
+
+
+def _labels(default: str, path: click.ParamType | None = None) -> Callable:
+    """--labels, a file checked here (``path``) or, for a job, on the cluster."""
+    return click.option("--labels", type=path, help=f"CSV 'path,label' of true classes. Default: {default}.")
+
+
 def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable]:
     """The explain options; ``on_cluster`` for ``submit``, whose paths live on the cluster.
 
@@ -165,9 +191,7 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
             click.argument("source", type=_PathOrURI(exists=True, file_okay=False, readable=True)),
             click.option("--out", required=True, type=_PathOrURI(file_okay=False, writable=True),
                          help="Output folder or URI: manifest/*.parquet and job.json go here."),
-            click.option("--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
-                         help="ResNet18 checkpoint (ours, or a torchvision state dict), a file or URI. "
-                              "Default: torchvision's ImageNet weights."),
+            _CHECKPOINT,
         ]
     settings = [
         click.option("--method", "methods", multiple=True, default=(DEFAULT_METHOD,), show_default=True,
@@ -190,15 +214,10 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
         click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
                      help="Sample rows per chunk sent to a model replica; the model runs on at most "
                           "32 (CPU) or 256 (GPU) of them at a time."),
-        click.option("--actors", type=click.IntRange(min=1), default=None,
-                     help="Model replicas. Default: one per GPU, else one."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-                     help="fp32 is exact; bf16/fp16 autocast is faster on GPUs, approximately."),
-        click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-                     help="What runs the model: auto is ONNX Runtime on CPU (fp32), PyTorch on CUDA. Both "
-                          "are exact in fp32."),
-        click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-                     help="Larger images (width x height, read from the header) become error rows undecoded."),
+        _ACTORS,
+        _PRECISION,
+        _ENGINE,
+        _max_pixels(),
         click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Write finished rows at least this often: what a crash can lose."),
         click.option("--overwrite", is_flag=True,
@@ -219,12 +238,8 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
             "--reuse", metavar="OLD_OUT", default=None,
             help="Copy rows of the same configuration from another run's output for images whose file is "
                  "unchanged: only new and changed images are explained."))
-    joining = [] if on_cluster else [
-        click.option("--address", default=None,
-                     help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
-    ]
-    progress = [click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")]
-    return paths + settings + joining + progress
+    joining = [] if on_cluster else [_ray_address()]
+    return paths + settings + joining + [_progress()]
 
 
 def _apply(options: list[Callable], func: Callable) -> Callable:
@@ -248,9 +263,6 @@ def submitted_audit_options(func: Callable) -> Callable:
     return _apply(_audit_option_list(on_cluster=True), func)
 
 
-_AUDIT_SETTINGS = ("previous", "labels", "label_map", "low_confidence", "min_iou", "min_on_object")
-
-
 def _audit_option_list(on_cluster: bool) -> list[Callable]:
     """What an audit adds to the explain options (minus ``--reuse``: it reuses ``--previous``)."""
     path = (lambda **checks: None) if on_cluster else (lambda **checks: _PathOrURI(**checks))
@@ -261,11 +273,8 @@ def _audit_option_list(on_cluster: bool) -> list[Callable]:
         click.option("--previous", metavar="OLD_OUT", type=path(exists=True, file_okay=False),
                      help="The previous audit's --out: its rows are reused for unchanged images, and "
                           "predictions and explanations are compared with it."),
-        click.option("--labels", type=path(exists=True, dir_okay=False),
-                     help="CSV 'path,label' of true classes. Default: each image's first folder."),
-        click.option("--label-map", default=None,
-                     help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. "
-                          "Default: class names."),
+        _labels("each image's first folder", path(exists=True, dir_okay=False)),
+        _label_map(),
         click.option("--masks", type=path(exists=True, file_okay=False),
                      help="Folder of ground-truth object masks named like the images (a.png or a.mask.pgm "
                           "for a.jpg): the localisation columns and the background finding."),
@@ -296,7 +305,7 @@ def _methods(value: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _fail_conditions(value: tuple[str, ...]) -> tuple:
-    from xai_batch.audit import parse_fail_on
+    from xai_batch.analysis.findings import parse_fail_on
 
     try:
         return parse_fail_on(value)
@@ -304,21 +313,25 @@ def _fail_conditions(value: tuple[str, ...]) -> tuple:
         raise click.BadParameter(str(exc), param_hint="'--fail-on'") from None
 
 
-def job_arguments(options: dict) -> list[str]:
-    """``jobs/*.py`` arguments that reproduce parsed explain or audit options (but the checkpoint)."""
-    args = [options["source"], "--out", options["out"]]
-    for name in ("num_samples", "max_samples", "top_labels", "num_features", "seed", "batch_size", "actors", "precision",
-                 "engine",
-                 "max_pixels", "flush_seconds", "reuse", "masks", *_AUDIT_SETTINGS):
-        if options.get(name) is not None:
-            args += [f"--{name.replace('_', '-')}", str(options[name])]
-    args += ["--method", ",".join(options["methods"])]
-    args += ["--hide-color", "mean" if options["hide_color"] is None else str(options["hide_color"])]
-    args += ["--overwrite"] if options["overwrite"] else []
-    args += ["--faithfulness" if options["faithfulness"] else "--no-faithfulness"]
-    args += ["--stability" if options["stability"] else "--no-stability"]
-    args += [f"--fail-on={condition}" for condition in options.get("fail_on", ())]
-    args += ["--progress" if options["progress"] else "--no-progress"]
+def _as_arguments(command: click.Command, options: dict) -> list[str]:
+    """The command line that gives parsed ``options`` to ``command``'s twin (a job entrypoint that
+    declares the same parameters): read off the command's own parameters, so a new option travels
+    to the cluster without a second list here. Values are written back with their type's ``unparse``
+    where it has one ('mean' for a grey level of None), else as text."""
+    args: list[str] = []
+    for param in command.params:
+        if param.name not in options:  # the checkpoint ships beside the job
+            continue
+        value, unparse = options[param.name], getattr(param.type, "unparse", None)
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif param.is_flag and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            args += [param.opts[0]] if value else []
+        elif value is not None or unparse is not None:
+            for item in value if param.multiple else (value,):
+                args.append(f"{param.opts[0]}={unparse(item) if unparse else item}")
     return args
 
 
@@ -354,7 +367,7 @@ def explain(progress: bool, **options) -> None:
     and a method added since runs alone.
     """
     config = explain_config(**options)  # a bad option fails here, before torch or Ray is loaded
-    from xai_batch.runtime import run_explain
+    from xai_batch.commands import run_explain
 
     try:
         with _sigterm_as_interrupt():
@@ -389,8 +402,8 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
     explanations; with --masks, explanations that rest on the background.
     Exits 3 when a --fail-on condition is met, so a scheduler can alert.
     """
-    from xai_batch.audit import Thresholds
-    from xai_batch.runtime.audit import AuditConfig, run_audit
+    from xai_batch.analysis.findings import Thresholds
+    from xai_batch.commands.audit import AuditConfig, run_audit
 
     try:
         explaining = explain_config(**options, reuse=previous, masks=masks)
@@ -430,7 +443,7 @@ def verify(out: str, source: str | None) -> None:
 
     Prints a summary and every problem; exits 1 if there is any.
     """
-    from xai_batch.verify import verify_manifest
+    from xai_batch.commands.verify import verify_manifest
 
     report = verify_manifest(out, source)
     for problem in report.problems:
@@ -441,12 +454,12 @@ def verify(out: str, source: str | None) -> None:
 
 
 def _comma_list(value: str) -> tuple[str, ...]:
-    """``--by label,correct`` as a tuple; :class:`~xai_batch.stimuli.Design` says what is valid."""
+    """``--by label,correct`` as a tuple; :class:`~xai_batch.analysis.design.Design` says what is valid."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 class _Bands(click.ParamType):
-    """Confidence band edges, e.g. ``0.5,0.8``; :class:`~xai_batch.stimuli.Design` checks their order."""
+    """Confidence band edges, e.g. ``0.5,0.8``; :class:`~xai_batch.analysis.design.Design` checks their order."""
 
     name = "P,P..."
 
@@ -470,15 +483,10 @@ def _drawing_options(func: Callable) -> Callable:
                      help="Superpixels to mark, by decreasing |weight|."),
         click.option("--positive-only", is_flag=True, help="Mark only superpixels that speak for the label."),
         click.option("--blind", is_flag=True, help="side-by-side without the predicted class and probability."),
-        click.option("--method", "methods", multiple=True, metavar="METHODS",
-                     callback=lambda ctx, param, value: _methods(value) if value else (),
-                     help="Only these methods' explanations, repeated or a comma list. Default: every method "
-                          "in OUT."),
-        click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
-                     help="Where the images are now, if not where job.json says they were explained from."),
-        click.option("--address", default=None,
-                     help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray."),
-        click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."),
+        _methods_shown(),
+        _SOURCE_NOW,
+        _ray_address(),
+        _progress(),
     ], func)
 
 
@@ -497,7 +505,7 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
     method in the same style; overlays.csv maps each (path, method, label)
     to its file, or to the reason it has none.
     """
-    from xai_batch.runtime.render import RenderOptions, run_render
+    from xai_batch.commands.render import RenderOptions, run_render
 
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods)
@@ -520,10 +528,8 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
               help="Picks within cells and the presentation order.")
 @click.option("--bands", default="0.5,0.8", show_default=True, type=_Bands(),
               help="Edges of the confidence bands of the predicted class's probability.")
-@click.option("--labels", type=_PathOrURI(exists=True, dir_okay=False),
-              help="CSV 'path,label' of true classes. Default: each image's first folder (class-per-folder SOURCE).")
-@click.option("--label-map", default=None,
-              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: class names.")
+@_labels("each image's first folder (class-per-folder SOURCE)", _PathOrURI(exists=True, dir_okay=False))
+@_label_map()
 @click.option("--style", type=click.Choice(STYLES), default="side-by-side", show_default=True, help=_STYLE_HELP)
 @click.option("--allow-unbalanced", is_flag=True, help="Take what there is when a cell is short of --per-cell.")
 @_drawing_options
@@ -542,11 +548,11 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
     and predicted label, probability and LIME's surrogate score. A short cell
     is an error unless --allow-unbalanced.
     """
-    from xai_batch.runtime.render import RenderOptions
-    from xai_batch.runtime.stimuli import run_stimuli
-    from xai_batch.stimuli import Design
+    from xai_batch.commands.render import RenderOptions
+    from xai_batch.commands.stimuli import run_stimuli
+    from xai_batch.analysis.design import Design
 
-    design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands, methods=methods or ("lime",))
+    design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands, methods=methods or (DEFAULT_METHOD,))
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_stimuli(out, to, design, options, labels=labels, label_map=label_map, source=source,
                          address=address, progress=progress, allow_unbalanced=allow_unbalanced,
@@ -566,19 +572,12 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
 @click.option("--images", type=click.Choice(["auto", "embed", "beside"]), default="auto", show_default=True,
               help="Thumbnails inside the page, or in a folder beside it (REPORT_files/); auto embeds up to "
                    "1000 images.")
-@click.option("--labels", type=_PathOrURI(exists=True, dir_okay=False),
-              help="CSV 'path,label' of true classes. Default: the audit's, else each image's first folder.")
-@click.option("--label-map", default=None,
-              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: the "
-                   "audit's, else class names.")
-@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
-              help="Where the images are now, if not where job.json says they were explained from.")
-@click.option("--address", default=None,
-              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
-@click.option("--method", "methods", multiple=True, metavar="METHODS",
-              callback=lambda ctx, param, value: _methods(value) if value else (),
-              help="Only these methods, shown side by side; repeated or a comma list. Default: every method in OUT.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_labels("the audit's, else each image's first folder", _PathOrURI(exists=True, dir_okay=False))
+@_label_map("the audit's, else class names")
+@_SOURCE_NOW
+@_ray_address()
+@_methods_shown(", shown side by side;")
+@_progress()
 @_reporting_errors
 def report(out: str, to: str | None, images: str, labels: str | None, label_map: str | None, source: str | None,
            address: str | None, methods: tuple[str, ...], progress: bool) -> None:
@@ -593,7 +592,7 @@ def report(out: str, to: str | None, images: str, labels: str | None, label_map:
     marked) and a table shows how far the methods agree. Nothing is loaded
     from the network; filters live in the URL, so a view can be shared.
     """
-    from xai_batch.runtime.report import run_report
+    from xai_batch.commands.report import run_report
 
     result = run_report(out, to, images, labels=labels, label_map=label_map, source=source, address=address,
                         methods=methods, progress=progress)
@@ -602,11 +601,8 @@ def report(out: str, to: str | None, images: str, labels: str | None, label_map:
     click.echo(f"report: {result.path}")
 
 
-_ADDRESS_HELP = "Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265."
-
-
 @cli.group(context_settings=CONTEXT_SETTINGS)
-@click.option("--address", default=None, help=_ADDRESS_HELP)
+@_JOBS_ADDRESS
 @click.option("--wait", is_flag=True, help="Stream the job's logs; exit 0 if it succeeds, 1 if it fails or stops.")
 @click.pass_context
 def submit(ctx: click.Context, address: str | None, wait: bool) -> None:
@@ -647,18 +643,18 @@ def submit_audit(settings: dict, **options) -> None:
 
 def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ...]) -> None:
     """Submit ``jobs/SCRIPT`` with the parsed options; with --wait, follow it and exit as it did."""
-    from xai_batch.runtime.cluster import dashboard_address, is_local
-    from xai_batch.runtime.jobs import JobsClient
+    from xai_batch.distributed.cluster import dashboard_address, is_local
+    from xai_batch.distributed.jobs_client import JobsClient
 
     address = dashboard_address(settings["address"])
     for name in paths:
         if options.get(name) is not None:
-            options[name] = _cluster_path(options[name], _OPTION_NAMES[name], is_local(address), address)
+            options[name] = _cluster_path(options[name], _typed_as(name), is_local(address), address)
     checkpoint = options.pop("checkpoint")
     if checkpoint is not None and "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
     client = JobsClient(address)
-    submission = client.submit(script, job_arguments(options), checkpoint)
+    submission = client.submit(script, _as_arguments(click.get_current_context().command, options), checkpoint)
     click.echo(f"submitted {submission.job_id} to {submission.address}")
     if not settings["wait"]:
         click.echo(f"follow it with: xai-batch jobs logs {submission.job_id} --address {submission.address}")
@@ -690,7 +686,7 @@ def _cluster_path(value: str, hint: str, local: bool, address: str) -> str:
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
-@click.option("--address", default=None, help=_ADDRESS_HELP)
+@_JOBS_ADDRESS
 @click.pass_context
 def jobs(ctx: click.Context, address: str | None) -> None:
     """List, inspect, follow and stop Ray jobs."""
@@ -702,7 +698,7 @@ def jobs(ctx: click.Context, address: str | None) -> None:
 @_reporting_errors
 def jobs_list(settings: dict) -> None:
     """Every job the cluster knows, newest first."""
-    from xai_batch.runtime.jobs import JobsClient
+    from xai_batch.distributed.jobs_client import JobsClient
 
     found = JobsClient(settings["address"]).list()
     for job in sorted(found, key=lambda j: j.start_time or 0, reverse=True):
@@ -718,7 +714,7 @@ def jobs_list(settings: dict) -> None:
 @_reporting_errors
 def jobs_status(settings: dict, job_id: str) -> None:
     """A job's state and, when it ended, why."""
-    from xai_batch.runtime.jobs import JobsClient
+    from xai_batch.distributed.jobs_client import JobsClient
 
     info = JobsClient(settings["address"]).info(job_id)
     click.echo(f"{job_id}  {info.status.value}" + (f"  {info.message}" if info.message else ""))
@@ -731,7 +727,7 @@ def jobs_status(settings: dict, job_id: str) -> None:
 @_reporting_errors
 def jobs_logs(settings: dict, job_id: str, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
-    from xai_batch.runtime.jobs import JobsClient
+    from xai_batch.distributed.jobs_client import JobsClient
 
     client = JobsClient(settings["address"])
     if follow:
@@ -746,7 +742,7 @@ def jobs_logs(settings: dict, job_id: str, follow: bool) -> None:
 @_reporting_errors
 def jobs_stop(settings: dict, job_id: str) -> None:
     """Ask a job to stop (its driver gets SIGTERM: finished rows are kept)."""
-    from xai_batch.runtime.jobs import JobsClient
+    from xai_batch.distributed.jobs_client import JobsClient
 
     stopped = JobsClient(settings["address"]).stop(job_id)
     click.echo(f"stop requested for {job_id}" if stopped else f"{job_id} had already ended")
@@ -781,8 +777,7 @@ def jobs_stop(settings: dict, job_id: str) -> None:
               help="GPUs each Ray Train worker asks for (0: CPU).")
 @click.option("--max-failures", default=3, show_default=True, type=click.IntRange(min=0),
               help="Worker failures Ray Train recovers from, each time from the last epoch's checkpoint.")
-@click.option("--address", default=None,
-              help="Ray cluster to join with --workers > 1 ('auto', host:port). Default: RAY_ADDRESS, else local.")
+@_ray_address(" with --workers > 1", otherwise="local")
 @_reporting_errors
 def train(data_dir: str, out: str, **options) -> None:
     """Fine-tune ResNet18 on DATA_DIR (one sub-folder per class) into a checkpoint.
@@ -791,7 +786,7 @@ def train(data_dir: str, out: str, **options) -> None:
     each epoch, restarts from it when a worker dies); DATA_DIR must then be on
     storage every worker's node reaches. The checkpoint format is the same.
     """
-    from xai_batch.training import TrainConfig, train_model
+    from xai_batch.commands.train import TrainConfig, train_model
 
     train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=click.echo)
 
@@ -800,20 +795,14 @@ def train(data_dir: str, out: str, **options) -> None:
 @click.argument("data_dir", type=_PathOrURI(exists=True, file_okay=False, readable=True))
 @click.option("--out", default="eval.json", show_default=True, type=_PathOrURI(dir_okay=False, writable=True),
               help="The JSON file to write.")
-@click.option("--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
-              help="ResNet18 checkpoint, a file or URI. Default: torchvision's ImageNet weights.")
-@click.option("--label-map", default=None,
-              help="What a predicted class means: 'imagenet-cats-dogs' or a CSV 'index,label'. Default: class names.")
-@click.option("--actors", type=click.IntRange(min=1), default=None,
-              help="Model actors. Default: one per GPU, else one.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-              help="What runs the model: auto is ONNX Runtime on CPU (fp32), PyTorch on CUDA.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-              help="Larger images become errors undecoded.")
-@click.option("--address", default=None,
-              help="Ray cluster to join ('auto', host:port). Default: RAY_ADDRESS, else an embedded local Ray.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show Ray Data's progress bars.")
+@_CHECKPOINT
+@_label_map()
+@_ACTORS
+@_PRECISION
+@_ENGINE
+@_max_pixels("errors")
+@_ray_address()
+@_progress("Ray Data's progress bars")
 @_reporting_errors
 def evaluate(progress: bool, **options) -> None:
     """How good is the model on DATA_DIR (one folder per class): accuracy, confusion, wrong images.
@@ -822,7 +811,7 @@ def evaluate(progress: bool, **options) -> None:
     --label-map imagenet-cats-dogs, ImageNet's dog breeds (151-268) count as
     dog and its cats (281-285) as cat, as the seed measured its accuracy.
     """
-    from xai_batch.runtime.evaluate import EvaluateConfig, run_evaluate
+    from xai_batch.commands.evaluate import EvaluateConfig, run_evaluate
 
     result = run_evaluate(EvaluateConfig(**options), progress=progress)
     accuracy = "no image could be classified" if result.accuracy is None else f"accuracy {result.accuracy:.4f}"
@@ -840,7 +829,7 @@ def evaluate(progress: bool, **options) -> None:
 @_reporting_errors
 def demo(**options) -> None:
     """Generate a dataset, train ResNet18 on it, explain held-out images, score the explanations."""
-    from xai_batch.demo import DemoConfig, run_demo
+    from xai_batch.commands.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(**options), report=click.echo)
 

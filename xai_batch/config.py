@@ -11,34 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from xai_batch.engines import PRECISIONS, check_engine
 from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS
-from xai_batch.methods import METHODS
+from xai_batch.maths.superpixels import Quickshift
+from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
 from xai_batch.storage import is_uri, locate
 
-__all__ = [
-    "Quickshift", "ExplainConfig", "PRECISIONS", "ENGINES", "AUTO", "config_hash", "check_engine", "check_methods",
-]
+__all__ = ["ExplainConfig", "AUTO", "config_hash", "check_methods"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Quickshift:
-    """Quickshift superpixel parameters; the defaults are lime's."""
-
-    kernel_size: float = 4
-    max_dist: float = 200
-    ratio: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ class ExplainConfig:
     ``faithfulness`` adds each explanation's deletion and insertion AUC, and
     the same for a random order; ``stability`` the top-k overlap with an
     explanation drawn with a second seed; ``masks`` a folder of ground-truth
-    object masks for the localisation columns (:mod:`xai_batch.explain.quality`).
+    object masks for the localisation columns (:mod:`xai_batch.maths.quality`).
 
     ``engine`` runs the model: 'torch', 'onnxruntime' (CPU, fp32), or 'auto'
     (ONNX Runtime on CPU, PyTorch on CUDA). It is not hashed: the engines
@@ -72,7 +60,7 @@ class ExplainConfig:
 
     ``num_samples="auto"`` draws samples in rounds, up to ``max_samples``, and
     stops an image once its top ``num_features`` superpixels and their signs
-    are settled (:mod:`xai_batch.explain.convergence`); the rows used are a
+    are settled (:mod:`xai_batch.maths.convergence`); the rows used are a
     prefix of the ``max_samples`` matrix, so stopping at n gives lime's own
     answer for n samples.
     """
@@ -98,13 +86,13 @@ class ExplainConfig:
     stability: bool = False
     masks: str | None = None
     engine: str = "auto"
-    methods: tuple[str, ...] = ("lime",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     segmentation: Quickshift = field(default_factory=Quickshift)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))  # a list from JSON is the same choice
         check_methods(self.methods)
-        if self.num_samples == AUTO and self.methods != ("lime",):
+        if self.num_samples == AUTO and self.methods != (LIME,):
             raise ConfigError("num_samples 'auto' is LIME's stopping rule; with other methods give a number",
                               "num_samples")
         if self.num_samples != AUTO and not _is_int(self.num_samples, minimum=2):
@@ -151,7 +139,7 @@ class ExplainConfig:
         return dataclasses.asdict(self)
 
 
-def config_hash(config: ExplainConfig, model_id: str, method: str = "lime") -> str:
+def config_hash(config: ExplainConfig, model_id: str, method: str = DEFAULT_METHOD) -> str:
     """Hash of everything that changes the content of a manifest row of ``method``.
 
     Two runs with the same hash and the same image bytes produce the same row,
@@ -160,7 +148,7 @@ def config_hash(config: ExplainConfig, model_id: str, method: str = "lime") -> s
     method to a run leaves the rows of the others valid.
     """
     material = {
-        **({} if method == "lime" else {"method": method}),
+        **({} if method == LIME else {"method": method}),
         "model_id": model_id,
         "num_samples": config.num_samples,
         **({"max_samples": config.max_samples, "stopping": stopping_rule()} if config.adaptive else {}),
@@ -180,7 +168,7 @@ def config_hash(config: ExplainConfig, model_id: str, method: str = "lime") -> s
 
 def stopping_rule() -> dict:
     """The constants of ``auto``'s stopping rule, hashed so a change to them is a new configuration."""
-    from xai_batch.explain import convergence
+    from xai_batch.maths import convergence
 
     return {"alpha": convergence.ALPHA, "first_round": convergence.FIRST_ROUND, "round": convergence.ROUND}
 
@@ -194,17 +182,6 @@ def check_methods(methods: tuple[str, ...]) -> None:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {unknown[0]!r}", "methods")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"a method is named twice in {', '.join(methods)}", "methods")
-
-
-def check_engine(engine: str, precision: str) -> None:
-    """Refuse, before torch or Ray is loaded, an engine this machine cannot run as asked."""
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", "engine")
-    if engine == "onnxruntime":
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ConfigError("ONNX Runtime is not installed: pip install onnxruntime, or --engine torch", "engine")
-        if precision != "fp32":
-            raise ConfigError(f"ONNX Runtime runs fp32 only; {precision} needs --engine torch", "engine")
 
 
 def _check_storage(source: str, out: str, checkpoint: str | None) -> None:

@@ -7,7 +7,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["XaiBatchError", "ConfigError", "ModelError", "ImageError"]
+__all__ = ["XaiBatchError", "ConfigError", "ModelError", "ImageError", "one_line"]
 
 
 class XaiBatchError(Exception):
@@ -28,3 +28,24 @@ class ModelError(XaiBatchError):
 
 class ImageError(XaiBatchError):
     """One input file that cannot be explained; becomes that file's error row."""
+
+
+def one_line(error: BaseException | str, keep: str = "all", limit: int | None = None) -> str:
+    """An error's message as the one line a row, a log or a terminal shows.
+
+    White space is folded; an exception without a message reads as its
+    type's name. ``keep='first'`` keeps only the first line (libraries put
+    the gist there and pages of detail after it); ``keep='last'`` keeps only
+    the last line of a message of more than three (a traceback's, where the
+    exception itself comes last). ``limit`` cuts the line to that many characters.
+    """
+    text = str(error).strip()
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    if keep == "first":
+        lines = lines[:1]
+    elif keep == "last" and len(lines) > 3:
+        lines = lines[-1:]
+    folded = " ".join(" ".join(lines).split())
+    return folded[:limit] if limit is not None else folded

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xai_batch.errors import ImageError
+from xai_batch.errors import ImageError, one_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -93,7 +93,7 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("not an image: no known image format recognised") from None
     except Exception as exc:
-        raise ImageError(f"not an image: {_one_line(exc)}") from exc
+        raise ImageError(f"not an image: {one_line(exc)}") from exc
     kind = opened.format or "image"
     width, height = opened.size
     if width * height > max_pixels:
@@ -102,9 +102,9 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         opened.load()
     except OSError as exc:
         reason = "truncated" if "truncated" in str(exc) else "corrupt"
-        raise ImageError(f"{reason} {kind}: {_one_line(exc)}") from exc
+        raise ImageError(f"{reason} {kind}: {one_line(exc)}") from exc
     except Exception as exc:
-        raise ImageError(f"corrupt {kind}: {_one_line(exc)}") from exc
+        raise ImageError(f"corrupt {kind}: {one_line(exc)}") from exc
     try:
         upright = ImageOps.exif_transpose(opened)
     except Exception:  # unreadable EXIF: the pixels are still good
@@ -164,7 +164,7 @@ def load_object_mask(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as mask:
             return preprocess(ImageOps.exif_transpose(mask).convert("RGB"))[..., 0] > 127
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(f"unreadable object mask: {_one_line(exc)}") from exc
+        raise ImageError(f"unreadable object mask: {one_line(exc)}") from exc
 
 
 def image_seed(job_seed: int, sha256: str) -> int:
@@ -175,8 +175,3 @@ def image_seed(job_seed: int, sha256: str) -> int:
     """
     material = f"xai-batch/{job_seed}/{sha256}".encode()
     return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % (2**31)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())

@@ -14,7 +14,7 @@ import csv
 import io
 from collections.abc import Callable, Mapping, Sequence
 
-from xai_batch.errors import ConfigError
+from xai_batch.errors import ConfigError, one_line
 from xai_batch.storage import locate
 
 __all__ = [
@@ -102,7 +102,7 @@ def _read_csv(spec: str, columns: tuple[str, ...], param: str) -> list[dict]:
     try:
         text = locate(spec).read_bytes().decode("utf-8-sig")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {spec!r}: {' '.join(str(exc).split())}", param) from exc
+        raise ConfigError(f"cannot read {spec!r}: {one_line(exc)}", param) from exc
     reader = csv.DictReader(io.StringIO(text))
     missing = [column for column in columns if column not in (reader.fieldnames or [])]
     if missing:

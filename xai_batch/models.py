@@ -23,11 +23,13 @@ from dataclasses import dataclass
 import torch
 import torchvision
 
-from xai_batch._atomic import atomic_file
-from xai_batch.errors import ModelError
+from xai_batch.errors import ModelError, one_line
+from xai_batch.storage import locate
 
 __all__ = [
     "ARCH",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ModelSource",
     "LoadedCheckpoint",
     "resolve_model",
@@ -36,6 +38,10 @@ __all__ = [
     "save_checkpoint",
     "imagenet_weights_path",
 ]
+
+# The normalisation torchvision's ImageNet weights were trained with; our own checkpoints train with it too.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ARCH = "resnet18"
 IMAGENET = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
@@ -84,8 +90,7 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint") -> LoadedCheckpoint:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name} does not load with torch.load(weights_only=True): {first_line}") from exc
+        raise ModelError(f"{name} does not load with torch.load(weights_only=True): {one_line(exc, keep='first')}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj:
         arch = obj.get("arch", ARCH)
         if arch != ARCH:
@@ -105,8 +110,7 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint") -> LoadedCheckpoint:
     try:
         build_resnet18(num_classes).load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise ModelError(f"{name} is not a ResNet18 state dict: {detail}") from exc
+        raise ModelError(f"{name} is not a ResNet18 state dict: {one_line(exc, limit=300)}") from exc
     return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics))
 
 
@@ -128,7 +132,7 @@ def save_checkpoint(
         "class_names": list(class_names),
         "metrics": [dict(m) for m in metrics],
     }
-    with atomic_file(path) as handle:
+    with locate(path).atomic_writer() as handle:
         torch.save(payload, handle)
 
 
@@ -147,7 +151,7 @@ def imagenet_weights_path() -> str:
     try:
         _download(url, path)
     except Exception as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc)
         raise ModelError(
             f"ResNet18 ImageNet weights are not cached and could not be downloaded ({reason}): "
             f"put {filename} from {url} at {path} (set TORCH_HOME to change the folder), "
@@ -163,15 +167,13 @@ def _download(url: str, path: str) -> None:
         data = response.read()
     if expected and not hashlib.sha256(data).hexdigest().startswith(expected.group(1)):
         raise ModelError(f"downloaded {url} does not match its hash prefix {expected.group(1)}")
-    with atomic_file(path) as handle:
+    with locate(path).atomic_writer() as handle:
         handle.write(data)
 
 
 def _read(target: str) -> bytes:
     """The checkpoint's bytes, from a local path or a URI."""
-    from xai_batch.storage import locate
-
     try:
         return locate(target).read_bytes()
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read checkpoint {target!r}: {' '.join(str(exc).split())}") from exc
+        raise ModelError(f"cannot read checkpoint {target!r}: {one_line(exc)}") from exc

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from xai_batch.engine import IMAGENET_MEAN, IMAGENET_STD
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["seed_batch_predict"]
 

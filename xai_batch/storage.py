@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "locate", "is_uri", "join", "write_json", "read_json"]
+__all__ = ["Location", "locate", "is_uri", "join", "write_json", "read_json", "atomic_path"]
 
 
 def is_uri(target: str) -> bool:
@@ -113,6 +113,25 @@ class Location:
             with contextlib.suppress(Exception):
                 self.filesystem.delete_file(temporary)
             raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A hidden temporary local path beside ``path``, for a library that writes files by name (the ONNX
+    exporter); renamed over ``path`` on success, removed on error. The file gets the usual permissions
+    (0666 less the umask), as ``Location.atomic_writer``'s do."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
 
 
 def locate(target: str) -> Location:

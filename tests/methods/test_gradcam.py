@@ -7,7 +7,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from helpers import checkpoint_bytes, load_model
-from xai_batch.engine import normalise
+from xai_batch.engines import normalise
+from xai_batch.methods import GradientOutputs
 from xai_batch.methods.gradcam import METHOD, GradCam, superpixel_means
 
 
@@ -21,7 +22,8 @@ def test_superpixel_means_by_hand():
 def test_heatmaps_are_pytorch_grad_cams(random_checkpoint, top_labels):
     """Each ranked label's map equals GradCAM with ClassifierOutputTarget(label), within 1e-5."""
     image = (np.random.default_rng(4).random((224, 224, 3)) * 255).astype(np.uint8)
-    probs, labels, heatmaps = GradCam(checkpoint_bytes(random_checkpoint), "cpu")(image, top_labels)
+    found = GradCam(checkpoint_bytes(random_checkpoint), "cpu")(image, top_labels)
+    probs, labels, heatmaps = found.probs, found.labels, found.maps
     model = load_model(random_checkpoint).eval()
     pixels = normalise(image, torch.device("cpu")).permute(2, 0, 1).unsqueeze(0)
     with torch.no_grad():
@@ -51,7 +53,8 @@ def test_cuda_maps_are_the_cpu_maps(random_checkpoint):
 def test_attributions_are_the_maps_per_superpixel():
     segments = np.repeat(np.arange(4), 224 * 56).reshape(224, 224)  # four horizontal bands
     heatmap = np.linspace(0, 1, 224, dtype=np.float32)[:, None].repeat(224, axis=1)
-    [attribution] = METHOD.attribute(np.zeros((0, 4)), segments, heatmap[None], [3], 0, 0)
+    outputs = GradientOutputs(np.full(4, 0.25, np.float32), [3], heatmap[None])
+    [attribution] = METHOD.attribute(np.zeros((0, 4)), segments, outputs, [3], 0, 0)
     assert attribution.label == 3 and np.array_equal(attribution.heatmap, heatmap)
     assert list(np.argsort(attribution.weights)) == [0, 1, 2, 3]
     assert attribution.intercept is None and attribution.score is None

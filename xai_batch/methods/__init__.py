@@ -3,25 +3,35 @@
 Each method turns the model's outputs on one image into one weight per
 superpixel for each explained label (an :class:`Attribution`), so that
 their explanations compare superpixel by superpixel on the same quickshift
-segments. The perturbation methods (LIME, KernelSHAP) draw 0/1 sample rows,
-which the model replicas evaluate like any others; Grad-CAM instead asks a
-replica for one forward and one backward pass. Adding a method is a module
-here with a :class:`Method` and an entry in ``_MODULES``.
+segments. There are two kinds, two small interfaces: a
+:class:`PerturbationMethod` (LIME, KernelSHAP) draws 0/1 sample rows, which
+the model replicas evaluate like any others; a :class:`GradientMethod`
+(Grad-CAM) gives the replica a gradient pass to run on the image instead.
+The runner tells them apart in one place (the pipeline's ``_queue_work``);
+everything else asks the method. Adding a method is a module here with a
+subclass of one of them and an entry in ``_MODULES``. May import the maths,
+the engines and the checkpoint loader (a gradient method runs the model
+itself); nothing of the config, the manifest, Ray or the commands.
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "Attribution", "Method", "get_method", "method_seed", "explained_labels"]
+__all__ = [
+    "METHODS", "DEFAULT_METHOD", "LIME", "Attribution", "Method", "PerturbationMethod", "GradientMethod", "GradientOutputs",
+    "get_method", "method_seed", "explained_labels",
+]
 
-METHODS: tuple[str, ...] = ("lime", "kernelshap", "gradcam")
-DEFAULT_METHOD = "lime"
+LIME = "lime"  # the method rows had before there were methods: its hash, seeds and old rows stay LIME's
+METHODS: tuple[str, ...] = (LIME, "kernelshap", "gradcam")
+DEFAULT_METHOD = LIME
 _MODULES = {"lime": "lime", "kernelshap": "kernelshap", "gradcam": "gradcam"}
 
 
@@ -44,27 +54,99 @@ class Attribution:
     heatmap: np.ndarray | None = None  # (224, 224) float32 in [0, 1]
 
 
-class Method(Protocol):
-    """An explanation method.
+class PerturbationMethod(abc.ABC):
+    """A method that explains from the model's outputs on perturbed copies of the image (LIME, KernelSHAP).
 
-    ``perturbs`` says how it uses the model: by the replicas' outputs on its
-    sample rows (``sample``), or by a replica's gradient pass (Grad-CAM).
-    ``attribute(rows, segments, outputs, labels, seed, num_samples)`` returns one
-    :class:`Attribution` per label in ``labels``: ``outputs`` is the (n, C)
-    probabilities on the first n ``rows`` for a perturbation method, else the
-    (len(labels), H, W) heatmaps the replica computed; ``seed`` and ``num_samples`` are what
-    ``sample`` drew the rows with.
+    captum's shape: ``sample(seed, num_segments, num_samples)`` draws the
+    perturbations, a (n, S) 0/1 matrix over the superpixels (1 keeps one);
+    the model replicas evaluate them in chunks like any others; and
+    ``attribute(rows, segments, outputs, labels, seed, num_samples)`` fits
+    the method's surrogate or solver to ``outputs``, the (n, C) probabilities
+    on the first n ``rows``, returning one :class:`Attribution` per label in
+    ``labels``. ``seed`` and ``num_samples`` are what ``sample`` drew with.
+
+    Both kinds answer ``combine`` (the replicas' outputs as ``attribute``
+    takes them), ``explained`` (the probabilities on the image and the labels
+    to explain) and ``samples_used``, so the stages around the model never
+    ask which kind a method is.
     """
 
     name: str
-    perturbs: bool
+    heatmaps = False  # whether its rows carry a pixel map besides the superpixel weights
 
+    @abc.abstractmethod
     def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray: ...
 
+    @abc.abstractmethod
     def attribute(
-        self, rows: np.ndarray, segments: np.ndarray, outputs: Any, labels: list[int], seed: int,
+        self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
         num_samples: int,
     ) -> list[Attribution]: ...
+
+    def combine(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """The replicas' outputs, chunk by chunk, as the one (n, C) block ``attribute`` takes."""
+        return np.concatenate(chunks)
+
+    def explained(self, outputs: np.ndarray, top_labels: int) -> tuple[np.ndarray, list[int]]:
+        """The probabilities on the whole image (row 0) and the labels to explain, as lime ranks them."""
+        return outputs[0], explained_labels(outputs[0], top_labels)
+
+    def samples_used(self, outputs: np.ndarray) -> int:
+        return len(outputs)
+
+
+@dataclass(frozen=True)
+class GradientOutputs:
+    """What a gradient pass gives: the (C,) probabilities of its forward pass, the labels explained
+    (most probable first, as lime ranks them) and one (H, W) map in [0, 1] per label."""
+
+    probs: np.ndarray
+    labels: list[int]
+    maps: np.ndarray
+
+
+class GradientMethod(abc.ABC):
+    """A method that explains from the model's gradients on the image itself (Grad-CAM).
+
+    ``gradient_pass(checkpoint_bytes, device)`` builds, once per model
+    replica, what the replica calls with a (224, 224, 3) uint8 image and the
+    number of labels to explain; it returns :class:`GradientOutputs`.
+    ``attribute(rows, segments, outputs, labels, seed, num_samples)`` turns
+    those outputs into one :class:`Attribution` per label; there are no
+    sample rows (``sample`` draws none), so nothing is perturbed.
+    """
+
+    name: str
+    heatmaps = True
+
+    @abc.abstractmethod
+    def gradient_pass(self, checkpoint_bytes: bytes, device: str) -> Callable[[np.ndarray, int], GradientOutputs]: ...
+
+    def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray:
+        """No sample rows: the replica's gradient pass takes their place."""
+        return np.zeros((0, num_segments), dtype=np.uint8)
+
+    @abc.abstractmethod
+    def attribute(
+        self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
+        num_samples: int,
+    ) -> list[Attribution]: ...
+
+    def combine(self, chunks: Sequence[GradientOutputs]) -> GradientOutputs:
+        """The replica's one gradient pass."""
+        (found,) = chunks
+        return found
+
+    def explained(self, outputs: GradientOutputs, top_labels: int) -> tuple[np.ndarray, list[int]]:
+        """The probabilities of the pass's forward pass and the labels it explained."""
+        return outputs.probs, outputs.labels
+
+    def samples_used(self, outputs: GradientOutputs) -> None:
+        """None: nothing was sampled."""
+        return None
+
+
+Method = PerturbationMethod | GradientMethod
 
 
 def get_method(name: str) -> Method:
@@ -81,7 +163,7 @@ def method_seed(image_seed: int, method: str) -> int:
     the others get their own, from the image seed and the method's name, so
     two methods never share a random stream yet any sharding reproduces both.
     """
-    if method == "lime":
+    if method == LIME:
         return image_seed
     material = f"xai-batch/{image_seed}/{method}".encode()
     return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % (2**31)

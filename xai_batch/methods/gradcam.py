@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xai_batch.methods import Attribution, explained_labels
+from xai_batch.methods import Attribution, GradientMethod, GradientOutputs, explained_labels
 
 __all__ = ["GradCamMethod", "GradCam", "METHOD", "superpixel_means"]
 
@@ -37,7 +37,7 @@ class GradCam:
         import torch
         from pytorch_grad_cam import GradCAM
 
-        from xai_batch.engine import exact_fp32
+        from xai_batch.engines.torch_engine import exact_fp32
         from xai_batch.models import build_resnet18, parse_checkpoint
 
         loaded = parse_checkpoint(checkpoint_bytes)
@@ -46,17 +46,17 @@ class GradCam:
         self.model = build_resnet18(len(loaded.class_names), loaded.state_dict).to(self.device).eval()
         self.cam = GradCAM(model=self.model, target_layers=[self.model.layer4[-1]])
 
-    def __call__(self, image: np.ndarray, top_labels: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+    def __call__(self, image: np.ndarray, top_labels: int) -> GradientOutputs:
         import torch
 
-        from xai_batch.engine import normalise
+        from xai_batch.engines.torch_engine import normalise
 
         pixels = normalise(image, self.device).permute(2, 0, 1)
         batch = pixels.unsqueeze(0).repeat(top_labels, 1, 1, 1)
         targets = [_Ranked(rank, top_labels) for rank in range(top_labels)]
         heatmaps = self.cam(input_tensor=batch, targets=targets)
         probs = torch.softmax(self.cam.outputs[0].detach().float(), dim=0).cpu().numpy()
-        return probs, explained_labels(probs, top_labels), np.asarray(heatmaps, dtype=np.float32)
+        return GradientOutputs(probs, explained_labels(probs, top_labels), np.asarray(heatmaps, dtype=np.float32))
 
 
 class _Ranked:
@@ -77,22 +77,20 @@ class _Ranked:
         return logits[explained_labels(probs, self.top_labels)[self.rank]]
 
 
-class GradCamMethod:
+class GradCamMethod(GradientMethod):
     name = "gradcam"
-    perturbs = False
 
-    def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray:
-        """No sample rows: Grad-CAM asks the replica for a gradient pass instead."""
-        return np.zeros((0, num_segments), dtype=np.uint8)
+    def gradient_pass(self, checkpoint_bytes: bytes, device: str) -> GradCam:
+        return GradCam(checkpoint_bytes, device)
 
     def attribute(
-        self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
+        self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
         num_samples: int,
     ) -> list[Attribution]:
         """Each label's heatmap averaged per superpixel."""
         return [
             Attribution(label, superpixel_means(heatmap, segments), heatmap=heatmap)
-            for label, heatmap in zip(labels, outputs)
+            for label, heatmap in zip(labels, outputs.maps)
         ]
 
 

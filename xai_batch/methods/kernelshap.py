@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from xai_batch.methods import Attribution
+from xai_batch.methods import Attribution, PerturbationMethod
 
 __all__ = ["KernelShapMethod", "METHOD", "coalitions", "shapley_values"]
 
@@ -100,9 +100,8 @@ def shapley_values(
     return values, np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
 
 
-class KernelShapMethod:
+class KernelShapMethod(PerturbationMethod):
     name = "kernelshap"
-    perturbs = True
 
     def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray:
         return coalitions(seed, num_segments, num_samples)

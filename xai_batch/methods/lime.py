@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from xai_batch.explain.sampling import sample_rows
-from xai_batch.explain.surrogate import fit_surrogate
-from xai_batch.methods import Attribution
+from xai_batch.maths.sampling import sample_rows
+from xai_batch.maths.surrogate import fit_surrogate
+from xai_batch.methods import Attribution, PerturbationMethod
 
 __all__ = ["LimeMethod", "METHOD"]
 
 
-class LimeMethod:
+class LimeMethod(PerturbationMethod):
     name = "lime"
-    perturbs = True
 
     def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray:
         """lime's (num_samples, S) matrix: row 0 the whole image, then uniform random rows."""

@@ -1,0 +1,150 @@
+"""End to end on a real local Ray: exactness against lime and reproducibility."""
+
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+from lime.lime_image import LimeImageExplainer
+
+from helpers import SHAPE_CLASSES, assert_verified, load_model
+from xai_batch.config import ExplainConfig
+from xai_batch.maths import MASK_AGAINST, MASK_FOR
+from xai_batch.images import load_image
+from xai_batch.manifest import SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.reference import seed_batch_predict
+from xai_batch.commands import run_explain
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, engine):
+    """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model."""
+    num_samples = 120
+    config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
+                           num_samples=num_samples, seed=42, batch_size=50, engine=engine)
+    result = run_explain(config, progress=False)
+    assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
+    table = read_manifest(config.out)
+    assert table.schema == SCHEMA
+    for row in table.to_pylist():
+        lime = _limes_explanation(os.path.join(photos, row["path"]), random_checkpoint, row["seed"], num_samples)
+        segments = decode_segments(row["segments"])
+        assert np.array_equal(segments, lime.segments), row["path"]
+        assert row["num_segments"] == len(np.unique(lime.segments)) == len(row["weights"])
+        label = lime.top_labels[0]
+        assert row["explained_index"] == label == row["pred_index"]
+        expected = np.zeros(row["num_segments"])
+        for segment, weight in lime.local_exp[label]:
+            expected[segment] = weight
+        np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
+        assert row["intercept"] == pytest.approx(lime.intercept[label], abs=1e-4)
+        _, lime_mask = lime.get_image_and_mask(label, positive_only=False, num_features=5, hide_rest=False)
+        mask = decode_mask(row["mask"])
+        assert np.array_equal(mask == MASK_FOR, lime_mask == 1) and np.array_equal(mask == MASK_AGAINST, lime_mask == -1)
+    assert_verified(config.out, photos)
+    record = json.loads((tmp_path / "run" / "job.json").read_text())
+    assert record["state"] == "completed"
+    assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
+    assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
+    assert record["engine"].split()[0] == engine and set(table.column("engine").to_pylist()) == {record["engine"]}
+
+
+@functools.cache
+def _limes_explanation(path: str, checkpoint: str, seed: int, num_samples: int):
+    """lime's own explanation of the image, with the seed's batch_predict (computed once for every engine)."""
+    with open(path, "rb") as handle:
+        image = load_image(handle.read()).pixels
+    return LimeImageExplainer(random_state=seed).explain_instance(
+        image, seed_batch_predict(load_model(checkpoint)), top_labels=1, hide_color=0, num_samples=num_samples,
+        random_seed=seed,
+    )
+
+
+def _explain(source, out, checkpoint, **options):
+    config = ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7, **options)
+    run_explain(config, progress=False)
+    assert_verified(out, source)
+    return read_manifest(out).to_pylist()
+
+
+def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, three_shapes, shapes_model, tmp_path):
+    one = _explain(three_shapes, str(tmp_path / "one"), shapes_model, actors=1, batch_size=256)
+    two = _explain(three_shapes, str(tmp_path / "two"), shapes_model, actors=2, batch_size=37)
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for column in ("path", "sha256", "status", "seed", "segments", "mask", "pred_index", "explained_index",
+                       "topk_index", "num_segments", "config_hash"):
+            assert a[column] == b[column], (a["path"], column)
+        np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a["topk_prob"], b["topk_prob"], atol=1e-6, rtol=0)
+
+
+def test_several_labels_and_a_bad_file(ray_session, shapes_data, shapes_model, tmp_path):
+    """Two labels, two explanations: the shapes model's disc and "none" (its runner-up) answer the
+    same superpixels in opposite ways, since hiding the disc is what makes the picture "none"."""
+    source = tmp_path / "mixed"
+    source.mkdir()
+    (source / "disc.png").write_bytes(open(os.path.join(shapes_data["holdout"], "disc", "disc_0000.png"), "rb").read())
+    (source / "broken.png").write_text("this is not a PNG")
+    (source / "readme.txt").write_text("ignored")
+    rows = _explain(str(source), str(tmp_path / "out"), shapes_model, top_labels=2)
+    assert [(r["path"], r["status"]) for r in rows] == [("broken.png", "error"), ("disc.png", "ok"), ("disc.png", "ok")]
+    assert rows[0]["error"].startswith("not an image: ") and rows[0]["weights"] is None
+    disc, none = sorted(rows[1:], key=lambda r: -r["explained_prob"])
+    assert [disc["explained_index"], none["explained_index"]] == disc["topk_index"][:2] == none["topk_index"][:2]
+    assert (disc["explained_name"], none["explained_name"]) == ("disc", "none")
+    assert disc["explained_index"] == disc["pred_index"] and disc["pred_name"] == SHAPE_CLASSES[disc["pred_index"]]
+    assert disc["segments"] == none["segments"]
+    assert np.corrcoef(disc["weights"], none["weights"])[0, 1] < -0.5, (disc["weights"], none["weights"])
+    top = int(np.argmax(disc["weights"]))
+    assert disc["weights"][top] > 0 > none["weights"][top]
+
+
+def test_uris_for_source_out_and_checkpoint(ray_session, shapes_data, shapes_model, tmp_path):
+    """file:// URIs take the code path of s3:// or gs://: pyarrow.fs listing, reading and writing."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    source = f"file://{shapes_data['holdout']}"
+    out = f"file://{tmp_path}/run"
+    result = CliRunner().invoke(cli, ["explain", source, "--out", out, "--checkpoint", f"file://{shapes_model}",
+                                      "--num-samples", "16", "--batch-size", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"manifest: {out}/manifest" in result.output
+    table = read_manifest(out)
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    assert read_manifest(str(tmp_path / "run")).equals(table)  # the same files, read as a local path
+    assert_verified(out, source)
+    assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["source"] == source
+
+
+def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes_model, tmp_path):
+    """``--num-samples auto`` stops each image at a round of its schedule, and its answer there is
+    lime's for that many samples: the rows used are a prefix of the full sample matrix."""
+    from xai_batch.maths.convergence import sample_schedule
+
+    config = ExplainConfig(source=three_shapes, out=str(tmp_path / "auto"), checkpoint=shapes_model,
+                           num_samples="auto", max_samples=400, num_features=1, seed=3, batch_size=100)
+    result = run_explain(config, progress=False)
+    assert (result.ok, result.errors) == (3, 0)
+    assert_verified(config.out, three_shapes)
+    rows = read_manifest(config.out).to_pylist()
+    assert all(row["num_samples"] in sample_schedule(400) for row in rows)
+    row = min(rows, key=lambda row: row["num_samples"])
+    assert row["num_samples"] < 400  # the shapes model's top superpixel settles early on some image
+    with open(os.path.join(three_shapes, row["path"]), "rb") as handle:
+        image = load_image(handle.read()).pixels
+    lime = LimeImageExplainer(random_state=row["seed"]).explain_instance(
+        image, seed_batch_predict(load_model(shapes_model)), top_labels=1, hide_color=0,
+        num_samples=row["num_samples"], random_seed=row["seed"],
+    )
+    expected = np.zeros(row["num_segments"])
+    for segment, weight in lime.local_exp[row["explained_index"]]:
+        expected[segment] = weight
+    np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
+    record = json.loads((tmp_path / "auto" / "job.json").read_text())
+    assert record["config"]["num_samples"] == "auto" and record["config"]["max_samples"] == 400

@@ -1,0 +1,245 @@
+"""Hostile inputs, crashes and restarts lose nothing: each fault injected for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from faults import MAGENTA
+from helpers import assert_verified
+from hostile import OK, make_hostile_folder
+from xai_batch.cli import cli
+from xai_batch.config import ExplainConfig
+from xai_batch.manifest import MANIFEST_DIR, read_manifest
+from xai_batch.commands import run_explain
+from xai_batch.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XAI_BATCH = os.path.join(os.path.dirname(sys.executable), "xai-batch")
+
+
+def test_hostile_folder_gives_one_truthful_row_per_image(ray_session, random_checkpoint, tmp_path):
+    source = str(tmp_path / "src")
+    expect = make_hostile_folder(source, str(tmp_path / "outside"))
+    result = CliRunner().invoke(cli, ["explain", source, "--out", str(tmp_path / "out"), "--checkpoint",
+                                      random_checkpoint, "--num-samples", "10", "--batch-size", "10", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = {row["path"]: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert set(rows) == {path for path, outcome in expect.items() if outcome is not None}
+    for path, outcome in expect.items():
+        if outcome == OK:
+            assert rows[path]["status"] == "ok", (path, rows[path]["error"])
+        elif outcome is not None:
+            assert rows[path]["status"] == "error", path
+            assert rows[path]["error"].startswith(outcome), (path, rows[path]["error"])
+            assert "\n" not in rows[path]["error"] and "Traceback" not in rows[path]["error"]
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (48, 64)
+    assert (rows["strip.png"]["width"], rows["strip.png"]["height"]) == (3000, 6)
+    assert rows["one-pixel.png"]["num_segments"] >= 1
+    assert_verified(str(tmp_path / "out"), source)
+
+
+def _images(folder, per_class: int, seed: int = 5) -> str:
+    generate_dataset(str(folder), per_class=per_class, seed=seed)
+    for mask in folder.rglob("*.mask.pgm"):
+        mask.unlink()
+    return str(folder)
+
+
+# Run a command with SIGINT at its default, so Python turns it into KeyboardInterrupt: a shell
+# starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec.
+_WITH_CTRL_C = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def _explain_process(source: str, out: str, checkpoint: str, *extra: str) -> subprocess.Popen:
+    """``xai-batch explain`` in its own process group (so its embedded Ray can be cleaned up)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [sys.executable, "-c", _WITH_CTRL_C, XAI_BATCH, "explain", source, "--out", out, "--checkpoint", checkpoint,
+         "--num-samples", "20", "--batch-size", "20", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def _wait_for_a_part_file(process: subprocess.Popen, out: str) -> None:
+    """Return once the running job has written a manifest part (rows are on disk)."""
+    deadline = time.monotonic() + 240
+    parts = os.path.join(out, MANIFEST_DIR)
+    while not (os.path.isdir(parts) and any(p.endswith(".parquet") and not p.startswith(".")
+                                               for p in os.listdir(parts))):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no part file was written"
+        time.sleep(0.2)
+
+
+def _cleanup(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def test_sigkilled_driver_resumes_without_duplicates(random_checkpoint, tmp_path):
+    source = _images(tmp_path / "src", per_class=5)
+    out = str(tmp_path / "out")
+    first = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "2")
+    try:
+        _wait_for_a_part_file(first, out)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        _cleanup(first)
+    before = read_manifest(out)
+    done = set(before.column("path").to_pylist())
+    assert 0 < len(done) < 20
+    assert json.loads(open(os.path.join(out, "job.json")).read())["runs"][0]["state"] == "running"  # killed
+
+    second = subprocess.run([XAI_BATCH, "explain", source, "--out", out, "--checkpoint", random_checkpoint,
+                             "--num-samples", "20", "--batch-size", "20", "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"20 images: {20 - len(done)} explained, 0 errors, {len(done)} already done" in second.stdout
+    after = read_manifest(out).to_pylist()
+    assert len(after) == 20 and len({row["path"] for row in after}) == 20
+    kept = {row["path"]: row for row in before.to_pylist()}
+    for row in after:  # finished rows were kept, not redone
+        if row["path"] in kept:
+            assert row["run_id"] == kept[row["path"]]["run_id"]
+    record = json.loads(open(os.path.join(out, "job.json")).read())
+    assert [run["state"] for run in record["runs"]] == ["running", "completed"]
+    assert record["runs"][1]["counts"]["skipped"] == len(done)
+    assert record["counts"] == {"images": 20, "ok": 20, "error": 0, "rows": 20}
+    assert_verified(out, source)
+
+
+def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoint, tmp_path):
+    source = _images(tmp_path / "src", per_class=4)
+    out = str(tmp_path / "out")
+    # 200 samples an image: slow enough that rows are on disk well before the job could end
+    process = _explain_process(source, out, random_checkpoint, "--no-progress", "--flush-seconds", "1",
+                               "--num-samples", "200")
+    try:
+        _wait_for_a_part_file(process, out)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        _cleanup(process)
+    assert process.returncode == 130, (stdout + stderr).decode()
+    assert "interrupted: finished images are kept" in stderr.decode()
+    record = json.loads(open(os.path.join(out, "job.json")).read())
+    run = record["runs"][-1]
+    assert run["state"] == "interrupted" and record["state"] == "interrupted"
+    kept = read_manifest(out)
+    assert kept.num_rows == run["counts"]["ok"] >= 1
+    assert_verified(out)
+
+
+def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_checkpoint, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 40, 3), np.uint8)).save(source / name)
+    out = str(tmp_path / "out")
+
+    def explain(*extra):
+        return CliRunner().invoke(cli, ["explain", str(source), "--out", out, "--checkpoint", random_checkpoint,
+                                        "--num-samples", "12", "--batch-size", "12", "--no-progress", *extra])
+
+    assert explain().exit_code == 0
+    first = {row["path"]: row for row in read_manifest(out).to_pylist()}
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(source / "b.png")
+    (source / "c.png").write_bytes(b"not yet an image")
+    second = explain()
+    assert "3 images: 1 explained, 1 errors, 1 already done" in second.output, second.output
+    rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
+    assert rows["a.png"] == first["a.png"]
+    assert rows["b.png"]["sha256"] != first["b.png"]["sha256"] and rows["b.png"]["run_id"] > first["b.png"]["run_id"]
+    assert read_manifest(out, current=False).num_rows == 4  # the old b.png row is superseded, not deleted
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(source / "c.png")
+    third = explain()
+    assert "3 images: 1 explained, 0 errors, 2 already done" in third.output  # error rows are retried
+    assert_verified(out, str(source))
+
+    clash = explain("--num-samples", "14")
+    assert clash.exit_code == 2
+    assert "holds results of another configuration" in clash.output and "--overwrite" in clash.output
+    fresh = explain("--num-samples", "14", "--overwrite")
+    assert fresh.exit_code == 0 and "3 images: 3 explained" in fresh.output
+    assert read_manifest(out, current=False).num_rows == 3
+    assert_verified(out, str(source))
+
+
+def test_a_killed_replica_is_replaced_and_its_work_redone(ray_session, three_shapes, shapes_model, tmp_path):
+    config = ExplainConfig(source=three_shapes, out=str(tmp_path / "out"), checkpoint=shapes_model,
+                           num_samples=96, batch_size=16, seed=7)
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.update(result=run_explain(config, progress=False)))
+    job.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (names := [n for n in ray_session.util.list_named_actors() if n.startswith("xai-batch-")]):
+            assert time.monotonic() < deadline, "no replica came up"
+            time.sleep(0.2)
+        replica = ray_session.get_actor(names[0])
+        pid = ray_session.get(replica.describe.remote())["pid"]
+        time.sleep(3)  # let it get into its work
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        job.join(timeout=600)
+    result = outcome["result"]
+    assert (result.ok, result.errors) == (3, 0)
+    record = json.loads(open(os.path.join(config.out, "job.json")).read())
+    assert record["runs"][-1]["ray"]["replicas_replaced"] == 1
+    assert_verified(config.out, three_shapes)
+    undisturbed = run_explain(dataclasses.replace(config, out=str(tmp_path / "calm")), progress=False)
+    assert undisturbed.ok == 3
+    for a, b in zip(read_manifest(config.out).to_pylist(), read_manifest(str(tmp_path / "calm")).to_pylist()):
+        assert a["mask"] == b["mask"]  # redone work gives the same explanations
+        np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6)
+
+
+def test_an_image_that_keeps_crashing_workers_becomes_an_error_row(random_checkpoint, shapes_data, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(os.path.join(shapes_data["holdout"], "disc"), source / "disc", ignore=shutil.ignore_patterns("*.pgm"))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(source / "poison-decode.png")
+    Image.new("RGB", (64, 64), MAGENTA).save(source / "magenta.png")
+    out = str(tmp_path / "out")
+    driver = textwrap.dedent(f"""
+        import logging, ray
+        from xai_batch import ExplainConfig, run_explain
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 runtime_env={{"worker_process_setup_hook": "faults.inject", "env_vars": {{"PYTHONPATH": {TESTS!r}}}}})
+        result = run_explain(ExplainConfig(source={str(source)!r}, out={out!r}, checkpoint={random_checkpoint!r},
+                                           num_samples=20, batch_size=10), progress=False)
+        print("RESULT", result.ok, result.errors)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = TESTS
+    process = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        _cleanup(process)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "RESULT 2 2" in stdout
+    rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
+    assert rows["poison-decode.png"]["error"] == "decoding failed: the worker process died 3 times on this image"
+    assert rows["magenta.png"]["error"] == "explaining failed: the model replica died 3 times on this image"
+    assert {rows[p]["status"] for p in ("disc/disc_0000.png", "disc/disc_0001.png")} == {"ok"}
+    assert_verified(out, str(source))

@@ -1,0 +1,182 @@
+"""``xai-batch explain``: files in, manifest out, the work on Ray.
+
+The model and the output folder are checked before Ray starts, so a bad
+checkpoint or a clash with earlier results costs no cluster time; then the
+run resumes what ``out`` already holds (:mod:`xai_batch.manifest.resume`),
+starts the model replicas and a writer actor, moves every image through the
+pipeline (:mod:`xai_batch.distributed.pipeline`) and records the run in
+``job.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+import ray
+from tqdm import tqdm
+
+from xai_batch.config import ExplainConfig, config_hash
+from xai_batch.distributed.cluster import connected
+from xai_batch.distributed.pipeline import Pipeline
+from xai_batch.distributed.replicas import Replicas
+from xai_batch.errors import ConfigError
+from xai_batch.images import discover_images
+from xai_batch.manifest import (
+    MANIFEST_DIR, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state, reuse_rows,
+    software_versions, write_job_record,
+)
+from xai_batch.methods import METHODS
+from xai_batch.models import ModelSource, resolve_model
+from xai_batch.storage import join
+
+__all__ = ["JobResult", "Inputs", "gather_inputs", "run_explain"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Counts and timings of a finished run."""
+
+    out: str
+    manifest: str
+    run_id: str
+    images: int
+    ok: int
+    errors: int
+    skipped: int
+    rows: int
+    seconds: float
+    reused: int = 0  # of the skipped: rows copied from ``config.reuse`` for unchanged files
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads before any work: the model (checkpoint bytes and class names) and the image paths."""
+
+    model: ModelSource
+    paths: list[str]
+
+
+def gather_inputs(config: ExplainConfig) -> Inputs:
+    """Read the checkpoint and list SOURCE: once, for callers that check them before ``run_explain``."""
+    return Inputs(resolve_model(config.checkpoint), discover_images(config.source))
+
+
+def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | None = None) -> JobResult:
+    """Explain every image under ``config.source`` into ``config.out``.
+
+    The model and the output folder are checked before Ray starts, so a bad
+    checkpoint or a clash with earlier results costs no cluster time. Returns
+    when every image has its rows; on ``KeyboardInterrupt`` the rows finished
+    so far are kept and the run is recorded as interrupted. ``inputs`` are
+    the model and paths when the caller has read them already.
+    """
+    started = time.time()
+    inputs = inputs or gather_inputs(config)
+    model = inputs.model
+    if config.top_labels > model.num_classes:
+        raise ConfigError(
+            f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
+        )
+    hashes = {method: config_hash(config, model.model_id, method) for method in config.methods}
+    context = RowContext(
+        model_id=model.model_id,
+        class_names=model.class_names,
+        config_hashes=hashes,
+        num_samples=config.samples_drawn,
+        top_labels=config.top_labels,
+        num_features=config.num_features,
+        adaptive=config.adaptive,
+        faithfulness=config.faithfulness,
+        stability=config.stability,
+    )
+    done = resume_state(config.out, {config_hash(config, model.model_id, method) for method in METHODS},
+                        config.overwrite)
+    paths = inputs.paths
+    if not paths:
+        log.warning("no image files under %s", config.source)
+    reused = reuse_rows(config.out, config.reuse, hashes, paths, done) if config.reuse else {}
+    for path, methods in reused.items():  # a copy of a file that changed since is redone like any other
+        done.setdefault(path, {}).update(methods)
+    run_id = new_run_id()
+    record = {} if config.overwrite else load_job_record(config.out)
+    record.update(
+        config=config.to_dict(),
+        model_id=model.model_id,
+        config_hashes=hashes,
+        versions=software_versions(),
+        state="running",
+    )
+    run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started)}
+    record["runs"] = [*record.get("runs", []), run]
+    write_job_record(config.out, record)
+    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "rows": 0}
+    timings: dict[str, float] = {}
+    try:
+        with connected(config.address):
+            timings["ray_start_seconds"] = time.time() - started
+            checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
+            replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}",
+                                config.engine)
+            context = dataclasses.replace(
+                context, engine=", ".join(sorted({replica["engine"] for replica in replicas.placement})))
+            record["engine"] = context.engine
+            run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
+            models_ready = time.time()
+            timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]
+            bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True,
+                       mininterval=0.1 if sys.stderr.isatty() else 15)  # a line per 15 s in job logs
+            writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
+                config.out, run_id, seconds_per_part=config.flush_seconds
+            )
+            pipeline = Pipeline(config, paths, done, set(reused), replicas, context, writer, bar, counts)
+            try:
+                pipeline.run()
+            finally:
+                bar.close()
+                counts["rows"] = ray.get(writer.close.remote())
+                run["ray"].update(replicas_replaced=replicas.replaced, chunks_by_node=pipeline.chunks_by_node)
+                replicas.shutdown()
+            timings["explain_seconds"] = time.time() - models_ready
+            worked = counts["ok"] + counts["error"]
+            timings["images_per_second"] = worked / max(timings["explain_seconds"], 1e-9)
+        run["state"] = "completed"
+    except KeyboardInterrupt:
+        run["state"] = "interrupted"
+        raise
+    except BaseException as exc:
+        run["state"] = "failed"
+        run["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        finished = time.time()
+        timings["seconds"] = finished - started
+        run.update(
+            finished=_iso(finished),
+            counts=dict(counts),
+            timings={name: round(value, 4) for name, value in timings.items()},
+        )
+        record["state"] = run["state"]
+        record["counts"] = manifest_counts(config.out)
+        write_job_record(config.out, record)
+    return JobResult(
+        out=config.out,
+        manifest=join(config.out, MANIFEST_DIR),
+        run_id=run_id,
+        images=len(paths),
+        ok=counts["ok"],
+        errors=counts["error"],
+        skipped=counts["skipped"],
+        rows=counts["rows"],
+        seconds=timings["seconds"],
+        reused=counts["reused"],
+    )
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))

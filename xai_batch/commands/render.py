@@ -1,0 +1,202 @@
+"""``xai-batch render``: PNG overlays from manifest rows, as Ray tasks, without the model.
+
+Each task takes a batch of rows, reads their images from SOURCE (checking
+that the file is still the one explained), draws the overlays and writes the
+PNGs itself; the driver only reads the manifest, hands out batches and writes
+``overlays.csv``, the index from (path, method, label) to file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import ray
+from PIL import Image
+from tqdm import tqdm
+
+from xai_batch.errors import ConfigError, ImageError, one_line
+from xai_batch.images import load_image
+from xai_batch.manifest.record import load_job_record
+from xai_batch.manifest import decode_segments, read_manifest
+from xai_batch.methods import DEFAULT_METHOD
+from xai_batch.analysis.overlays import boundaries, heatmap, hide_rest, side_by_side
+from xai_batch.distributed.cluster import connected
+from xai_batch.storage import Location, join, locate
+
+__all__ = [
+    "RenderOptions", "RenderResult", "overlay_name", "render_row", "render_rows", "run_render", "current_rows",
+    "job_source", "write_csv", "INDEX",
+]
+
+INDEX = "overlays.csv"
+ROWS_PER_TASK = 32
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to draw: the style, how many superpixels, and whether to caption side-by-side pictures."""
+
+    style: str = "boundaries"
+    num_features: int = 5
+    positive_only: bool = False
+    blind: bool = False
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    to: str
+    rendered: int
+    errors: int
+    index: str
+
+
+def overlay_name(path: str, label: int, style: str, method: str = DEFAULT_METHOD) -> str:
+    """A deterministic, safe file name for one row's overlay: no folders, no leading dot.
+
+    Readable (the image's path with '/' as '__', the label, the method) and
+    unique (a hash of path, label and method), so two paths that flatten
+    alike still get two files.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.replace("/", "__")).lstrip("._-")[:100] or "image"
+    digest = hashlib.sha256(f"{path}\0{label}\0{method}".encode()).hexdigest()[:8]
+    return f"{stem}.label{label}.{method}.{style}.{digest}.png"
+
+
+def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarray:
+    """One row's overlay as an RGB array."""
+    segments = decode_segments(row["segments"])
+    weights = np.asarray(row["weights"], np.float64)
+    style, k = options.style, options.num_features
+    if style == "boundaries":
+        return boundaries(image, segments, weights, k, options.positive_only)
+    if style == "heatmap":
+        return heatmap(image, segments, weights)
+    if style == "hide-rest":
+        return hide_rest(image, segments, weights, k, positive_only=options.positive_only)
+    if style == "side-by-side":
+        caption = None if options.blind else f"{row['explained_name']}  {row['explained_prob']:.2f}"
+        return side_by_side(image, boundaries(image, segments, weights, k, options.positive_only), caption)
+    raise ConfigError(f"unknown style {style!r}", "style")
+
+
+def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, options: RenderOptions) -> list[dict]:
+    """Draw and write a batch of (row, file name); one index entry each, with an error instead of a file if need be."""
+    entries = []
+    for row, name in jobs:
+        entry = {"path": row["path"], "method": row["method"], "label": row["explained_index"], "file": name,
+                 "error": ""}
+        try:
+            data = source.child(row["path"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                raise ImageError("the file changed since it was explained; run explain again")
+            picture = render_row(row, load_image(data).pixels, options)
+            with to.child(name).atomic_writer() as stream:
+                stream.write(_encode(picture, name))
+        except (OSError, ImageError) as exc:
+            entry.update(file="", error=one_line(exc))
+        entries.append(entry)
+    return entries
+
+
+def current_rows(out: str, methods: tuple[str, ...] = ()) -> list[dict]:
+    """The manifest's current ``ok`` rows of ``methods`` (default all); a usage error if there is no manifest."""
+    table = read_manifest(out)
+    if table.num_rows == 0:
+        raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
+    return chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+
+
+def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
+    """The rows of ``methods`` (all rows when empty); a usage error names a method the manifest lacks."""
+    if not methods:
+        return rows
+    missing = [method for method in methods if not any(row["method"] == method for row in rows)]
+    if rows and missing:
+        present = ", ".join(sorted({row["method"] for row in rows}))
+        raise ConfigError(f"the manifest has no {missing[0]} explanations (it has {present})", "methods")
+    return [row for row in rows if row["method"] in methods]
+
+
+def job_source(out: str, source: str | None) -> str:
+    """The images' folder: ``source`` if given, else the SOURCE recorded in ``out``'s job.json."""
+    source = source or load_job_record(out).get("config", {}).get("source")
+    if not source:
+        raise ConfigError(f"{out!r} has no job.json naming its SOURCE: pass --source", "source")
+    return source
+
+
+def render_rows(
+    jobs: list[tuple[dict, str]], source: str, to: str, options: RenderOptions,
+    address: str | None = None, progress: bool = True,
+) -> list[dict]:
+    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path, method and label."""
+    target = locate(to)
+    target.make_dirs()
+    entries: list[dict] = []
+    with connected(address):
+        task = ray.remote(_render_batch)
+        source_ref, to_ref = ray.put(locate(source)), ray.put(target)
+        bar = tqdm(total=len(jobs), unit="img", desc="render", disable=not progress,
+                   mininterval=0.1 if sys.stderr.isatty() else 15)
+        pending: list[ray.ObjectRef] = []
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # bounded in flight
+        for start in range(0, len(jobs), ROWS_PER_TASK):
+            if len(pending) >= limit:
+                entries += _collect(pending, bar)
+            pending.append(task.remote(jobs[start : start + ROWS_PER_TASK], source_ref, to_ref, options))
+        while pending:
+            entries += _collect(pending, bar)
+        bar.close()
+    return sorted(entries, key=lambda entry: (entry["path"], entry["method"], entry["label"]))
+
+
+def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
+    """A CSV file written atomically, at a path or URI."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with locate(location).atomic_writer() as stream:
+        stream.write(text.getvalue().encode())
+
+
+def run_render(
+    out: str, to: str | None, options: RenderOptions, source: str | None = None,
+    address: str | None = None, progress: bool = True, methods: tuple[str, ...] = (),
+) -> RenderResult:
+    """Render every current ``ok`` row of ``methods`` (default all) under ``out`` into ``to``
+    (default ``OUT/overlays/STYLE``), every method in the same style."""
+    rows = current_rows(out, methods)
+    to = to or join(out, "overlays", options.style)
+    jobs = [(row, overlay_name(row["path"], row["explained_index"], options.style, row["method"])) for row in rows]
+    entries = render_rows(jobs, job_source(out, source), to, options, address, progress)
+    index = join(to, INDEX)
+    write_csv(index, entries, ["path", "method", "label", "file", "error"])
+    errors = sum(1 for entry in entries if entry["error"])
+    return RenderResult(to=to, rendered=len(entries) - errors, errors=errors, index=index)
+
+
+def _collect(pending: list[ray.ObjectRef], bar: tqdm) -> list[dict]:
+    """Wait for one batch and take its entries off ``pending``."""
+    [done], _ = ray.wait(pending, num_returns=1)
+    pending.remove(done)
+    entries = ray.get(done)
+    bar.update(len(entries))
+    return entries
+
+
+def _encode(picture: np.ndarray, name: str) -> bytes:
+    """PNG, or JPEG for a ``.jpg`` name (the report's thumbnails: a tenth of the bytes)."""
+    buffer = io.BytesIO()
+    if name.endswith(".jpg"):
+        Image.fromarray(picture).save(buffer, format="JPEG", quality=85)
+    else:
+        Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()

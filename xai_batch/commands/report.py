@@ -1,0 +1,110 @@
+"""``xai-batch report``: a run as one HTML page, its pictures drawn by the renderer's Ray tasks.
+
+Accuracy, the confusion matrix, the findings and the quality summary are
+computed from the manifest (with the audit's labels, label map and
+thresholds unless given); what needs an earlier run (changed, moved) comes
+from ``audit.json`` where the run was audited. Each
+image's top-label explanation is drawn as a 224x224 JPEG thumbnail (lime's
+figure): embedded in the page for up to ``EMBED_UP_TO`` images, else in a
+folder beside it, loaded as the gallery pages through them.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from xai_batch.analysis.agreement import methods_in
+from xai_batch.analysis.findings import Thresholds, audit_report
+from xai_batch.manifest import method_rows
+from xai_batch.errors import ConfigError
+from xai_batch.manifest.record import load_job_record
+from xai_batch.labels import prediction_labeller, truth_labeller
+from xai_batch.manifest import read_manifest
+from xai_batch.analysis.page import folders_are_classes, gallery_rows, report_document, report_html
+from xai_batch.commands.audit import load_audit
+from xai_batch.commands.render import RenderOptions, chosen_methods, job_source, render_rows
+from xai_batch.storage import join, locate
+
+__all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]
+
+IMAGES = ("auto", "embed", "beside")
+EMBED_UP_TO = 1000  # images; about 15 KB each in the page
+COMPARED = ("changed", "moved")  # findings only an audit against a previous run can make
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: str
+    images: int
+    pictures: str | None  # the folder beside the page, when not embedded
+    errors: int  # images whose picture could not be drawn
+
+
+def run_report(
+    out: str, to: str | None = None, images: str = "auto", labels: str | None = None,
+    label_map: str | None = None, source: str | None = None, address: str | None = None, progress: bool = True,
+    methods: tuple[str, ...] = (),
+) -> ReportResult:
+    """Write the report of the run in ``out`` to ``to`` (default ``OUT/report.html``).
+
+    ``methods`` picks the explanation methods shown side by side (default:
+    every method in the manifest).
+    """
+    if images not in IMAGES:
+        raise ConfigError(f"images must be one of {', '.join(IMAGES)}, got {images!r}", "images")
+    rows = chosen_methods(read_manifest(out).to_pylist(), methods)
+    if not rows:
+        raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
+    record, audited = load_job_record(out), load_audit(out)
+    if audited:
+        labels = labels if labels is not None else audited.get("labels")
+        label_map = label_map if label_map is not None else audited.get("label_map")
+    truth, predicted = truth_labeller(labels), prediction_labeller(label_map)
+    if labels is None and not folders_are_classes(rows, predicted):
+        truth = _no_truth  # folders that are not classes: no accuracy rather than 0 %
+    thresholds = Thresholds(**audited["thresholds"]) if audited else Thresholds()
+    num_features = record.get("config", {}).get("num_features", 5)
+    audit = audit_report(rows, None, truth, predicted, thresholds, num_features)
+    if audited:
+        audit["findings"].update({kind: audited["findings"][kind] for kind in COMPARED})
+        audit["since_previous"] = audited.get("since_previous")
+    to = to or join(out, "report.html")
+    parent, _, name = to.rpartition("/")
+    folder_name = name.removesuffix(".html") + "_files"  # report.html -> report_files/, beside it
+    folder = join(parent, folder_name) if parent else folder_name
+    shown = [row for method in methods_in(rows) for row in method_rows(rows, method).values()]
+    jobs = [(row, f"{number:05d}.jpg") for number, row in enumerate(shown)]
+    options = RenderOptions(style="boundaries", num_features=num_features)
+    entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
+    embed = images == "embed" or (images == "auto" and len(jobs) <= EMBED_UP_TO)
+    pictures = {}
+    for entry in entries:
+        key = (entry["path"], entry["method"])
+        if entry["error"]:
+            pictures[key] = ("", entry["error"])
+        elif embed:
+            data = locate(join(folder, entry["file"])).read_bytes()
+            pictures[key] = ("data:image/jpeg;base64," + base64.b64encode(data).decode(), "")
+        else:
+            pictures[key] = (f"{folder_name}/{entry['file']}", "")
+    if embed:
+        locate(folder).delete_dir()
+    summary = {
+        "out": out, "source": record.get("config", {}).get("source", source), "model_id": record.get("model_id"),
+        "state": record.get("state"),
+        "config_hash": ", ".join(f"{method} {digest}" for method, digest in record.get("config_hashes", {}).items()),
+        "num_samples": record.get("config", {}).get("num_samples"),
+        "images": audit["counts"]["images"], "explained": audit["counts"]["explained"],
+        "errors": audit["counts"]["errors"],
+    }
+    gallery = gallery_rows(rows, truth, predicted, audit["findings"], pictures)
+    page = report_html(report_document(summary, audit, gallery, audited))
+    with locate(to).atomic_writer() as stream:
+        stream.write(page.encode("utf-8"))
+    errors = sum(1 for entry in entries if entry["error"])
+    return ReportResult(path=locate(to).target, images=len(gallery), pictures=None if embed else folder, errors=errors)
+
+
+def _no_truth(path: str) -> None:
+    return None

@@ -1,0 +1,74 @@
+"""``xai-batch stimuli``: a balanced, reproducible set of rendered explanations for a study.
+
+Selection is :mod:`xai_batch.analysis.design` (pure); drawing is the renderer's Ray
+tasks. Files are named by stimulus id in presentation order (``S001.png``),
+so nothing in a file name tells a participant the class, the answer or the
+method; every method is drawn in the same style; ``stimuli.csv`` holds what
+the experimenter needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from xai_batch.analysis.agreement import methods_in
+from xai_batch.errors import ConfigError
+from xai_batch.labels import prediction_labeller, truth_labeller
+from xai_batch.commands.render import RenderOptions, current_rows, job_source, render_rows, write_csv
+from xai_batch.analysis.design import Design, annotate, select
+from xai_batch.storage import join
+
+__all__ = ["StimuliResult", "run_stimuli", "STIMULI_CSV", "COLUMNS"]
+
+STIMULI_CSV = "stimuli.csv"
+COLUMNS = ["stimulus_id", "file", "cell", "method", "path", "true_label", "pred_label", "pred_prob", "score", "error"]
+
+
+@dataclass(frozen=True)
+class StimuliResult:
+    to: str
+    csv: str
+    stimuli: int
+    errors: int
+    short: dict[str, int]  # cell -> rows it had, for cells short of --per-cell
+
+
+def run_stimuli(
+    out: str, to: str, design: Design, options: RenderOptions, labels: str | None = None,
+    label_map: str | None = None, source: str | None = None, address: str | None = None,
+    progress: bool = True, allow_unbalanced: bool = False, every_method: bool = False,
+) -> StimuliResult:
+    """Select, render and index the stimuli; refuse an unbalanced design unless ``allow_unbalanced``.
+
+    With ``every_method`` the design's methods are every method in the manifest.
+    """
+    if every_method:
+        design = dataclasses.replace(design, methods=tuple(methods_in(current_rows(out))))
+    rows = current_rows(out, design.methods)
+    stimuli, short = select(annotate(rows, truth_labeller(labels), prediction_labeller(label_map), design), design)
+    short_cells = {"/".join(cell): count for cell, count in short.items()}
+    if short_cells and not allow_unbalanced:
+        listed = ", ".join(f"{cell} has {count}" for cell, count in short_cells.items())
+        raise ConfigError(
+            f"cells with fewer than {design.per_cell} images: {listed}; lower --per-cell, change --by, "
+            "or pass --allow-unbalanced to take what there is",
+            "per_cell",
+        )
+    jobs = [(stimulus.row, f"{stimulus.stimulus_id}.png") for stimulus in stimuli]
+    rendered = render_rows(jobs, job_source(out, source), to, options, address, progress)
+    entries = {(entry["path"], entry["method"], entry["label"]): entry for entry in rendered}
+    records = []
+    for stimulus in stimuli:
+        entry = entries[(stimulus.row["path"], stimulus.method, stimulus.row["explained_index"])]
+        score = stimulus.row["score"]
+        records.append({
+            "stimulus_id": stimulus.stimulus_id, "file": entry["file"], "cell": stimulus.cell,
+            "method": stimulus.method, "path": stimulus.row["path"], "true_label": stimulus.true_label,
+            "pred_label": stimulus.pred_label, "pred_prob": f"{stimulus.row['pred_prob']:.4f}",
+            "score": "" if score is None else f"{score:.4f}", "error": entry["error"],
+        })
+    index = join(to, STIMULI_CSV)
+    write_csv(index, records, COLUMNS)
+    errors = sum(1 for record in records if record["error"])
+    return StimuliResult(to=to, csv=index, stimuli=len(records) - errors, errors=errors, short=short_cells)

@@ -1,0 +1,170 @@
+"""``xai-batch verify``: is a manifest complete and well formed?
+
+Nightly jobs are trusted only if their output can be checked without reading
+the code that wrote it. Every promise the manifest makes is checked here:
+the schema of every part, exactly one current row per image, method and
+label (or one error row per image and method), decodable PNGs of the right size, one weight per superpixel,
+one configuration, and, given SOURCE, a row for every image and for nothing
+else.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from xai_batch.images import INPUT_SIZE, discover_images
+from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_heatmap, decode_mask, decode_segments, read_manifest
+from xai_batch.methods import METHODS, get_method
+from xai_batch.storage import locate
+
+__all__ = ["VerifyReport", "verify_manifest"]
+
+MAX_LISTED = 20  # problems of one kind listed by name before counting the rest
+
+
+@dataclass
+class VerifyReport:
+    rows: int = 0
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    superseded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
+        return (
+            f"{self.rows} rows for {self.images} images: {self.ok} explained, {self.errors} errors"
+            f" ({self.superseded} superseded rows of earlier runs ignored) — {verdict}"
+        )
+
+
+def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
+    """Check the manifest under ``out``; ``source`` adds the completeness checks."""
+    report = VerifyReport()
+    folder = locate(out).child(MANIFEST_DIR)
+    if not folder.is_dir():
+        report.problems.append(f"no manifest folder at {folder.target}")
+        return report
+    for info in sorted(folder.filesystem.get_file_info(pafs.FileSelector(folder.path)), key=lambda i: i.base_name):
+        name = info.base_name
+        if name.startswith((".", "_")) or info.type != pafs.FileType.File:
+            continue
+        try:
+            schema = pq.read_schema(info.path, filesystem=folder.filesystem)
+        except Exception as exc:
+            report.problems.append(f"{name}: not a readable Parquet file ({exc})")
+            continue
+        if not schema.equals(SCHEMA):
+            report.problems.append(f"{name}: schema differs from the manifest schema")
+    if report.problems:
+        return report
+    everything = read_manifest(out, current=False)
+    table = read_manifest(out)
+    rows = table.to_pylist()
+    report.rows = len(rows)
+    report.superseded = everything.num_rows - table.num_rows
+    problems = _Problems()
+    by_path: dict[str, list[dict]] = collections.defaultdict(list)
+    for row in rows:
+        by_path[row["path"]].append(row)
+    report.images = len(by_path)
+    for method in sorted({row["method"] for row in rows}):
+        hashes = {row["config_hash"] for row in rows if row["method"] == method}
+        if len(hashes) > 1:
+            problems.add("config", f"{method} rows of {len(hashes)} configurations: {', '.join(sorted(map(str, hashes)))}")
+    for path, group in by_path.items():
+        failed = False
+        by_method: dict[str, list[dict]] = collections.defaultdict(list)
+        for row in group:
+            by_method[row["method"]].append(row)
+        for method, rows_of in by_method.items():
+            failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, problems)
+        report.errors += failed
+        report.ok += not failed
+        if len({row["sha256"] for row in group if row["status"] == "ok"}) > 1:
+            problems.add("sha256", f"{path}: rows for different file contents")
+    if source is not None:
+        expected = set(discover_images(source))
+        for path in sorted(expected - by_path.keys()):
+            problems.add("missing", f"{path}: image in SOURCE without a row")
+        for path in sorted(by_path.keys() - expected):
+            problems.add("stray", f"{path}: row for a file that is not an image in SOURCE")
+    report.problems = problems.lines()
+    return report
+
+
+def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bool:
+    """Check one image's current rows of one method; True if they record an error."""
+    statuses = {row["status"] for row in group}
+    if statuses == {"error"}:
+        if len(group) != 1:
+            problems.add("duplicate", f"{where}: {len(group)} error rows")
+        if not group[0]["error"] or "\n" in group[0]["error"]:
+            problems.add("error", f"{where}: error row without a one-line reason")
+        return True
+    if statuses != {"ok"}:
+        problems.add("status", f"{where}: statuses {sorted(map(str, statuses))}")
+        return True
+    labels = collections.Counter(row["explained_index"] for row in group)
+    for label, count in labels.items():
+        if count > 1:
+            problems.add("duplicate", f"{where}: {count} rows for label {label}")
+    for row in group:
+        _check_ok_row(f"{where} (label {row['explained_index']})", row, problems)
+    return False
+
+
+def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
+    num_segments = row["num_segments"]
+    if row["error"] is not None:
+        problems.add("error", f"{where}: ok row with an error")
+    if not row["weights"] or len(row["weights"]) != num_segments:
+        problems.add("weights", f"{where}: {len(row['weights'] or [])} weights for {num_segments} superpixels")
+    if not row["topk_index"] or row["pred_index"] != row["topk_index"][0]:
+        problems.add("prediction", f"{where}: pred_index is not the first of topk_index")
+    try:
+        segments = decode_segments(row["segments"])
+        if segments.shape != (INPUT_SIZE, INPUT_SIZE):
+            problems.add("segments", f"{where}: segments PNG is {segments.shape}, not 224x224")
+        elif set(np.unique(segments)) != set(range(num_segments)):
+            problems.add("segments", f"{where}: segment ids are not 0..{num_segments - 1}")
+    except Exception as exc:
+        problems.add("segments", f"{where}: segments PNG does not decode ({exc})")
+    try:
+        mask = decode_mask(row["mask"])
+        if mask.shape != (INPUT_SIZE, INPUT_SIZE) or not set(np.unique(mask)) <= {0, 1, 2}:
+            problems.add("mask", f"{where}: mask PNG is not 224x224 with values 0, 1, 2")
+    except Exception as exc:
+        problems.add("mask", f"{where}: mask PNG does not decode ({exc})")
+    if (row["heatmap"] is not None) != (row["method"] in METHODS and get_method(row["method"]).heatmaps):
+        problems.add("heatmap", f"{where}: a heatmap is Grad-CAM's and only Grad-CAM's")
+    elif row["heatmap"] is not None:
+        try:
+            if decode_heatmap(row["heatmap"]).shape != (INPUT_SIZE, INPUT_SIZE):
+                problems.add("heatmap", f"{where}: heatmap PNG is not 224x224")
+        except Exception as exc:
+            problems.add("heatmap", f"{where}: heatmap PNG does not decode ({exc})")
+
+
+class _Problems:
+    """Problems by kind, the first few of each listed, the rest counted."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, kind: str, message: str) -> None:
+        self.by_kind[kind].append(message)
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind, messages in self.by_kind.items():
+            out += messages[:MAX_LISTED]
+            if len(messages) > MAX_LISTED:
+                out.append(f"... and {len(messages) - MAX_LISTED} more of kind '{kind}'")
+        return out

@@ -1,0 +1,329 @@
+"""The explain pipeline on Ray: every image through prepare, the model replicas and finish.
+
+Three kinds of work run on Ray, pipelined: ``prepare`` tasks (decode, quickshift,
+each method's sample rows) on CPUs; calls on the model replicas (one chunk of
+``batch_size`` sample rows each for a perturbation method, so the chunks of a
+single image spread over every replica; one gradient pass for a gradient
+method); ``finish`` tasks (surrogate or solver, masks, rows) on CPUs, one per
+image and method. The driver only passes object references between them:
+workers read the image bytes, image arrays go from the prepare task to the
+replicas through Ray's object store, model outputs from the replicas to the
+finish task, and rows from the finish task to a writer actor that writes the
+part files. It bounds the work in flight, so memory stays flat however many
+images a folder holds.
+
+Failures are recovered: tasks whose worker dies are retried by Ray
+(``TASK_RETRIES``); a replica that dies is replaced and its calls in flight
+resent, the crash charged to the image that caused it. What still fails
+becomes that image's error row; the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from xai_batch.errors import one_line
+from xai_batch.manifest import RowContext, error_row
+from xai_batch.maths.convergence import sample_schedule
+from xai_batch.methods import GradientMethod, get_method
+from xai_batch.distributed.stages import (
+    ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score,
+)
+from xai_batch.storage import locate
+
+__all__ = ["Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES"]
+
+log = logging.getLogger(__name__)
+
+CHUNKS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
+TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
+
+
+@dataclass
+class _Image:
+    """One method's work on an image, between the prepare task and the finish task."""
+
+    method: str
+    header: ImageHeader
+    payload: ray.ObjectRef
+    submitted: float
+    chunks: list  # per chunk: the ref of its probabilities once predicted, else None
+    drawn: int = 0  # the sample rows in the payload
+    pending: int = 0
+    round: int = 0  # index into the pipeline's sample schedule
+    crashes: int = 0
+    rows: ray.ObjectRef | None = None  # the finished rows, while their quality is measured
+
+
+@dataclass
+class _Chunk:
+    key: tuple[str, str]  # (path, method)
+    index: int
+    start: int
+    stop: int
+    gradient_method: str | None = None  # that gradient method's pass on the image instead of rows [start, stop)
+
+
+class Pipeline:
+    """Moves every image through prepare → predict chunks → finish on Ray.
+
+    Replica calls are retried here rather than by Ray, so that a crash is
+    charged to the image that caused it: a replica runs its calls in the
+    order they were sent, so when it dies the oldest of its calls in flight
+    was running and the others were only waiting. The waiting ones are resent
+    free; an image whose chunk kills ``TASK_RETRIES + 1`` replicas becomes an
+    error row, and the rest of the job is unaffected.
+
+    The unit of work is an image and a method: the prepare task segments the
+    image once and hands each method its own payload; an image is counted
+    done when all its methods are, and as an error if any of them failed.
+    """
+
+    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
+        self.config = config
+        self.todo = deque(paths)
+        self.done = done
+        self.reused = reused
+        self.replicas = replicas
+        self.context_ref = ray.put(context)
+        self.context = context
+        self.writer = writer
+        self.bar = bar
+        self.counts = counts
+        self.source = locate(config.source)
+        self.prepare_task = ray.remote(num_returns=1 + len(config.methods), max_retries=TASK_RETRIES)(prepare)
+        self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
+        self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
+        self.max_preparing = max(1, cpus)
+        self.schedule = sample_schedule(config.max_samples) if config.adaptive else [config.num_samples]
+        self.preparing: dict[ray.ObjectRef, tuple[str, list[ray.ObjectRef], float]] = {}
+        self.images: dict[tuple[str, str], _Image] = {}  # (path, method) -> its work in progress
+        self.remaining: dict[str, int] = {}  # path -> methods not yet recorded
+        self.failed: set[str] = set()  # paths with a method that failed
+        self.chunk_queue: deque[_Chunk] = deque()
+        self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
+        self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
+        self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
+        self.chunks_by_node: dict[str, int] = {}
+
+    def run(self) -> None:
+        while self.todo or self.preparing or self.remaining:
+            self._submit_prepares()
+            self._dispatch_chunks()
+            waiting = [*self.preparing, *self.running, *self.finishing]
+            ready, _ = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                if ref in self.preparing:
+                    self._prepared(ref)
+                elif ref in self.running:
+                    self._predicted(ref)
+                elif ref in self.finishing:
+                    self._finished(ref)
+
+    def _submit_prepares(self) -> None:
+        while self.todo and len(self.preparing) < self.max_preparing and len(self.remaining) < self.max_images:
+            path = self.todo.popleft()
+            header_ref, *payload_refs = self.prepare_task.remote(
+                self.source, path, self.config, self.done.get(path)
+            )
+            self.preparing[header_ref] = (path, payload_refs, time.monotonic())
+
+    def _dispatch_chunks(self) -> None:
+        while self.chunk_queue:
+            replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
+            if len(self.in_flight[replica]) >= CHUNKS_PER_REPLICA:
+                return
+            chunk = self.chunk_queue.popleft()
+            if chunk.key not in self.images:  # the image failed meanwhile
+                continue
+            handle, payload = self.replicas.handles[replica], self.images[chunk.key].payload
+            if chunk.gradient_method:
+                status, probs = handle.gradients.options(num_returns=2).remote(
+                    chunk.gradient_method, payload, self.config.top_labels)
+            else:
+                status, probs = handle.predict.options(num_returns=2).remote(payload, chunk.start, chunk.stop)
+            self.running[status] = (chunk, replica, probs)
+            self.in_flight[replica].append(status)
+
+    def _prepared(self, ref: ray.ObjectRef) -> None:
+        path, payloads, submitted = self.preparing.pop(ref)
+        try:
+            header: ImageHeader = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}", methods=self.config.methods)
+        if header.skipped:
+            self.counts["skipped"] += 1
+            self.counts["reused"] += path in self.reused
+            self.bar.update(1)
+            return
+        self.remaining[path] = len(header.methods)
+        for method in header.methods:
+            if header.error is not None:
+                self._record((path, method), [error_row(header, self.context, method)], ok=False)
+                continue
+            payload = payloads[self.config.methods.index(method)]
+            drawn = header.drawn[header.methods.index(method)]
+            self.images[path, method] = image = _Image(method, header, payload, submitted, [], drawn)
+            self._queue_work((path, method), image)
+
+    def _queue_work(self, key: tuple[str, str], image: _Image) -> None:
+        """Queue the model work one method needs on one image: the one place the kinds are told apart.
+
+        A gradient method's is one pass on the image (the replica's
+        ``gradients``); a perturbation method's, its sample rows in chunks
+        (the replica's ``predict``), a round at a time.
+        """
+        if isinstance(get_method(image.method), GradientMethod):
+            self.chunk_queue.append(_Chunk(key, 0, 0, 0, gradient_method=image.method))
+            image.chunks.append(None)
+            image.pending += 1
+        else:
+            self._queue_round(key, image, 0)
+
+    def _queue_round(self, key: tuple[str, str], image: _Image, start: int, stop_all: int | None = None) -> None:
+        """Queue the chunks of the payload's rows [start, stop_all): by default, to the current round's count."""
+        if stop_all is None:  # all the rows drawn, or with ``auto`` up to this round's count
+            stop_all = self.schedule[image.round] if self.config.adaptive else image.drawn
+        for begin in range(start, stop_all, self.config.batch_size):
+            stop = min(begin + self.config.batch_size, stop_all)
+            self.chunk_queue.append(_Chunk(key, len(image.chunks), begin, stop))
+            image.chunks.append(None)
+            image.pending += 1
+
+    def _predicted(self, ref: ray.ObjectRef) -> None:
+        chunk, replica, probs = self.running[ref]
+        try:
+            ray.get(ref)  # the row count: small, unlike the probabilities
+        except ray.exceptions.RayActorError:
+            self._replica_died(replica)
+            return
+        except ray.exceptions.RayError as exc:
+            self._forget(ref)
+            self._fail(chunk.key, f"explaining failed: {_describe(exc)}")
+            return
+        self._forget(ref)
+        node = self.replicas.placement[replica]["node_id"]
+        self.chunks_by_node[node] = self.chunks_by_node.get(node, 0) + 1
+        image = self.images.get(chunk.key)
+        if image is None:  # the image failed meanwhile
+            return
+        image.chunks[chunk.index] = probs
+        image.pending -= 1
+        if image.pending == 0 and image.rows is None:
+            counts, rows, extra = self.finish_task.remote(image.header, image.payload, self.context_ref, image.method,
+                                                          *image.chunks)
+            self.finishing[counts] = (chunk.key, rows, extra)
+        elif image.pending == 0:
+            counts, rows = self.score_task.remote(image.header, image.rows, image.payload, self.context_ref,
+                                                  image.method, *image.chunks)
+            self.finishing[counts] = (chunk.key, rows, None)
+
+    def _replica_died(self, replica: int) -> None:
+        """Replace the replica, resend its calls, charge the one it was running."""
+        lost = self.in_flight[replica]
+        self.in_flight[replica] = []
+        self.replicas.replace(replica)
+        chunks = [self.running.pop(ref)[0] for ref in lost]
+        culprit = self.images.get(chunks[0].key)
+        if culprit is not None:
+            culprit.crashes += 1
+            log.warning("a model replica died while explaining %s (%d)", chunks[0].key[0], culprit.crashes)
+            if culprit.crashes > TASK_RETRIES:
+                self._fail(chunks[0].key, f"explaining failed: the model replica died {culprit.crashes} times on this image")
+        self.chunk_queue.extendleft(reversed([c for c in chunks if c.key in self.images]))
+
+    def _forget(self, ref: ray.ObjectRef) -> None:
+        chunk, replica, _ = self.running.pop(ref)
+        self.in_flight[replica].remove(ref)
+
+    def _fail(self, key: tuple[str, str], reason: str) -> None:
+        image = self.images.pop(key, None)
+        if image is not None:
+            self._record(key, [error_row(image.header, self.context, image.method, reason)], ok=False)
+
+    def _finished(self, ref: ray.ObjectRef) -> None:
+        key, rows, extra = self.finishing.pop(ref)
+        image = self.images[key]
+        try:
+            count, extra_rows = ray.get(ref)  # the rows go from the task to the writer, not through here
+        except ray.exceptions.RayError as exc:
+            self._fail(key, f"explaining failed: {_describe(exc)}")
+            return
+        if count == 0:  # not settled yet: draw the next round of samples
+            image.round += 1
+            self._queue_round(key, image, self.schedule[image.round - 1])
+            return
+        if extra_rows:  # explained; now the model's outputs on the quality measures' rows
+            image.rows, image.payload, image.chunks = rows, extra, []
+            self._queue_round(key, image, 0, extra_rows)
+            return
+        del self.images[key]
+        self._record(key, rows, ok=True, seconds=time.monotonic() - image.submitted)
+
+    def _record(
+        self, key: tuple[str, str], rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None
+    ) -> None:
+        """Send one method's rows to the writer; count the image once all its methods are recorded."""
+        self.writer.add.remote(rows, seconds)
+        path = key[0]
+        if not ok:
+            self.failed.add(path)
+        self.remaining[path] -= 1
+        if self.remaining[path]:
+            return
+        del self.remaining[path]
+        self.counts["error" if path in self.failed else "ok"] += 1
+        self.failed.discard(path)
+        self.bar.update(1)
+        if self.counts["error"]:
+            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
+
+
+def _finish_from_chunks(
+    header: ImageHeader, prepared, context: RowContext, method: str, *chunks
+) -> tuple[tuple[int, int], list[dict] | None, PreparedImage | None]:
+    """``finish`` on the chunks' outputs, which Ray hands over as arguments.
+
+    Returns ((row count, quality rows), rows, quality payload) as three
+    objects: the driver waits on the counts, the writer (or ``score``) takes
+    the rows, the replicas the payload. A row count of 0 asks for more
+    samples: ``auto`` found the explanation not settled yet. Quality rows
+    > 0 ask for the model's outputs on the payload's rows before ``score``.
+    """
+    outputs = get_method(method).combine(chunks)
+    if not enough_samples(prepared, outputs, context):
+        return (0, 0), None, None
+    rows = finish(header, prepared, outputs, context, method)
+    if not context.measures_quality:
+        return (len(rows), 0), rows, None
+    extra = quality_rows(header, prepared, rows, context, method)
+    return (len(rows), len(extra.rows)), rows, extra
+
+
+def _score_from_chunks(
+    header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, method: str,
+    *chunks: np.ndarray,
+) -> tuple[tuple[int, int], list[dict]]:
+    """``score`` on the outputs for the quality rows: ((row count, 0), the rows with their measures)."""
+    scored = score(header, rows, extra, np.concatenate(chunks), context, method)
+    return (len(scored), 0), scored
+
+
+def _describe(exc: BaseException) -> str:
+    """A Ray failure as one line a person understands."""
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return "out of memory"
+    if isinstance(exc, ray.exceptions.WorkerCrashedError):
+        return f"the worker process died {TASK_RETRIES + 1} times on this image"
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return one_line(f"{type(cause).__name__}: {cause}", keep="last")
+    return one_line(exc, keep="last")

@@ -1,0 +1,124 @@
+"""Model replicas: long-lived Ray actors that each hold one loaded engine."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+
+from xai_batch.methods import get_method
+
+__all__ = ["ModelReplica", "Replicas"]
+
+
+class ModelReplica:
+    """Loads the model once, then does the model work of every method: one entry per kind.
+
+    ``predict`` evaluates a chunk of a perturbation method's sample rows;
+    ``gradients`` runs a gradient method's pass on an image.
+
+    Usable without Ray (construct it and call ``predict``) and as a Ray actor
+    (``ray.remote(ModelReplica)``); the job driver does the latter.
+    """
+
+    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int, engine: str = "auto") -> None:
+        import torch
+
+        from xai_batch.engines import make_engine
+
+        torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
+        self.threads = threads
+        self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
+        self._checkpoint_bytes = checkpoint_bytes
+        self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
+
+    def describe(self) -> dict:
+        """Where this replica runs: device, node, process, threads."""
+        return {
+            "device": str(self.engine.device),
+            "engine": self.engine.version,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "threads": self.threads,
+        }
+
+    def predict(self, prepared, start: int, stop: int):
+        """(row count, probabilities (stop - start, C)) for sample rows [start, stop).
+
+        Called with ``num_returns=2``: the driver waits on the tiny count and
+        hands the probabilities to the surrogate task without fetching them.
+        """
+        probs = self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
+        return len(probs), probs
+
+    def gradients(self, method: str, prepared, top_labels: int):
+        """(1, GradientOutputs): ``method``'s gradient pass on the image (a :class:`GradientMethod`).
+
+        Gradients need PyTorch whatever the engine, so the replica builds each
+        gradient method's pass (a PyTorch copy of the model on the engine's
+        device) the first time it is asked for it.
+        """
+        if method not in self._gradient_passes:
+            self._gradient_passes[method] = get_method(method).gradient_pass(self._checkpoint_bytes,
+                                                                             str(self.engine.device))
+        return 1, self._gradient_passes[method](prepared.image, top_labels)
+
+
+class Replicas:
+    """The job's model replicas, as named Ray actors; a dead one is replaced.
+
+    By default one per GPU, else one, spread over the cluster's nodes. GPU
+    replicas ask for a whole GPU (a share of one when there are more replicas
+    than GPUs). CPU replicas reserve
+    at most one CPU each and leave at least one for the segmentation tasks, so
+    neither stage can starve the other; each runs the model on its share of
+    its node's cores. Ray does not restart them (``max_restarts=0``): the
+    driver replaces a dead replica with a new one, loaded from the checkpoint
+    reference it holds, and decides which work to resend.
+    """
+
+    def __init__(
+        self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
+        engine: str = "auto",
+    ) -> None:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        cpus = resources.get("CPU", 1.0)
+        count = count or max(gpus, 1)
+        self.options = {
+            "num_gpus": min(1.0, gpus / count) if gpus else 0,
+            "num_cpus": min(1.0, max(cpus - 1, 0) / count),
+            "max_restarts": 0,
+            "scheduling_strategy": "SPREAD",
+        }
+        nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
+        node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
+        threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
+        self._args = (checkpoint_ref, precision, batch_size, threads, engine)
+        self._actor = ray.remote(ModelReplica)
+        self.name = name
+        self.started = 0
+        self.handles = [self._start() for _ in range(count)]
+        self.placement = ray.get([handle.describe.remote() for handle in self.handles])
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def _start(self):
+        self.started += 1
+        return self._actor.options(**self.options, name=f"{self.name}-replica-{self.started}").remote(*self._args)
+
+    def replace(self, index: int) -> None:
+        """Start a new replica in place of the dead one at ``index`` (and wait until it is loaded)."""
+        ray.kill(self.handles[index], no_restart=True)
+        self.handles[index] = self._start()
+        self.placement[index] = ray.get(self.handles[index].describe.remote())
+
+    @property
+    def replaced(self) -> int:
+        return self.started - len(self.handles)
+
+    def shutdown(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle, no_restart=True)

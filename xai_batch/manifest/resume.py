@@ -1,0 +1,93 @@
+"""What an output already holds: resuming a run into it, and reusing another run's rows.
+
+A run into an ``out`` that already holds results of the same configuration
+resumes: each method's results for an unchanged file are kept, and only what
+is missing (a new or changed file, an error, a method added since) is done.
+With ``reuse``, rows of the same configuration are first copied from another
+output for the images ``out`` lacks, and then count as done the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow.compute as pc
+
+from xai_batch.errors import ConfigError
+from xai_batch.manifest.reader import read_manifest
+from xai_batch.manifest.schema import MANIFEST_DIR
+from xai_batch.manifest.writer import new_run_id, write_part
+from xai_batch.storage import locate
+
+__all__ = ["resume_state", "reuse_rows", "manifest_counts"]
+
+log = logging.getLogger(__name__)
+
+
+def resume_state(out: str, compatible: set[str], overwrite: bool) -> dict[str, dict[str, str]]:
+    """Path -> method -> sha256 of the results ``out`` already holds good rows for.
+
+    ``compatible`` are this configuration's hashes for every method: rows of
+    a method this run does not ask for may stay. Results of another
+    configuration are refused, unless ``overwrite`` says to discard them (it
+    discards this configuration's too: the run starts over).
+    Error rows are not "done": a resumed run retries them.
+    """
+    existing = read_manifest(out)
+    if existing.num_rows == 0:
+        return {}
+    hashes = set(existing.column("config_hash").drop_null().to_pylist())
+    if hashes - compatible:
+        if not overwrite:
+            raise ConfigError(
+                f"{out!r} holds results of another configuration (config_hash "
+                f"{', '.join(sorted(hashes - compatible))}); pass --overwrite to start over, or choose another --out",
+                "out",
+            )
+        locate(out).child(MANIFEST_DIR).delete_dir()
+        return {}
+    if overwrite:
+        locate(out).child(MANIFEST_DIR).delete_dir()
+        return {}
+    rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "method", "sha256"])
+    done: dict[str, dict[str, str]] = {}
+    for row in rows.to_pylist():
+        done.setdefault(row["path"], {})[row["method"]] = row["sha256"]
+    return done
+
+
+def reuse_rows(
+    out: str, reuse: str, hashes: dict[str, str], paths: list[str], done: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    """Copy ``reuse``'s ok rows of this configuration for the images and methods ``out`` lacks.
+
+    The rows keep their run ids, older than this run's, so an image whose file
+    changed since is redone by the prepare task's hash check and its new rows
+    supersede the copies. Returns path -> method -> sha256 of what was copied.
+    """
+    previous = read_manifest(reuse)
+    wanted = set(paths)
+    keep = [
+        status == "ok" and hashes.get(method) == digest and path in wanted and method not in done.get(path, {})
+        for path, method, status, digest in zip(
+            previous["path"].to_pylist(), previous["method"].to_pylist(), previous["status"].to_pylist(),
+            previous["config_hash"].to_pylist())
+    ]
+    rows = previous.filter(keep)
+    if rows.num_rows:
+        folder = locate(out).child(MANIFEST_DIR)
+        folder.make_dirs()
+        write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
+    log.info("reused %d rows of %s", rows.num_rows, reuse)
+    reused: dict[str, dict[str, str]] = {}
+    for row in rows.select(["path", "method", "sha256"]).to_pylist():
+        reused.setdefault(row["path"], {})[row["method"]] = row["sha256"]
+    return reused
+
+
+def manifest_counts(out: str) -> dict[str, int]:
+    """Counts over the current manifest (all runs), as job.json reports them."""
+    table = read_manifest(out).select(["path", "status"]).to_pylist()
+    errors = {row["path"] for row in table if row["status"] == "error"}
+    ok = {row["path"] for row in table} - errors
+    return {"images": len(ok | errors), "ok": len(ok), "error": len(errors), "rows": len(table)}
