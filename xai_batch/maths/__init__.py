@@ -3,7 +3,10 @@ the surrogate, masks, the stopping rule, and the quality and localisation measur
 
 Nothing here knows about Ray, Click, the config or files, so each piece is
 tested in milliseconds against ``lime`` itself; numpy, scikit-image and lime
-are its tools, torch only as a numeric library (perturbations on a device).
+are its tools, torch only as a numeric library: perturbations, and the ports
+of lime's superpixels (``device_superpixels``) and surrogate
+(``device_surrogate``) that run on the model's device, each tested against
+lime's own code, never against a copy of itself.
 Nothing of xai_batch outside this package may be imported from here. Names
 are imported on first use, so reading masks never loads torch.
 """
@@ -20,6 +23,9 @@ _HOMES = {
     "top_features": "masks",
     "hidden_image": "perturbation",
     "perturb": "perturbation",
+    "DeviceSegments": "device_superpixels",
+    "quickshift_on_device": "device_superpixels",
+    "fit_surrogates_on_device": "device_surrogate",
     "Quickshift": "superpixels",
     "quickshift_segments": "superpixels",
     "sample_rows": "sampling",
