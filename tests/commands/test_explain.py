@@ -148,3 +148,31 @@ def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes
     np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
     record = json.loads((tmp_path / "auto" / "job.json").read_text())
     assert record["config"]["num_samples"] == "auto" and record["config"]["max_samples"] == 400
+
+
+def test_job_json_says_where_the_time_went(ray_session, three_shapes, shapes_model, tmp_path):
+    """Busy seconds by stage and the replica's share waiting, on one image, moving the right way: more
+    samples (and the faithfulness curves) grow the model's share, --faithfulness gives the quality
+    stage its work."""
+    from xai_batch.distributed.stages import STAGES
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "disc.png").write_bytes(open(os.path.join(three_shapes, "disc.png"), "rb").read())
+
+    def stages(name: str, **options) -> dict:
+        config = ExplainConfig(source=str(one), out=str(tmp_path / name), checkpoint=shapes_model, **options)
+        assert run_explain(config, progress=False).ok == 1
+        return json.loads((tmp_path / name / "job.json").read_text())["runs"][-1]["stages"]
+
+    def share(run: dict, stage: str) -> float:
+        return run["busy_seconds"][stage] / sum(run["busy_seconds"].values())
+
+    few, more = stages("few", num_samples=20), stages("more", num_samples=160, faithfulness=True)
+    for run in (few, more):
+        assert set(run["busy_seconds"]) == set(STAGES)
+        assert len(run["replica_waiting"]) == 1 and 0 <= run["replica_waiting"][0] < 1
+    assert all(few["busy_seconds"][stage] > 0 for stage in STAGES if stage != "quality")
+    assert share(more, "model") > share(few, "model")
+    assert few["busy_seconds"]["quality"] == 0 < more["busy_seconds"]["quality"]
+    assert more["replica_waiting"][0] < few["replica_waiting"][0]  # more model work per image: less waiting

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import ray
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import connected
 from xai_batch.distributed.pipeline import Pipeline
+from xai_batch.distributed.stages import STAGES
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.errors import ConfigError
 from xai_batch.images import discover_images
@@ -141,6 +143,10 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
                 bar.close()
                 counts["rows"] = ray.get(writer.close.remote())
                 run["ray"].update(replicas_replaced=replicas.replaced, chunks_by_node=pipeline.chunks_by_node)
+                try:
+                    run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()))
+                except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
+                    log.warning("no stage times: a replica or the writer is gone")
                 replicas.shutdown()
             timings["explain_seconds"] = time.time() - models_ready
             worked = counts["ok"] + counts["error"]
@@ -176,6 +182,20 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
         seconds=timings["seconds"],
         reused=counts["reused"],
     )
+
+
+def _stage_times(busy: Mapping[str, float], replicas: list[tuple[float, float]], writing: float) -> dict:
+    """job.json's account of where the time went: busy seconds by stage, and each replica's share waiting.
+
+    The CPU stages' seconds are summed over images (on several workers at
+    once they can exceed the run's wall time); "model" is the replicas' busy
+    time. A replica that waits most of the time is held up by the CPU stages.
+    """
+    seconds = {stage: round(busy.get(stage, 0.0), 4) for stage in STAGES}
+    seconds["model"] = round(sum(work for work, _ in replicas), 4)
+    seconds["writing"] = round(writing, 4)
+    waiting = [round(1 - work / alive, 4) if alive > 0 else 0.0 for work, alive in replicas]
+    return {"busy_seconds": seconds, "replica_waiting": waiting}
 
 
 def _iso(timestamp: float) -> str:

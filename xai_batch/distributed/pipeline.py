@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,7 @@ class Pipeline:
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
         self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
         self.chunks_by_node: dict[str, int] = {}
+        self.busy: Counter[str] = Counter()  # seconds by stage, summed over images: the CPU stages' share
 
     def run(self) -> None:
         while self.todo or self.preparing or self.remaining:
@@ -159,6 +160,7 @@ class Pipeline:
             header: ImageHeader = ray.get(ref)
         except ray.exceptions.RayError as exc:
             header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}", methods=self.config.methods)
+        self.busy.update(header.busy)
         if header.skipped:
             self.counts["skipped"] += 1
             self.counts["reused"] += path in self.reused
@@ -253,10 +255,11 @@ class Pipeline:
         key, rows, extra = self.finishing.pop(ref)
         image = self.images[key]
         try:
-            count, extra_rows = ray.get(ref)  # the rows go from the task to the writer, not through here
+            count, extra_rows, busy = ray.get(ref)  # the rows go from the task to the writer, not through here
         except ray.exceptions.RayError as exc:
             self._fail(key, f"explaining failed: {_describe(exc)}")
             return
+        self.busy.update(busy)
         if count == 0:  # not settled yet: draw the next round of samples
             image.round += 1
             self._queue_round(key, image, self.schedule[image.round - 1])
@@ -289,32 +292,37 @@ class Pipeline:
 
 def _finish_from_chunks(
     header: ImageHeader, prepared, context: RowContext, method: str, *chunks
-) -> tuple[tuple[int, int], list[dict] | None, PreparedImage | None]:
+) -> tuple[tuple[int, int, dict], list[dict] | None, PreparedImage | None]:
     """``finish`` on the chunks' outputs, which Ray hands over as arguments.
 
-    Returns ((row count, quality rows), rows, quality payload) as three
-    objects: the driver waits on the counts, the writer (or ``score``) takes
-    the rows, the replicas the payload. A row count of 0 asks for more
-    samples: ``auto`` found the explanation not settled yet. Quality rows
-    > 0 ask for the model's outputs on the payload's rows before ``score``.
+    Returns ((row count, quality rows, seconds by stage), rows, quality
+    payload) as three objects: the driver waits on the counts, the writer
+    (or ``score``) takes the rows, the replicas the payload. A row count of
+    0 asks for more samples: ``auto`` found the explanation not settled yet.
+    Quality rows > 0 ask for the model's outputs on the payload's rows
+    before ``score``.
     """
+    started = time.perf_counter()
     outputs = get_method(method).combine(chunks)
     if not enough_samples(prepared, outputs, context):
-        return (0, 0), None, None
+        return (0, 0, {"surrogate": time.perf_counter() - started}), None, None
     rows = finish(header, prepared, outputs, context, method)
+    fitted = time.perf_counter()
     if not context.measures_quality:
-        return (len(rows), 0), rows, None
+        return (len(rows), 0, {"surrogate": fitted - started}), rows, None
     extra = quality_rows(header, prepared, rows, context, method)
-    return (len(rows), len(extra.rows)), rows, extra
+    busy = {"surrogate": fitted - started, "quality": time.perf_counter() - fitted}
+    return (len(rows), len(extra.rows), busy), rows, extra
 
 
 def _score_from_chunks(
     header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, method: str,
     *chunks: np.ndarray,
-) -> tuple[tuple[int, int], list[dict]]:
-    """``score`` on the outputs for the quality rows: ((row count, 0), the rows with their measures)."""
+) -> tuple[tuple[int, int, dict], list[dict]]:
+    """``score`` on the outputs for the quality rows: ((row count, 0, seconds), the rows with their measures)."""
+    started = time.perf_counter()
     scored = score(header, rows, extra, np.concatenate(chunks), context, method)
-    return (len(scored), 0), scored
+    return (len(scored), 0, {"quality": time.perf_counter() - started}), scored
 
 
 def _describe(exc: BaseException) -> str:

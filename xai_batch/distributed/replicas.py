@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import ray
 
@@ -16,7 +17,9 @@ class ModelReplica:
     """Loads the model once, then does the model work of every method: one entry per kind.
 
     ``predict`` evaluates a chunk of a perturbation method's sample rows;
-    ``gradients`` runs a gradient method's pass on an image.
+    ``gradients`` runs a gradient method's pass on an image. ``busy`` says
+    how much of its time since it loaded went to that work: the rest it
+    waited for work.
 
     Usable without Ray (construct it and call ``predict``) and as a Ray actor
     (``ray.remote(ModelReplica)``); the job driver does the latter.
@@ -32,6 +35,8 @@ class ModelReplica:
         self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
         self._checkpoint_bytes = checkpoint_bytes
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
+        self._loaded = time.monotonic()
+        self._busy = 0.0
 
     def describe(self) -> dict:
         """Where this replica runs: device, node, process, threads."""
@@ -49,7 +54,9 @@ class ModelReplica:
         Called with ``num_returns=2``: the driver waits on the tiny count and
         hands the probabilities to the surrogate task without fetching them.
         """
+        started = time.monotonic()
         probs = self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
+        self._busy += time.monotonic() - started
         return len(probs), probs
 
     def gradients(self, method: str, prepared, top_labels: int):
@@ -59,10 +66,17 @@ class ModelReplica:
         gradient method's pass (a PyTorch copy of the model on the engine's
         device) the first time it is asked for it.
         """
+        started = time.monotonic()
         if method not in self._gradient_passes:
             self._gradient_passes[method] = get_method(method).gradient_pass(self._checkpoint_bytes,
                                                                              str(self.engine.device))
-        return 1, self._gradient_passes[method](prepared.image, top_labels)
+        outputs = self._gradient_passes[method](prepared.image, top_labels)
+        self._busy += time.monotonic() - started
+        return 1, outputs
+
+    def busy(self) -> tuple[float, float]:
+        """(seconds of model work, seconds since the model loaded)."""
+        return self._busy, time.monotonic() - self._loaded
 
 
 class Replicas:
@@ -118,6 +132,10 @@ class Replicas:
     @property
     def replaced(self) -> int:
         return self.started - len(self.handles)
+
+    def busy(self) -> list[tuple[float, float]]:
+        """Each live replica's (seconds of model work, seconds since it loaded)."""
+        return ray.get([handle.busy.remote() for handle in self.handles])
 
     def shutdown(self) -> None:
         for handle in self.handles:

@@ -8,13 +8,18 @@ then gives the rows those measures need the model's outputs on (deletion and
 insertion curves, a second explanation), and ``score`` adds the measures to
 the manifest rows. All are plain functions: Ray runs them as tasks, tests call them
 directly. Model evaluation in between belongs to an :class:`~xai_batch.engines.Engine`.
+
+Each stage says how long it was busy, by the names of :data:`STAGES`, so that
+``job.json`` can show whether the model or the CPU work around it set a run's
+pace.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,7 +36,11 @@ from xai_batch.manifest.rows import RowContext, encode_segments, explanation_row
 from xai_batch.methods import DEFAULT_METHOD, explained_labels, get_method, method_seed
 from xai_batch.storage import Location
 
-__all__ = ["ImageHeader", "PreparedImage", "prepare", "enough_samples", "finish", "quality_rows", "score"]
+__all__ = ["STAGES", "ImageHeader", "PreparedImage", "prepare", "enough_samples", "finish", "quality_rows", "score"]
+
+# Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
+# "surrogate" the surrogate or solver with the masks and rows, "quality" the measures' own CPU work.
+STAGES = ("read_decode", "segmentation", "sampling", "model", "surrogate", "quality", "writing")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class ImageHeader:
     methods: tuple[str, ...] = ()  # the methods to run on it: those without results for this content
     drawn: tuple[int, ...] = ()  # per method to run, the sample rows its payload holds
     skipped: bool = False  # every method already in the manifest with the same content
+    busy: dict[str, float] = field(default_factory=dict, compare=False)  # seconds by stage, in prepare
 
 
 @dataclass(frozen=True)
@@ -74,34 +84,43 @@ def prepare(
     """
     done = done or {}
     nothing = (None,) * len(config.methods)
+    started = time.perf_counter()
+
+    def read_for() -> dict[str, float]:
+        return {"read_decode": time.perf_counter() - started}
+
     try:
         data = source.child(path).read_bytes()
     except OSError as exc:
-        return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods), *nothing
+        return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), *nothing
     sha256 = hashlib.sha256(data).hexdigest()
     todo = tuple(method for method in config.methods if done.get(method) != sha256)
     if not todo:
-        return ImageHeader(path, sha256=sha256, skipped=True), *nothing
+        return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), *nothing
     try:
         loaded = load_image(data, config.max_pixels)
         object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
     except ImageError as exc:
-        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo), *nothing
+        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo, busy=read_for()), *nothing
+    busy = read_for()
     seed = image_seed(config.seed, loaded.sha256)
+    segmenting = time.perf_counter()
     segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
     num_segments = int(segments.max()) + 1
     hidden = hidden_image(loaded.pixels, segments, config.hide_color)
+    sampling = time.perf_counter()
     rows = {
         method: get_method(method).sample(method_seed(seed, method), num_segments, config.samples_drawn)
         for method in todo
     }
+    busy.update(segmentation=sampling - segmenting, sampling=time.perf_counter() - sampling)
     payloads = [
         PreparedImage(loaded.pixels, hidden, segments.astype(np.int32), rows[method].astype(np.uint8), object_mask)
         if method in todo else None
         for method in config.methods
     ]
     header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, seed, num_segments, methods=todo,
-                         drawn=tuple(len(rows[method]) for method in todo))
+                         drawn=tuple(len(rows[method]) for method in todo), busy=busy)
     return header, *payloads
 
 

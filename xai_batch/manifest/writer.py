@@ -46,6 +46,7 @@ class ManifestWriter:
         self._parts = 0
         self._last_flush = time.monotonic()
         self.rows_written = 0
+        self.seconds_writing = 0.0
 
     def add(self, rows: Iterable[Mapping], seconds: float | None = None) -> int:
         """Buffer ``rows`` (stamped with the run id and, if given, ``seconds``); returns their number."""
@@ -61,11 +62,17 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
+        started = time.perf_counter()
         write_part(self.folder, f"part-{self.run_id}-{self._parts:05d}.parquet",
                    pa.Table.from_pylist(self._buffer, schema=SCHEMA))
+        self.seconds_writing += time.perf_counter() - started
         self._parts += 1
         self.rows_written += len(self._buffer)
         self._buffer = []
+
+    def writing(self) -> float:
+        """The seconds spent writing parts so far."""
+        return self.seconds_writing
 
     def close(self) -> int:
         """Write what is buffered; returns the rows written in all."""
