@@ -634,11 +634,8 @@ def submit_audit(settings: dict, **options) -> None:
     Paths are as the cluster sees them, as for `submit explain`. With --wait the
     command exits with the audit's own status: 3 when a --fail-on condition is met.
     """
-    if options["label_map"] in BUILTIN_MAPS:
-        paths = ("source", "out", "previous", "labels", "masks")
-    else:
-        paths = ("source", "out", "previous", "labels", "masks", "label_map")
-    _submit_job("audit.py", settings, options, paths=paths)
+    files = () if options["label_map"] in BUILTIN_MAPS else ("label_map",)  # a built-in map is a name, not a file
+    _submit_job("audit.py", settings, options, paths=("source", "out", "previous", "labels", "masks", *files))
 
 
 def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ...]) -> None:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import connected
 from xai_batch.distributed.pipeline import Pipeline
-from xai_batch.distributed.stages import STAGES
 from xai_batch.distributed.replicas import Replicas
+from xai_batch.distributed.stages import STAGES
 from xai_batch.errors import ConfigError
 from xai_batch.images import discover_images
 from xai_batch.manifest import (

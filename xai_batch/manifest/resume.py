@@ -49,11 +49,7 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> dict[str, d
     if overwrite:
         locate(out).child(MANIFEST_DIR).delete_dir()
         return {}
-    rows = existing.filter(pc.equal(existing.column("status"), "ok")).select(["path", "method", "sha256"])
-    done: dict[str, dict[str, str]] = {}
-    for row in rows.to_pylist():
-        done.setdefault(row["path"], {})[row["method"]] = row["sha256"]
-    return done
+    return _hashes_by_path(existing.filter(pc.equal(existing.column("status"), "ok")))
 
 
 def reuse_rows(
@@ -79,10 +75,15 @@ def reuse_rows(
         folder.make_dirs()
         write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
     log.info("reused %d rows of %s", rows.num_rows, reuse)
-    reused: dict[str, dict[str, str]] = {}
+    return _hashes_by_path(rows)
+
+
+def _hashes_by_path(rows) -> dict[str, dict[str, str]]:
+    """Path -> method -> sha256 of the file the rows were made from."""
+    found: dict[str, dict[str, str]] = {}
     for row in rows.select(["path", "method", "sha256"]).to_pylist():
-        reused.setdefault(row["path"], {})[row["method"]] = row["sha256"]
-    return reused
+        found.setdefault(row["path"], {})[row["method"]] = row["sha256"]
+    return found
 
 
 def manifest_counts(out: str) -> dict[str, int]:

@@ -82,6 +82,15 @@ def _overlap(height: int, width: int, dr: int, dc: int) -> tuple[tuple, tuple]:
     return pixels, taps
 
 
+def _window_sizes(height: int, width: int, half_width: int) -> np.ndarray:
+    """(H, W) float64: how many taps of each pixel's window are inside the image (the window is clipped)."""
+    def inside(size: int) -> np.ndarray:
+        at = np.arange(size)
+        return np.minimum(at + half_width + 1, size) - np.maximum(at - half_width, 0)
+
+    return np.outer(inside(height), inside(width)).astype(np.float64)
+
+
 def _distance(lab: torch.Tensor, pixels, taps, dr: int, dc: int) -> torch.Tensor:
     """scikit-image's squared distance, in its order: channels 0, 1, 2, then dr², then dc²."""
     here, there = lab[pixels], lab[taps]
@@ -115,11 +124,10 @@ def quickshift_on_device(images: np.ndarray, params: Quickshift, device: torch.d
     taps = _taps(half_width)
 
     density = torch.tensor(noise, dtype=torch.float64, device=device).repeat(count, 1, 1)
-    terms = torch.zeros((1, height, width), dtype=torch.float64, device=device)
     for dr, dc in taps:
         pixels, there = _overlap(height, width, dr, dc)
         density[pixels] += torch.exp(_distance(lab, pixels, there, dr, dc) * inv)
-        terms[pixels] += 1
+    terms = torch.from_numpy(_window_sizes(height, width, half_width)).to(device)  # the taps each pixel added
     # |this density - the C library's| <= eps (EXP_ULPS + n) |density|: each of the n terms' exp within
     # EXP_ULPS ulps, each of the n additions one rounding apart; doubled, plus the noise's scale.
     bound = margin * 2 * _EPS * (EXP_ULPS + terms) * (density.abs() + 1e-4)
