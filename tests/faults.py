@@ -17,12 +17,12 @@ def inject() -> None:
     import xai_batch.engines as engine
     import xai_batch.distributed.stages as stages
 
-    prepare = stages.prepare
+    decode = stages.decode
 
-    def crashing_prepare(source, path, config, done=None):
+    def crashing_decode(source, path, config, done=None):
         if "poison-decode" in path:
             os._exit(1)
-        return prepare(source, path, config, done)
+        return decode(source, path, config, done)
 
     def crashing(predict):
         def crashing_predict(self, image, hidden, segments, rows):
@@ -32,6 +32,6 @@ def inject() -> None:
 
         return crashing_predict
 
-    stages.prepare = crashing_prepare
+    stages.decode = crashing_decode  # the workers' prepare decodes through it too
     for kind in (engine.TorchEngine, engine.OnnxEngine):  # whichever engine the replica runs
         kind.predict = crashing(kind.predict)

@@ -35,3 +35,16 @@ def test_the_hash_tells_auto_and_its_ceiling_apart(folder):
     assert digest(num_samples="auto", max_samples=1000) != digest(num_samples="auto", max_samples=2000)
     assert digest(num_samples=1000, max_samples=1000) == digest(num_samples=1000, max_samples=2000)  # unused
     assert digest(num_samples=1000, batch_size=7, actors=3) == digest(num_samples=1000)  # speed only
+
+
+def test_stages_are_checked_and_auto_is_the_replica_only_on_cuda():
+    from xai_batch.commands.explain import pipeline_for
+    from xai_batch.distributed.pipeline import Pipeline
+    from xai_batch.distributed.replica_pipeline import ReplicaPipeline
+
+    with pytest.raises(ConfigError, match="stages must be one of auto, workers, replica, got 'gpu'"):
+        ExplainConfig(source=".", out="out", stages="gpu")
+    cpu, cuda = [{"device": "cpu"}], [{"device": "cuda:0"}, {"device": "cuda:1"}]
+    assert pipeline_for("auto", cuda) is ReplicaPipeline and pipeline_for("auto", cpu) is Pipeline
+    assert pipeline_for("auto", [*cpu, *cuda]) is Pipeline  # a CPU replica would be the slow one
+    assert pipeline_for("replica", cpu) is ReplicaPipeline and pipeline_for("workers", cuda) is Pipeline

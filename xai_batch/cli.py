@@ -20,7 +20,7 @@ from importlib import metadata
 
 import click
 
-from xai_batch.config import AUTO, ExplainConfig, check_methods
+from xai_batch.config import AUTO, PLACEMENTS, ExplainConfig, check_methods
 from xai_batch.engines import ENGINES, PRECISIONS
 from xai_batch.analysis.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
@@ -217,6 +217,10 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
         _ACTORS,
         _PRECISION,
         _ENGINE,
+        click.option("--stages", type=click.Choice(PLACEMENTS), default="auto", show_default=True,
+                     help="Where the work after decoding runs: workers (CPU tasks segment and fit, the replicas "
+                          "run the model), replica (the replicas do all of it on their device), auto (replica "
+                          "on CUDA, workers on CPUs). The rows are the same."),
         _max_pixels(),
         click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Write finished rows at least this often: what a crash can lose."),

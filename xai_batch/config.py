@@ -23,10 +23,11 @@ from xai_batch.maths.superpixels import Quickshift
 from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
 from xai_batch.storage import is_uri, locate
 
-__all__ = ["ExplainConfig", "AUTO", "config_hash", "check_methods"]
+__all__ = ["ExplainConfig", "AUTO", "PLACEMENTS", "config_hash", "check_methods"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 AUTO = "auto"
+PLACEMENTS = ("auto", "workers", "replica")  # where the stages after decoding run: ``ExplainConfig.stages``
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class ExplainConfig:
     so only new and changed images cost model time; it is not hashed, because
     a copied row is the row this run would have computed.
 
+    ``stages`` says where the work after decoding runs: 'workers' (CPU tasks
+    segment, sample and fit; the replicas only run the model), 'replica'
+    (the replicas do all of it on their device, CPU tasks only read and
+    decode), or 'auto' (the replica on CUDA, the workers on CPUs, where
+    scikit-image's quickshift is faster than the torch port). Not hashed:
+    the rows are the same (on CUDA lime's surrogate is fitted there, within
+    1e-9 of the CPU's).
+
     ``num_samples="auto"`` draws samples in rounds, up to ``max_samples``, and
     stops an image once its top ``num_features`` superpixels and their signs
     are settled (:mod:`xai_batch.maths.convergence`); the rows used are a
@@ -86,6 +95,7 @@ class ExplainConfig:
     stability: bool = False
     masks: str | None = None
     engine: str = "auto"
+    stages: str = AUTO
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
     segmentation: Quickshift = field(default_factory=Quickshift)
 
@@ -117,6 +127,8 @@ class ExplainConfig:
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
                 "precision",
             )
+        if self.stages not in PLACEMENTS:
+            raise ConfigError(f"stages must be one of {', '.join(PLACEMENTS)}, got {self.stages!r}", "stages")
         _check_storage(self.source, self.out, self.checkpoint)
         check_engine(self.engine, self.precision)
         if self.masks is not None and not _safely(lambda: locate(self.masks).is_dir()):

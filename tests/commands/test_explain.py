@@ -3,9 +3,11 @@
 import functools
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from lime.lime_image import LimeImageExplainer
 
 from helpers import SHAPE_CLASSES, assert_verified, load_model
@@ -14,17 +16,26 @@ from xai_batch.maths import MASK_AGAINST, MASK_FOR
 from xai_batch.images import load_image
 from xai_batch.manifest import SCHEMA, decode_mask, decode_segments, read_manifest
 from xai_batch.reference import seed_batch_predict
+from xai_batch.synthetic import SHAPES, mask_path
 from xai_batch.commands import run_explain
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
-def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, engine):
-    """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model."""
+_ON_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("engine, stages", [
+    ("torch", "workers"), ("onnxruntime", "workers"), ("torch", "replica"),
+    pytest.param("torch", "auto", marks=_ON_CUDA, id="cuda-auto-is-the-replica"),
+])
+def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, engine, stages):
+    """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model, wherever
+    the stages run: with ``replica`` the segments are the torch port's, checked against lime's own (the
+    engine a GPU replica runs; ONNX Runtime's replica rows equal its workers': the test below)."""
     num_samples = 120
     config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
-                           num_samples=num_samples, seed=42, batch_size=50, engine=engine)
+                           num_samples=num_samples, seed=42, batch_size=50, engine=engine, stages=stages)
     result = run_explain(config, progress=False)
     assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
     table = read_manifest(config.out)
@@ -50,6 +61,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
     assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
     assert record["engine"].split()[0] == engine and set(table.column("engine").to_pylist()) == {record["engine"]}
+    assert record["runs"][-1]["stages"]["ran_on"] == ("replica" if stages == "auto" else stages)  # auto: on CUDA
 
 
 @functools.cache
@@ -80,6 +92,41 @@ def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, three_sha
             assert a[column] == b[column], (a["path"], column)
         np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6, rtol=0)
         np.testing.assert_allclose(a["topk_prob"], b["topk_prob"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shapes, options", [
+    (SHAPES[:2], {"methods": ("lime", "kernelshap", "gradcam"), "top_labels": 2}),
+    (SHAPES[2:3], {"faithfulness": True, "stability": True, "masks": True}),
+], ids=["three-methods-two-labels", "quality-and-masks"])
+def test_same_manifest_whatever_the_stages(ray_session, shapes_data, shapes_model, tmp_path, shapes, options):
+    """The replica's stage (the torch port of quickshift, every step in the replica) writes the workers'
+    manifest bit for bit, error rows included; only when each row was written and how long it took differ.
+    (Few images, as the model's work is most of the cost: the photos' test checks the segments of more.)"""
+    source = tmp_path / "data"
+    source.mkdir()
+    for shape in shapes:
+        image = f"{shapes_data['holdout']}/{shape}/{shape}_0001.png"
+        shutil.copy(image, source / f"{shape}.png")
+        shutil.copy(mask_path(image), mask_path(str(source / f"{shape}.png")))
+    (source / "broken.png").write_text("this is not a PNG")
+    options = {**options, "masks": str(source)} if options.get("masks") else options
+    manifests = {}
+    for stages in ("workers", "replica"):
+        config = ExplainConfig(source=str(source), out=str(tmp_path / stages), checkpoint=shapes_model,
+                               num_samples=16, batch_size=10, seed=5, stages=stages, **options)
+        result = run_explain(config, progress=False)
+        assert (result.ok, result.errors) == (len(shapes), 1)
+        rows = read_manifest(config.out).to_pylist()
+        assert all(row["seconds"] > 0 for row in rows if row["status"] == "ok")
+        manifests[stages] = sorted(({k: v for k, v in row.items() if k not in ("run_id", "seconds")} for row in rows),
+                                   key=lambda row: (row["path"], row["method"], row["explained_index"] or 0))
+        ran = json.loads((tmp_path / stages / "job.json").read_text())["runs"][-1]["stages"]
+        assert ran["ran_on"] == stages and ran["settled_pixels"] >= 0
+        assert ran["busy_seconds"]["segmentation"] > 0 and ran["busy_seconds"]["model"] > 0
+    methods, labels = len(options.get("methods", ["lime"])), options.get("top_labels", 1)
+    assert len(manifests["replica"]) == len(manifests["workers"]) == len(shapes) * methods * labels + methods
+    assert manifests["replica"] == manifests["workers"]
+    assert_verified(str(tmp_path / "replica"), str(source))
 
 
 def test_several_labels_and_a_bad_file(ray_session, shapes_data, shapes_model, tmp_path):
@@ -122,20 +169,22 @@ def test_uris_for_source_out_and_checkpoint(ray_session, shapes_data, shapes_mod
     assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["source"] == source
 
 
-def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes_model, tmp_path):
+@pytest.mark.parametrize("stages", ["workers", "replica"])
+def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes_model, tmp_path, stages):
     """``--num-samples auto`` stops each image at a round of its schedule, and its answer there is
     lime's for that many samples: the rows used are a prefix of the full sample matrix."""
     from xai_batch.maths.convergence import sample_schedule
 
     config = ExplainConfig(source=three_shapes, out=str(tmp_path / "auto"), checkpoint=shapes_model,
-                           num_samples="auto", max_samples=400, num_features=1, seed=3, batch_size=100)
+                           num_samples="auto", max_samples=300, num_features=1, seed=3, batch_size=100,
+                           stages=stages)
     result = run_explain(config, progress=False)
     assert (result.ok, result.errors) == (3, 0)
     assert_verified(config.out, three_shapes)
     rows = read_manifest(config.out).to_pylist()
-    assert all(row["num_samples"] in sample_schedule(400) for row in rows)
+    assert all(row["num_samples"] in sample_schedule(300) for row in rows)
     row = min(rows, key=lambda row: row["num_samples"])
-    assert row["num_samples"] < 400  # the shapes model's top superpixel settles early on some image
+    assert row["num_samples"] < 300  # the shapes model's top superpixel settles early on some image
     with open(os.path.join(three_shapes, row["path"]), "rb") as handle:
         image = load_image(handle.read()).pixels
     lime = LimeImageExplainer(random_state=row["seed"]).explain_instance(
@@ -147,7 +196,7 @@ def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes
         expected[segment] = weight
     np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
     record = json.loads((tmp_path / "auto" / "job.json").read_text())
-    assert record["config"]["num_samples"] == "auto" and record["config"]["max_samples"] == 400
+    assert record["config"]["num_samples"] == "auto" and record["config"]["max_samples"] == 300
 
 
 def test_job_json_says_where_the_time_went(ray_session, three_shapes, shapes_model, tmp_path):

@@ -214,19 +214,28 @@ def test_a_killed_replica_is_replaced_and_its_work_redone(ray_session, three_sha
 
 
 def test_an_image_that_keeps_crashing_workers_becomes_an_error_row(random_checkpoint, shapes_data, tmp_path):
+    """Whichever stages run. In the replica's (on its own folder: decoding is the same task in both) the
+    images of a call that killed a replica are resent one a call, and the one that kills it again is the
+    error row."""
     source = tmp_path / "src"
     shutil.copytree(os.path.join(shapes_data["holdout"], "disc"), source / "disc", ignore=shutil.ignore_patterns("*.pgm"))
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(source / "poison-decode.png")
     Image.new("RGB", (64, 64), MAGENTA).save(source / "magenta.png")
+    replica_source = tmp_path / "src-replica"
+    replica_source.mkdir()
+    for name in ("disc/disc_0000.png", "magenta.png"):
+        shutil.copy(source / name, replica_source / os.path.basename(name))
     out = str(tmp_path / "out")
     driver = textwrap.dedent(f"""
         import logging, ray
         from xai_batch import ExplainConfig, run_explain
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
                  runtime_env={{"worker_process_setup_hook": "faults.inject", "env_vars": {{"PYTHONPATH": {TESTS!r}}}}})
-        result = run_explain(ExplainConfig(source={str(source)!r}, out={out!r}, checkpoint={random_checkpoint!r},
-                                           num_samples=20, batch_size=10), progress=False)
-        print("RESULT", result.ok, result.errors)
+        for stages, source in (("workers", {str(source)!r}), ("replica", {str(replica_source)!r})):
+            result = run_explain(ExplainConfig(source=source, out={out!r} + "-" + stages,
+                                               checkpoint={random_checkpoint!r}, num_samples=20, batch_size=10,
+                                               stages=stages), progress=False)
+            print("RESULT", stages, result.ok, result.errors)
     """)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = TESTS
@@ -237,9 +246,13 @@ def test_an_image_that_keeps_crashing_workers_becomes_an_error_row(random_checkp
     finally:
         _cleanup(process)
     assert process.returncode == 0, stderr[-3000:]
-    assert "RESULT 2 2" in stdout
-    rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
+    assert "RESULT workers 2 2" in stdout and "RESULT replica 1 1" in stdout
+    rows = {row["path"]: row for row in read_manifest(f"{out}-workers").to_pylist()}
     assert rows["poison-decode.png"]["error"] == "decoding failed: the worker process died 3 times on this image"
     assert rows["magenta.png"]["error"] == "explaining failed: the model replica died 3 times on this image"
     assert {rows[p]["status"] for p in ("disc/disc_0000.png", "disc/disc_0001.png")} == {"ok"}
-    assert_verified(out, str(source))
+    assert_verified(f"{out}-workers", str(source))
+    rows = {row["path"]: row for row in read_manifest(f"{out}-replica").to_pylist()}
+    assert rows["magenta.png"]["error"] == "explaining failed: the model replica died 3 times on this image"
+    assert rows["disc_0000.png"]["status"] == "ok"
+    assert json.loads(open(f"{out}-replica/job.json").read())["runs"][-1]["ray"]["replicas_replaced"] == 3

@@ -4,8 +4,9 @@ The model and the output folder are checked before Ray starts, so a bad
 checkpoint or a clash with earlier results costs no cluster time; then the
 run resumes what ``out`` already holds (:mod:`xai_batch.manifest.resume`),
 starts the model replicas and a writer actor, moves every image through the
-pipeline (:mod:`xai_batch.distributed.pipeline`) and records the run in
-``job.json``.
+workers' stage (:mod:`xai_batch.distributed.pipeline`) or the replica's
+(:mod:`xai_batch.distributed.replica_pipeline`), as ``--stages`` chooses, and
+records the run in ``job.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import connected
 from xai_batch.distributed.pipeline import Pipeline
+from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.distributed.stages import STAGES
 from xai_batch.errors import ConfigError
@@ -35,7 +38,7 @@ from xai_batch.methods import METHODS
 from xai_batch.models import ModelSource, resolve_model
 from xai_batch.storage import join
 
-__all__ = ["JobResult", "Inputs", "gather_inputs", "run_explain"]
+__all__ = ["JobResult", "Inputs", "gather_inputs", "pipeline_for", "run_explain"]
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +139,17 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
             writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
                 config.out, run_id, seconds_per_part=config.flush_seconds
             )
-            pipeline = Pipeline(config, paths, done, set(reused), replicas, context, writer, bar, counts)
+            pipeline_class = pipeline_for(config.stages, replicas.placement)
+            pipeline = pipeline_class(config, paths, done, set(reused), replicas, context, writer, bar, counts)
             try:
                 pipeline.run()
             finally:
                 bar.close()
                 counts["rows"] = ray.get(writer.close.remote())
-                run["ray"].update(replicas_replaced=replicas.replaced, chunks_by_node=pipeline.chunks_by_node)
+                run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
-                    run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()))
+                    run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
+                                                 pipeline.ran_on, pipeline.settled)
                 except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
                     log.warning("no stage times: a replica or the writer is gone")
                 replicas.shutdown()
@@ -184,18 +189,31 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     )
 
 
-def _stage_times(busy: Mapping[str, float], replicas: list[tuple[float, float]], writing: float) -> dict:
+def pipeline_for(stages: str, placement: list[dict]) -> type[Pipeline] | type[ReplicaPipeline]:
+    """Where the work after decoding runs: as asked, or for ``auto`` in the replicas when they are all on
+    CUDA, else in CPU tasks (on CPUs scikit-image's quickshift is faster than the torch port: BENCHMARKS.md)."""
+    if stages == "auto":
+        stages = "replica" if all(replica["device"].startswith("cuda") for replica in placement) else "workers"
+    return ReplicaPipeline if stages == "replica" else Pipeline
+
+
+def _stage_times(busy: Mapping[str, float], replicas: list[tuple[dict[str, float], float, float]], writing: float,
+                 ran_on: str, settled: int) -> dict:
     """job.json's account of where the time went: busy seconds by stage, and each replica's share waiting.
 
-    The CPU stages' seconds are summed over images (on several workers at
-    once they can exceed the run's wall time); "model" is the replicas' busy
-    time. A replica that waits most of the time is held up by the CPU stages.
+    The stages' seconds are summed over images (on several workers at once
+    they can exceed the run's wall time): the tasks' and the replicas' own.
+    A replica that waits most of the time is held up by the work before it.
+    ``ran_on`` says where the stages after decoding ran; ``settled`` counts
+    the pixels whose quickshift parent the replicas settled on the CPU.
     """
-    seconds = {stage: round(busy.get(stage, 0.0), 4) for stage in STAGES}
-    seconds["model"] = round(sum(work for work, _ in replicas), 4)
-    seconds["writing"] = round(writing, 4)
-    waiting = [round(1 - work / alive, 4) if alive > 0 else 0.0 for work, alive in replicas]
-    return {"busy_seconds": seconds, "replica_waiting": waiting}
+    total = Counter(busy)
+    for stages, _, _ in replicas:
+        total.update(stages)
+    total["writing"] = writing
+    waiting = [round(1 - working / alive, 4) if alive > 0 else 0.0 for _, working, alive in replicas]
+    return {"busy_seconds": {stage: round(total.get(stage, 0.0), 4) for stage in STAGES},
+            "replica_waiting": waiting, "ran_on": ran_on, "settled_pixels": settled}
 
 
 def _iso(timestamp: float) -> str:

@@ -1,4 +1,4 @@
-"""The explain pipeline on Ray: every image through prepare, the model replicas and finish.
+"""The workers' stage on Ray (``--stages workers``): every image through prepare, the model replicas and finish.
 
 Three kinds of work run on Ray, pipelined: ``prepare`` tasks (decode, quickshift,
 each method's sample rows) on CPUs; calls on the model replicas (one chunk of
@@ -37,7 +37,7 @@ from xai_batch.distributed.stages import (
 )
 from xai_batch.storage import locate
 
-__all__ = ["Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES"]
+__all__ = ["Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class Pipeline:
     done when all its methods are, and as an error if any of them failed.
     """
 
+    ran_on = "workers"
+    settled = 0  # lime's own quickshift runs in the tasks: no pixel is settled
+
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         self.config = config
         self.todo = deque(paths)
@@ -114,6 +117,10 @@ class Pipeline:
         self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
         self.chunks_by_node: dict[str, int] = {}
         self.busy: Counter[str] = Counter()  # seconds by stage, summed over images: the CPU stages' share
+
+    def by_node(self) -> dict:
+        """For job.json: how many model calls each node's replicas answered."""
+        return {"chunks_by_node": self.chunks_by_node}
 
     def run(self) -> None:
         while self.todo or self.preparing or self.remaining:
@@ -159,7 +166,7 @@ class Pipeline:
         try:
             header: ImageHeader = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            header = ImageHeader(path, error=f"decoding failed: {_describe(exc)}", methods=self.config.methods)
+            header = ImageHeader(path, error=f"decoding failed: {describe_failure(exc)}", methods=self.config.methods)
         self.busy.update(header.busy)
         if header.skipped:
             self.counts["skipped"] += 1
@@ -209,7 +216,7 @@ class Pipeline:
             return
         except ray.exceptions.RayError as exc:
             self._forget(ref)
-            self._fail(chunk.key, f"explaining failed: {_describe(exc)}")
+            self._fail(chunk.key, f"explaining failed: {describe_failure(exc)}")
             return
         self._forget(ref)
         node = self.replicas.placement[replica]["node_id"]
@@ -257,7 +264,7 @@ class Pipeline:
         try:
             count, extra_rows, busy = ray.get(ref)  # the rows go from the task to the writer, not through here
         except ray.exceptions.RayError as exc:
-            self._fail(key, f"explaining failed: {_describe(exc)}")
+            self._fail(key, f"explaining failed: {describe_failure(exc)}")
             return
         self.busy.update(busy)
         if count == 0:  # not settled yet: draw the next round of samples
@@ -325,7 +332,7 @@ def _score_from_chunks(
     return (len(scored), 0, {"quality": time.perf_counter() - started}), scored
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """A Ray failure as one line a person understands."""
     if isinstance(exc, ray.exceptions.OutOfMemoryError):
         return "out of memory"

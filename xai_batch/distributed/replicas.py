@@ -5,21 +5,25 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 
 import ray
 
+from xai_batch.distributed.stages import explain_whole
 from xai_batch.methods import get_method
 
 __all__ = ["ModelReplica", "Replicas"]
 
 
 class ModelReplica:
-    """Loads the model once, then does the model work of every method: one entry per kind.
+    """Loads the model once, then does the model work of every method, or whole explanations.
 
-    ``predict`` evaluates a chunk of a perturbation method's sample rows;
-    ``gradients`` runs a gradient method's pass on an image. ``busy`` says
-    how much of its time since it loaded went to that work: the rest it
-    waited for work.
+    In the workers' stage ``predict`` evaluates a chunk of a perturbation
+    method's sample rows and ``gradients`` runs a gradient method's pass on
+    an image; in the replica's stage ``explain`` does everything after
+    decoding for a batch of images, on the replica's device. ``busy`` says
+    how much of its time since it loaded went to each stage of that work:
+    the rest it waited for work.
 
     Usable without Ray (construct it and call ``predict``) and as a Ray actor
     (``ray.remote(ModelReplica)``); the job driver does the latter.
@@ -36,7 +40,8 @@ class ModelReplica:
         self._checkpoint_bytes = checkpoint_bytes
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._loaded = time.monotonic()
-        self._busy = 0.0
+        self._busy: Counter[str] = Counter()  # seconds by stage
+        self._working = 0.0
 
     def describe(self) -> dict:
         """Where this replica runs: device, node, process, threads."""
@@ -55,28 +60,47 @@ class ModelReplica:
         hands the probabilities to the surrogate task without fetching them.
         """
         started = time.monotonic()
-        probs = self.engine.predict(prepared.image, prepared.hidden, prepared.segments, prepared.rows[start:stop])
-        self._busy += time.monotonic() - started
+        probs = self._predict(prepared, prepared.rows[start:stop])
+        self._worked({"model": time.monotonic() - started}, started)
         return len(probs), probs
 
     def gradients(self, method: str, prepared, top_labels: int):
-        """(1, GradientOutputs): ``method``'s gradient pass on the image (a :class:`GradientMethod`).
+        """(1, GradientOutputs): ``method``'s gradient pass on the image (a :class:`GradientMethod`)."""
+        started = time.monotonic()
+        outputs = self._gradients(method, prepared, top_labels)
+        self._worked({"model": time.monotonic() - started}, started)
+        return 1, outputs
 
-        Gradients need PyTorch whatever the engine, so the replica builds each
-        gradient method's pass (a PyTorch copy of the model on the engine's
-        device) the first time it is asked for it.
+    def explain(self, config, context, headers, *decoded):
+        """((outcomes, pixels settled), rows per image and method): decoded images explained whole.
+
+        Called with ``num_returns=2``: the driver waits on the outcomes and
+        hands the rows to the writer without fetching them.
         """
         started = time.monotonic()
+        done = explain_whole(list(zip(headers, decoded)), config, context, self._predict, self._gradients,
+                             str(self.engine.device))
+        self._worked(done.busy, started)
+        return (done.outcomes, done.settled), done.rows
+
+    def _predict(self, prepared, rows):
+        return self.engine.predict(prepared.image, prepared.hidden, prepared.segments, rows)
+
+    def _gradients(self, method: str, prepared, top_labels: int):
+        """Gradients need PyTorch whatever the engine: each gradient method's pass (a PyTorch copy of the
+        model on the engine's device) is built the first time it is asked for."""
         if method not in self._gradient_passes:
             self._gradient_passes[method] = get_method(method).gradient_pass(self._checkpoint_bytes,
                                                                              str(self.engine.device))
-        outputs = self._gradient_passes[method](prepared.image, top_labels)
-        self._busy += time.monotonic() - started
-        return 1, outputs
+        return self._gradient_passes[method](prepared.image, top_labels)
 
-    def busy(self) -> tuple[float, float]:
-        """(seconds of model work, seconds since the model loaded)."""
-        return self._busy, time.monotonic() - self._loaded
+    def _worked(self, stages: dict[str, float], started: float) -> None:
+        self._busy.update(stages)
+        self._working += time.monotonic() - started
+
+    def busy(self) -> tuple[dict[str, float], float, float]:
+        """(seconds by stage, seconds working in all, seconds since the model loaded)."""
+        return dict(self._busy), self._working, time.monotonic() - self._loaded
 
 
 class Replicas:
@@ -133,8 +157,8 @@ class Replicas:
     def replaced(self) -> int:
         return self.started - len(self.handles)
 
-    def busy(self) -> list[tuple[float, float]]:
-        """Each live replica's (seconds of model work, seconds since it loaded)."""
+    def busy(self) -> list[tuple[dict[str, float], float, float]]:
+        """Each live replica's (seconds by stage, seconds working, seconds since it loaded)."""
         return ray.get([handle.busy.remote() for handle in self.handles])
 
     def shutdown(self) -> None:

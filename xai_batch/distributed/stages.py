@@ -1,24 +1,31 @@
-"""The two CPU stages of explaining one image, around the model work.
+"""The stages of explaining one image, around the model work, wherever they run.
 
-``prepare`` reads and decodes a file, segments it once and draws each
-method's sample rows on those superpixels; ``finish`` turns one method's
-model outputs into its attributions (:mod:`xai_batch.methods`) and builds
-the manifest rows. When the job measures the explanations' quality, ``quality_rows``
-then gives the rows those measures need the model's outputs on (deletion and
-insertion curves, a second explanation), and ``score`` adds the measures to
-the manifest rows. All are plain functions: Ray runs them as tasks, tests call them
-directly. Model evaluation in between belongs to an :class:`~xai_batch.engines.Engine`.
+In the workers' stage (``--stages workers``) CPU tasks do all but the model:
+``prepare`` reads and decodes a file (``decode``), segments it once with
+lime's quickshift and draws each method's sample rows on those superpixels
+(``sample_methods``); ``finish`` turns one method's model outputs into its
+attributions (:mod:`xai_batch.methods`) and builds the manifest rows. When
+the job measures the explanations' quality, ``quality_rows`` then gives the
+rows those measures need the model's outputs on (deletion and insertion
+curves, a second explanation), and ``score`` adds the measures to the
+manifest rows. In the replica's stage (``--stages replica``) CPU tasks only
+``decode``, and ``explain_whole`` runs every later step in the replica, on
+its device, with the same functions: the rows are the same either way.
 
-Each stage says how long it was busy, by the names of :data:`STAGES`, so that
-``job.json`` can show whether the model or the CPU work around it set a run's
-pace.
+All are plain functions: Ray runs them as tasks or in the replicas, tests call
+them directly. Model evaluation in between belongs to an
+:class:`~xai_batch.engines.Engine`. Each stage says how long it was busy, by
+the names of :data:`STAGES`, so that ``job.json`` can show whether the model
+or the work around it set a run's pace.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,11 +39,14 @@ from xai_batch.maths.quality import (
     curve_auc, deletion_rows, insertion_rows, random_order, ranking, second_seed, topk_jaccard,
 )
 from xai_batch.images import image_seed, load_image, read_object_mask
-from xai_batch.manifest.rows import RowContext, encode_segments, explanation_row
-from xai_batch.methods import DEFAULT_METHOD, explained_labels, get_method, method_seed
+from xai_batch.manifest.rows import RowContext, encode_segments, error_row, explanation_row
+from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, get_method, method_seed
 from xai_batch.storage import Location
 
-__all__ = ["STAGES", "ImageHeader", "PreparedImage", "prepare", "enough_samples", "finish", "quality_rows", "score"]
+__all__ = [
+    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "sample_methods", "prepare",
+    "enough_samples", "finish", "quality_rows", "score", "explain_whole",
+]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
 # "surrogate" the surrogate or solver with the masks and rows, "quality" the measures' own CPU work.
@@ -71,19 +81,24 @@ class PreparedImage:
     object_mask: np.ndarray | None = None  # (224, 224) bool ground truth, where --masks has one
 
 
-def prepare(
+@dataclass(frozen=True)
+class DecodedImage:
+    """An input as the explanation starts from it: the model's pixels and, with ``--masks``, its object mask."""
+
+    pixels: np.ndarray  # (224, 224, 3) uint8
+    object_mask: np.ndarray | None = None  # (224, 224) bool
+
+
+def decode(
     source: Location, path: str, config: ExplainConfig, done: Mapping[str, str] | None = None
-) -> tuple[ImageHeader | PreparedImage | None, ...]:
-    """Read, decode and segment one file: (header, one payload per method of ``config.methods``).
+) -> tuple[ImageHeader, DecodedImage | None]:
+    """Read, hash and decode one file: its header, and its pixels unless it failed or has nothing to do.
 
     ``done`` maps a method to the content hash the manifest already holds its
     results for; methods whose results are for the file's current content
-    are not run again (their payload is ``None``), and when none is left the
-    header says ``skipped`` and nothing is decoded. A bad file gives a
-    header with ``error`` and no payloads.
+    are not run again, and when none is left the header says ``skipped`` and
+    nothing is decoded. A bad file gives a header with ``error``.
     """
-    done = done or {}
-    nothing = (None,) * len(config.methods)
     started = time.perf_counter()
 
     def read_for() -> dict[str, float]:
@@ -92,36 +107,63 @@ def prepare(
     try:
         data = source.child(path).read_bytes()
     except OSError as exc:
-        return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), *nothing
+        return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), None
     sha256 = hashlib.sha256(data).hexdigest()
-    todo = tuple(method for method in config.methods if done.get(method) != sha256)
+    todo = tuple(method for method in config.methods if (done or {}).get(method) != sha256)
     if not todo:
-        return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), *nothing
+        return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), None
     try:
         loaded = load_image(data, config.max_pixels)
         object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
     except ImageError as exc:
-        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo, busy=read_for()), *nothing
-    busy = read_for()
-    seed = image_seed(config.seed, loaded.sha256)
-    segmenting = time.perf_counter()
-    segments = quickshift_segments(loaded.pixels, config.segmentation, seed)
+        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo, busy=read_for()), None
+    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, image_seed(config.seed, loaded.sha256),
+                         methods=todo, busy=read_for())
+    return header, DecodedImage(loaded.pixels, object_mask)
+
+
+def sample_methods(
+    header: ImageHeader, decoded: DecodedImage, segments: np.ndarray, config: ExplainConfig
+) -> tuple[ImageHeader, list[PreparedImage]]:
+    """Each method's payload on ``segments``: the hidden image and its sample rows, per ``header.methods``.
+
+    Returns the header completed with the segment count and the rows drawn,
+    its ``busy`` with the seconds this took as "sampling".
+    """
+    started = time.perf_counter()
     num_segments = int(segments.max()) + 1
-    hidden = hidden_image(loaded.pixels, segments, config.hide_color)
-    sampling = time.perf_counter()
-    rows = {
-        method: get_method(method).sample(method_seed(seed, method), num_segments, config.samples_drawn)
-        for method in todo
-    }
-    busy.update(segmentation=sampling - segmenting, sampling=time.perf_counter() - sampling)
+    hidden = hidden_image(decoded.pixels, segments, config.hide_color)
+    segments = segments.astype(np.int32)
     payloads = [
-        PreparedImage(loaded.pixels, hidden, segments.astype(np.int32), rows[method].astype(np.uint8), object_mask)
-        if method in todo else None
-        for method in config.methods
+        PreparedImage(decoded.pixels, hidden, segments,
+                      get_method(method).sample(method_seed(header.seed, method), num_segments,
+                                                config.samples_drawn).astype(np.uint8),
+                      decoded.object_mask)
+        for method in header.methods
     ]
-    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, seed, num_segments, methods=todo,
-                         drawn=tuple(len(rows[method]) for method in todo), busy=busy)
-    return header, *payloads
+    busy = {**header.busy, "sampling": time.perf_counter() - started}
+    return dataclasses.replace(header, num_segments=num_segments, drawn=tuple(len(p.rows) for p in payloads),
+                               busy=busy), payloads
+
+
+def prepare(
+    source: Location, path: str, config: ExplainConfig, done: Mapping[str, str] | None = None
+) -> tuple[ImageHeader | PreparedImage | None, ...]:
+    """The workers' stage: decode, segment with lime's quickshift, sample; (header, one payload per method).
+
+    The payloads are in the order of ``config.methods``, ``None`` for a
+    method not to run (see :func:`decode`); a bad file gives a header with
+    ``error`` and no payloads.
+    """
+    header, decoded = decode(source, path, config, done)
+    if decoded is None:
+        return header, *(None,) * len(config.methods)
+    segmenting = time.perf_counter()
+    segments = quickshift_segments(decoded.pixels, config.segmentation, header.seed)
+    header = dataclasses.replace(header, busy={**header.busy, "segmentation": time.perf_counter() - segmenting})
+    header, payloads = sample_methods(header, decoded, segments, config)
+    by_method = dict(zip(header.methods, payloads))
+    return header, *(by_method.get(method) for method in config.methods)
 
 
 def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowContext) -> bool:
@@ -141,7 +183,8 @@ def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowConte
 
 
 def finish(
-    header: ImageHeader, prepared: PreparedImage, outputs, context: RowContext, method: str = DEFAULT_METHOD
+    header: ImageHeader, prepared: PreparedImage, outputs, context: RowContext, method: str = DEFAULT_METHOD,
+    device: str = "cpu",
 ) -> list[dict]:
     """One method's attributions per explained label, as manifest rows.
 
@@ -149,12 +192,14 @@ def finish(
     a perturbation method (n, num_classes), row i the output on sample row i,
     the labels explained the ``top_labels`` most probable on the original
     image (row 0), in decreasing order, as lime chooses them; for a gradient
-    method its pass's :class:`~xai_batch.methods.GradientOutputs`.
+    method its pass's :class:`~xai_batch.methods.GradientOutputs`. ``device``
+    is where the method may fit (see :meth:`~xai_batch.methods.PerturbationMethod.attribute`).
     """
     explainer = get_method(method)
     seed = method_seed(header.seed, method)
     original, labels = explainer.explained(outputs, context.top_labels)
-    attributions = explainer.attribute(prepared.rows, prepared.segments, outputs, labels, seed, context.num_samples)
+    attributions = explainer.attribute(prepared.rows, prepared.segments, outputs, labels, seed, context.num_samples,
+                                       device)
     segments_png = encode_segments(prepared.segments)
     return [
         explanation_row(
@@ -214,7 +259,7 @@ def quality_rows(
 
 def score(
     header: ImageHeader, rows: list[dict], extra: PreparedImage, probs: np.ndarray, context: RowContext,
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_METHOD, device: str = "cpu",
 ) -> list[dict]:
     """The manifest rows with their quality measures, from the model's outputs on ``quality_rows``."""
     num_segments = header.num_segments
@@ -225,7 +270,7 @@ def score(
     if at:
         labels = [row["explained_index"] for row in rows]
         again = explainer.attribute(extra.rows[:at], extra.segments, probs[:at], labels, second_seed(seed),
-                                    _stable_samples(rows, context))
+                                    _stable_samples(rows, context), device)
         for row, second in zip(scored, again):
             row["stability"] = topk_jaccard(np.asarray(row["weights"]), second.weights, context.num_features)
     if context.faithfulness:
@@ -239,3 +284,103 @@ def score(
             row["deletion_auc_random"] = curve_auc(probs[random_at : random_at + curve, label])
             row["insertion_auc_random"] = curve_auc(probs[random_at + curve : random_at + 2 * curve, label])
     return scored
+
+
+@dataclass(frozen=True)
+class WholeImages:
+    """What :func:`explain_whole` did with a batch of images: rows and outcome per (image, method)."""
+
+    outcomes: tuple[tuple[str, str, bool], ...]  # (path, method, ok), in the order of ``rows``
+    rows: tuple[list[dict], ...]  # one method's manifest rows on one image: its explanation, or its error row
+    busy: dict[str, float]  # seconds by stage
+    settled: int  # pixels whose quickshift parent was settled on the CPU
+
+
+def explain_whole(
+    images: Sequence[tuple[ImageHeader, DecodedImage]], config: ExplainConfig, context: RowContext,
+    predict: Callable[[PreparedImage, np.ndarray], np.ndarray],
+    gradients: Callable[[str, PreparedImage, int], object], device: str = "cpu",
+) -> WholeImages:
+    """The replica's stage: explain decoded images whole, every step after decoding on ``device``.
+
+    Quickshift for all the images at once (:func:`~xai_batch.maths.device_superpixels.quickshift_on_device`,
+    lime's labels by construction), then per image each method's sample
+    rows, the model's outputs through ``predict(payload, rows)`` in the
+    workers' chunks of ``batch_size`` (so every forward batch is the same
+    as theirs), ``auto``'s rounds, the surrogate (on a CUDA device there,
+    within 1e-9 of lime's; elsewhere lime's own), the masks and the quality
+    measures; ``gradients(method, payload, top_labels)`` is a gradient
+    method's pass. A failure on one image becomes that method's error row.
+    """
+    from xai_batch.maths.device_superpixels import quickshift_on_device
+
+    busy: Counter[str] = Counter()
+    started = time.perf_counter()
+    segmented = quickshift_on_device(np.stack([decoded.pixels for _, decoded in images]), config.segmentation, device)
+    segments = segmented.segments.cpu().numpy()
+    busy["segmentation"] = time.perf_counter() - started
+    outcomes, rows = [], []
+    for (header, decoded), image_segments in zip(images, segments):
+        header, payloads = sample_methods(header, decoded, image_segments, config)
+        busy["sampling"] += header.busy["sampling"]
+        for method, payload in zip(header.methods, payloads):
+            try:
+                method_rows, ok = _explain_method(header, payload, method, config, context, predict, gradients,
+                                                  device, busy), True
+            except Exception as exc:  # noqa: BLE001 - the image's error row, as a failed task's in the workers' stage
+                reason = one_line(f"{type(exc).__name__}: {exc}", keep="last")
+                method_rows, ok = [error_row(header, context, method, f"explaining failed: {reason}")], False
+            outcomes.append((header.path, method, ok))
+            rows.append(method_rows)
+    return WholeImages(tuple(outcomes), tuple(rows), dict(busy), sum(segmented.settled))
+
+
+def _explain_method(header, payload, method, config, context, predict, gradients, device, busy) -> list[dict]:
+    """One method's rows on one image, the model's work through ``predict`` or ``gradients``."""
+    explainer = get_method(method)
+    started = time.perf_counter()
+    if isinstance(explainer, GradientMethod):
+        outputs = explainer.combine([gradients(method, payload, context.top_labels)])
+        busy["model"] += time.perf_counter() - started
+    else:
+        outputs = _model_outputs(payload, config, context, predict, busy)
+    fitting = time.perf_counter()
+    rows = finish(header, payload, outputs, context, method, device)
+    busy["surrogate"] += time.perf_counter() - fitting
+    if not context.measures_quality:
+        return rows
+    measuring = time.perf_counter()
+    extra = quality_rows(header, payload, rows, context, method)
+    busy["quality"] += time.perf_counter() - measuring
+    probs = _predicted(predict, extra, 0, len(extra.rows), config.batch_size, busy)
+    measuring = time.perf_counter()
+    rows = score(header, rows, extra, probs, context, method, device)
+    busy["quality"] += time.perf_counter() - measuring
+    return rows
+
+
+def _model_outputs(payload: PreparedImage, config: ExplainConfig, context: RowContext, predict, busy) -> np.ndarray:
+    """A perturbation method's outputs: all its rows, or with ``auto`` round by round until settled."""
+    if not context.adaptive:
+        return _predicted(predict, payload, 0, len(payload.rows), config.batch_size, busy)
+    outputs = np.zeros((0, 0), np.float32)
+    start = 0
+    for stop in sample_schedule(config.max_samples):
+        more = _predicted(predict, payload, start, stop, config.batch_size, busy)
+        outputs = np.concatenate([outputs, more]) if len(outputs) else more
+        checking = time.perf_counter()
+        enough = enough_samples(payload, outputs, context)
+        busy["surrogate"] += time.perf_counter() - checking
+        if enough:
+            break
+        start = stop
+    return outputs
+
+
+def _predicted(predict, payload: PreparedImage, start: int, stop: int, batch_size: int, busy) -> np.ndarray:
+    """The model's outputs on the payload's rows [start, stop), in the chunks the workers' stage sends."""
+    started = time.perf_counter()
+    chunks = [predict(payload, payload.rows[begin : min(begin + batch_size, stop)])
+              for begin in range(start, stop, batch_size)]
+    busy["model"] += time.perf_counter() - started
+    return np.concatenate(chunks)

@@ -58,6 +58,10 @@ class ManifestWriter:
             self.flush()
         return len(added)
 
+    def add_each(self, groups: Iterable[Iterable[Mapping]], seconds: Iterable[float | None]) -> int:
+        """``add`` for each group of rows with its own seconds (one call for a batch of images)."""
+        return sum(self.add(rows, spent) for rows, spent in zip(groups, seconds))
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._buffer:

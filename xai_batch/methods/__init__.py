@@ -60,10 +60,13 @@ class PerturbationMethod(abc.ABC):
     captum's shape: ``sample(seed, num_segments, num_samples)`` draws the
     perturbations, a (n, S) 0/1 matrix over the superpixels (1 keeps one);
     the model replicas evaluate them in chunks like any others; and
-    ``attribute(rows, segments, outputs, labels, seed, num_samples)`` fits
-    the method's surrogate or solver to ``outputs``, the (n, C) probabilities
-    on the first n ``rows``, returning one :class:`Attribution` per label in
-    ``labels``. ``seed`` and ``num_samples`` are what ``sample`` drew with.
+    ``attribute(rows, segments, outputs, labels, seed, num_samples, device)``
+    fits the method's surrogate or solver to ``outputs``, the (n, C)
+    probabilities on the first n ``rows``, returning one :class:`Attribution`
+    per label in ``labels``. ``seed`` and ``num_samples`` are what ``sample``
+    drew with; ``device`` is the torch device the caller runs on, where a
+    method may fit (LIME does on CUDA; on the CPU every method runs its
+    reference's own code).
 
     Both kinds answer ``combine`` (the replicas' outputs as ``attribute``
     takes them), ``explained`` (the probabilities on the image and the labels
@@ -80,7 +83,7 @@ class PerturbationMethod(abc.ABC):
     @abc.abstractmethod
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
-        num_samples: int,
+        num_samples: int, device: str = "cpu",
     ) -> list[Attribution]: ...
 
     def combine(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -129,7 +132,7 @@ class GradientMethod(abc.ABC):
     @abc.abstractmethod
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
-        num_samples: int,
+        num_samples: int, device: str = "cpu",
     ) -> list[Attribution]: ...
 
     def combine(self, chunks: Sequence[GradientOutputs]) -> GradientOutputs:

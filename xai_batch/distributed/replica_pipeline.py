@@ -1,0 +1,204 @@
+"""The replica's stage on Ray: CPU tasks decode, the model replicas explain whole images.
+
+With ``--stages replica`` the only CPU tasks are ``decode`` (read, hash,
+decode: :func:`~xai_batch.distributed.stages.decode`); every later step of an
+image (quickshift, sampling, the model, the surrogate, masks, quality) runs in
+a model replica, on its device, through
+:func:`~xai_batch.distributed.stages.explain_whole`. The driver sends each
+replica up to ``IMAGES_PER_CALL`` decoded images a call and keeps
+``CALLS_PER_REPLICA`` calls in flight on each, so neither Ray's hand-offs nor
+the Python between images leave the device idle; the replica's rows go from
+it to the writer actor without passing through the driver. The images held
+(decoding, decoded, in calls) are bounded, so memory stays flat.
+
+Failures are recovered as in the workers' stage: decode tasks are retried by
+Ray, a replica that dies is replaced and its calls resent. Which image of the
+call it was running killed it is not known, so each of them is charged the
+crash and resent in a call of its own; the calls only waiting behind it are
+resent free. An image charged ``TASK_RETRIES + 1`` crashes becomes an error
+row (an innocent one is charged at most once, in company), and the rest of
+the job is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import ray
+
+from xai_batch.distributed.pipeline import TASK_RETRIES, describe_failure
+from xai_batch.distributed.stages import ImageHeader, decode
+from xai_batch.manifest import error_row
+from xai_batch.storage import locate
+
+__all__ = ["ReplicaPipeline", "IMAGES_PER_CALL", "CALLS_PER_REPLICA"]
+
+log = logging.getLogger(__name__)
+
+IMAGES_PER_CALL = 4  # quickshift runs on the call's images at once
+CALLS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
+
+
+@dataclass
+class _Call:
+    """One call's images, (header, ref of the decoded image); once sent, its replica and its rows' ref."""
+
+    images: list[tuple[ImageHeader, ray.ObjectRef]]
+    replica: int = -1
+    rows: ray.ObjectRef | None = None
+
+
+class ReplicaPipeline:
+    """Moves every image through a decode task and a whole-image call on a replica."""
+
+    ran_on = "replica"
+
+    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
+        self.config = config
+        self.todo = deque(paths)
+        self.done = done
+        self.reused = reused
+        self.replicas = replicas
+        self.context = context
+        self.config_ref, self.context_ref = ray.put(config), ray.put(context)
+        self.writer = writer
+        self.bar = bar
+        self.counts = counts
+        self.source = locate(config.source)
+        self.decode_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(decode)
+        self.max_decoding = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.max_images = IMAGES_PER_CALL * (CALLS_PER_REPLICA * len(replicas) + 1)
+        self.decoding: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # header -> (path, decoded image)
+        self.decoded: deque[tuple[ImageHeader, ray.ObjectRef]] = deque()  # waiting for a call
+        self.resend: deque[_Call] = deque()  # calls lost with a replica, to send again first
+        self.calls: dict[ray.ObjectRef, _Call] = {}  # outcomes -> its call
+        self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
+        self.submitted: dict[str, float] = {}  # path -> when its decode task was sent
+        self.crashes: Counter[str] = Counter()  # path -> replicas that died while explaining it
+        self.busy: Counter[str] = Counter()  # seconds by stage in the decode tasks (the replicas count their own)
+        self.settled = 0  # pixels whose quickshift parent a replica settled on the CPU
+        self.images_by_node: dict[str, int] = {}
+
+    def by_node(self) -> dict:
+        """For job.json: how many images each node's replicas explained."""
+        return {"images_by_node": self.images_by_node}
+
+    def run(self) -> None:
+        while self.todo or self.decoding or self.decoded or self.resend or self.calls:
+            self._submit_decodes()
+            self._dispatch()
+            ready, _ = ray.wait([*self.decoding, *self.calls], num_returns=1)
+            for ref in ready:
+                if ref in self.decoding:
+                    self._decoded(ref)
+                else:
+                    self._explained(ref)
+
+    def _held(self) -> int:
+        in_calls = sum(len(call.images) for call in [*self.calls.values(), *self.resend])
+        return len(self.decoding) + len(self.decoded) + in_calls
+
+    def _submit_decodes(self) -> None:
+        while self.todo and len(self.decoding) < self.max_decoding and self._held() < self.max_images:
+            path = self.todo.popleft()
+            header, decoded = self.decode_task.remote(self.source, path, self.config, self.done.get(path))
+            self.decoding[header] = (path, decoded)
+            self.submitted[path] = time.monotonic()
+
+    def _dispatch(self) -> None:
+        """Fill every replica to ``CALLS_PER_REPLICA`` calls: an idle one takes what is decoded, a busy
+        one a full call (or the last images)."""
+        while self.resend or self.decoded:
+            replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
+            if len(self.in_flight[replica]) >= CALLS_PER_REPLICA:
+                return
+            if self.resend:
+                call = self.resend.popleft()
+            elif (len(self.decoded) >= IMAGES_PER_CALL or not self.in_flight[replica]
+                  or not (self.todo or self.decoding)):
+                call = _Call([self.decoded.popleft() for _ in range(min(IMAGES_PER_CALL, len(self.decoded)))])
+            else:
+                return
+            headers = [header for header, _ in call.images]
+            outcomes, call.rows = self.replicas.handles[replica].explain.options(num_returns=2).remote(
+                self.config_ref, self.context_ref, headers, *(image for _, image in call.images))
+            call.replica = replica
+            self.calls[outcomes] = call
+            self.in_flight[replica].append(outcomes)
+
+    def _decoded(self, ref: ray.ObjectRef) -> None:
+        path, image = self.decoding.pop(ref)
+        try:
+            header: ImageHeader = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            header = ImageHeader(path, error=f"decoding failed: {describe_failure(exc)}", methods=self.config.methods)
+        self.busy.update(header.busy)
+        if header.skipped:
+            del self.submitted[path]
+            self.counts["skipped"] += 1
+            self.counts["reused"] += path in self.reused
+            self.bar.update(1)
+        elif header.error is not None:
+            self.writer.add.remote([error_row(header, self.context, method) for method in header.methods])
+            self._count(path, ok=False)
+        else:
+            self.decoded.append((header, image))
+
+    def _explained(self, ref: ray.ObjectRef) -> None:
+        call = self.calls[ref]
+        try:
+            outcomes, settled = ray.get(ref)  # the rows go from the replica to the writer, not through here
+        except ray.exceptions.RayActorError:
+            self._replica_died(call.replica)
+            return
+        except ray.exceptions.RayError as exc:
+            self._forget(ref)
+            self._fail(call, f"explaining failed: {describe_failure(exc)}")
+            return
+        self._forget(ref)
+        self.settled += settled
+        now = time.monotonic()
+        self.writer.add_each.remote(call.rows, [now - self.submitted[path] if ok else None for path, _, ok in outcomes])
+        failed = {path for path, _, ok in outcomes if not ok}
+        for header, _ in call.images:
+            self._count(header.path, ok=header.path not in failed)
+        node = self.replicas.placement[call.replica]["node_id"]
+        self.images_by_node[node] = self.images_by_node.get(node, 0) + len(call.images)
+
+    def _forget(self, ref: ray.ObjectRef) -> None:
+        call = self.calls.pop(ref)
+        self.in_flight[call.replica].remove(ref)
+
+    def _replica_died(self, replica: int) -> None:
+        """Replace the replica and resend its calls: the oldest was running, the others only waiting."""
+        lost = [self.calls.pop(ref) for ref in self.in_flight[replica]]
+        self.in_flight[replica] = []
+        self.replicas.replace(replica)
+        running, *waiting = lost
+        again = []
+        for image in running.images:  # any of them may have killed it: each is charged, and resent alone
+            path = image[0].path
+            self.crashes[path] += 1
+            log.warning("a model replica died while explaining %s (%d)", path, self.crashes[path])
+            if self.crashes[path] > TASK_RETRIES:
+                self._fail(_Call([image]), f"explaining failed: the model replica died {self.crashes[path]} times "
+                                           "on this image")
+            else:
+                again.append(_Call([image]))
+        self.resend.extendleft(reversed([*again, *(_Call(call.images) for call in waiting)]))
+
+    def _fail(self, call: _Call, reason: str) -> None:
+        """Every image of the call as error rows, one per method."""
+        for header, _ in call.images:
+            self.writer.add.remote([error_row(header, self.context, method, reason) for method in header.methods])
+            self._count(header.path, ok=False)
+
+    def _count(self, path: str, ok: bool) -> None:
+        self.submitted.pop(path, None)
+        self.counts["ok" if ok else "error"] += 1
+        self.bar.update(1)
+        if self.counts["error"]:
+            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
