@@ -4,9 +4,11 @@ On the same images (scikit-image's photos, then generated scenes), the same
 1000-class ResNet18 and the same sample count, it measures:
 
 1. the limit: ResNet18 forwards/s on the GPU, channels-last, bf16 autocast and
-   fp32, at the best of a few batch sizes;
+   true fp32 (TF32 off, as the replicas run it), at the best of a few batch sizes;
 2. xai-batch end to end and in steady state (an N-image run minus a 1-image
-   run, as bench/speed.py does) with --precision bf16, and fp32 for fidelity;
+   run, as bench/speed.py does) with --precision bf16 and fp32, with the
+   default stages (``auto``: the replica's, on CUDA) and bf16 with
+   ``--stages workers`` beside it, each with job.json's stage times;
 3. the seed's loop (lime + ``batch_predict`` with the model on the GPU) and
    captum's ``Lime`` on the GPU, on a few of the images (per-image rates);
 4. bf16 against fp32: the share of images with the same top-5 superpixels
@@ -62,6 +64,8 @@ def measure_limit(model, batch_sizes, min_seconds) -> dict:
             for size in batch_sizes:
                 batch = torch.randn(size, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
 
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+
                 def once():
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
                         return torch.softmax(net(batch).float(), dim=1)
@@ -85,7 +89,7 @@ def explain(source, out, checkpoint, samples, extra, env=None) -> dict:
         record = json.load(handle)
     run = record["runs"][-1]
     return {"images": run["counts"]["ok"], "seconds": seconds, "images_per_s": run["counts"]["ok"] / seconds,
-            "timings": run["timings"], "replicas": run["ray"]["replicas"]}
+            "timings": run["timings"], "replicas": run["ray"]["replicas"], "stages": run.get("stages")}
 
 
 def end_to_end(paths, work, checkpoint, samples, extra, tag) -> dict:
@@ -176,8 +180,9 @@ def main() -> None:
     sections = [
         ("limit", lambda: measure_limit(model, [256, 512, 1024], 2.0)),
         ("xai_batch_bf16", lambda: end_to_end(paths, work, checkpoint, n, ["--precision", "bf16"], "bf16")),
-        ("xai_batch_fp32", lambda: explain(os.path.dirname(paths[0]), os.path.join(work, "all-fp32"), checkpoint, n,
-                                           ["--precision", "fp32"])),
+        ("xai_batch_bf16_workers", lambda: end_to_end(paths, work, checkpoint, n,
+                                                      ["--precision", "bf16", "--stages", "workers"], "bf16-workers")),
+        ("xai_batch_fp32", lambda: end_to_end(paths, work, checkpoint, n, ["--precision", "fp32"], "fp32")),
         ("fidelity_bf16_vs_fp32", lambda: fidelity(os.path.join(work, "all-fp32"), os.path.join(work, "all-bf16"))),
         ("xai_batch_bf16_2_actors", lambda: explain(os.path.dirname(paths[0]), os.path.join(work, "all-bf16-2"),
                                                     checkpoint, n, ["--precision", "bf16", "--actors", "2"])),

@@ -25,6 +25,9 @@ class OnnxEngine:
 
     ``threads`` is the session's intra-op thread count: the CPUs Ray gave the
     replica, so replicas and segmentation tasks do not oversubscribe the cores.
+    Its threads block between runs instead of spinning: the replica shares
+    its node's cores with the segmentation tasks, whose time a spinning
+    thread would take (13% faster at 16 samples on 2 cores: BENCHMARKS.md).
     """
 
     def __init__(self, checkpoint_bytes: bytes, batch_size: int = 256, threads: int = 1) -> None:
@@ -37,6 +40,7 @@ class OnnxEngine:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             onnx_model(checkpoint_bytes, loaded), options, providers=["CPUExecutionProvider"])
         self.version = f"onnxruntime {onnxruntime.__version__}"
