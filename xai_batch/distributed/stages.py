@@ -352,6 +352,8 @@ def _explain_method(header, payload, method, config, context, predict, gradients
     measuring = time.perf_counter()
     extra = quality_rows(header, payload, rows, context, method)
     busy["quality"] += time.perf_counter() - measuring
+    if not len(extra.rows):  # nothing to measure (Grad-CAM's stability): the rows as they are, as in the workers
+        return rows
     probs = _predicted(predict, extra, 0, len(extra.rows), config.batch_size, busy)
     measuring = time.perf_counter()
     rows = score(header, rows, extra, probs, context, method, device)
