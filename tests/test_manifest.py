@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from xai_batch.manifest import (
     SCHEMA,
@@ -65,3 +66,54 @@ def test_the_latest_run_supersedes_a_paths_earlier_rows(tmp_path):
 
 def test_empty_output_reads_as_an_empty_table(tmp_path):
     assert read_manifest(str(tmp_path)).num_rows == 0
+
+
+def test_a_projected_read_is_the_full_reads_columns(tmp_path):
+    for rows in ([_row("a.png"), _row("b.png")], [{**_row("b.png"), "error": "again"}]):
+        writer = ManifestWriter(str(tmp_path), new_run_id())
+        writer.add(rows)
+        writer.close()
+    for current in (True, False):
+        full = read_manifest(str(tmp_path), current=current)
+        projected = read_manifest(str(tmp_path), current=current, columns=["status", "path", "error"])
+        assert projected.column_names == ["status", "path", "error"]
+        assert projected.equals(full.select(["status", "path", "error"]))
+    assert read_manifest(str(tmp_path / "nothing"), columns=["path"]).column_names == ["path"]
+
+
+def test_a_damaged_part_is_named_in_one_line_and_the_cli_prints_no_traceback(tmp_path):
+    """A crash or a full disk can leave a zero-byte or truncated part: every reader names it."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+    from xai_batch.manifest import ManifestError
+
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([_row("a.png")])
+    writer.close()
+    (good,) = os.listdir(tmp_path / "manifest")
+    (tmp_path / "manifest" / "part-empty.parquet").write_bytes(b"")
+    (tmp_path / "manifest" / "part-cut.parquet").write_bytes((tmp_path / "manifest" / good).read_bytes()[:100])
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(str(tmp_path))
+    message = str(raised.value)
+    assert "part-cut.parquet, part-empty.parquet" in message and good not in message
+    assert "move it out of the folder and run again" in message and "\n" not in message
+    result = CliRunner().invoke(cli, ["render", str(tmp_path), "--to", str(tmp_path / "pictures")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "damaged manifest parts part-cut.parquet, part-empty.parquet" in result.output
+    verified = CliRunner().invoke(cli, ["verify", str(tmp_path)])  # verify names each part's problem itself
+    assert verified.exit_code == 1 and "problem: part-empty.parquet: not a readable Parquet file" in verified.output
+
+
+def test_a_damaged_job_record_is_an_error_not_an_empty_history(tmp_path):
+    from xai_batch.errors import XaiBatchError
+    from xai_batch.manifest import load_job_record
+
+    assert load_job_record(str(tmp_path)) == {}
+    (tmp_path / "job.json").write_bytes(b"")
+    with pytest.raises(XaiBatchError, match=r"job.json is damaged \(0 bytes, not a JSON record"):
+        load_job_record(str(tmp_path))
+    (tmp_path / "job.json").write_text('{"runs": [')
+    with pytest.raises(XaiBatchError, match="move it aside"):
+        load_job_record(str(tmp_path))

@@ -100,7 +100,14 @@ class Location:
 
     @contextlib.contextmanager
     def atomic_writer(self) -> Iterator[io.BufferedIOBase]:
-        """Write to a hidden temporary file beside this one, then move it into place."""
+        """Write to a hidden temporary file beside this one, then move it into place.
+
+        On a local disk the file's bytes reach the disk before the rename,
+        and the rename before returning (``fsync`` of the file, then of its
+        folder), so a power cut leaves the old file or the whole new one,
+        never an empty one under the new name. An object store's upload is
+        atomic already.
+        """
         folder, name = self.path.rsplit("/", 1) if "/" in self.path else ("", self.path)
         temporary = f"{folder}/.tmp-{uuid.uuid4().hex[:8]}-{name}" if folder else f".tmp-{name}"
         if folder:
@@ -108,11 +115,25 @@ class Location:
         try:
             with self.filesystem.open_output_stream(temporary) as stream:
                 yield stream
+            on_disk = isinstance(self.filesystem, pafs.LocalFileSystem)  # file:// URIs too
+            if on_disk:
+                _fsync(temporary)
             self.filesystem.move(temporary, self.path)
+            if on_disk and folder:
+                _fsync(folder)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.filesystem.delete_file(temporary)
             raise
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file's (or folder's) data and metadata to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import threading
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -182,6 +183,68 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     assert fresh.exit_code == 0 and "3 images: 3 explained" in fresh.output
     assert read_manifest(out, current=False).num_rows == 3
     assert_verified(out, str(source))
+
+
+def test_reuse_never_hides_a_newer_error_row(ray_session, random_checkpoint, tmp_path):
+    """An image whose last outcome in --out is an error is retried, not copied from --reuse: the copy
+    (with its older run id) would leave the error current and the image counted done for ever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), np.uint8)).save(source / "b.png")
+    good = (source / "b.png").read_bytes()
+    old, out = str(tmp_path / "old"), str(tmp_path / "out")
+
+    def explain(into: str, *extra: str) -> str:
+        result = CliRunner().invoke(cli, ["explain", str(source), "--out", into, "--checkpoint", random_checkpoint,
+                                          "--num-samples", "8", "--batch-size", "8", "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    explain(old)
+    (source / "b.png").write_bytes(good[:60])  # tonight b.png could not be read whole
+    explain(out)
+    (error,) = read_manifest(out).to_pylist()
+    assert error["status"] == "error"
+    (source / "b.png").write_bytes(good)  # and now it can: the same bytes as last night's
+    assert "1 images: 1 explained, 0 errors, 0 already done" in explain(out, "--reuse", old)
+    (row,) = read_manifest(out).to_pylist()
+    assert row["status"] == "ok" and row["run_id"] > error["run_id"]
+    assert read_manifest(out, current=False).num_rows == 2  # the error and its retry; nothing copied
+
+
+def test_a_failing_writer_stops_the_run_at_once_and_keeps_what_was_written(ray_session, shapes_data, shapes_model,
+                                                                            tmp_path):
+    """When the manifest can no longer take rows (a full disk; here its folder turned into a file) the run
+    stops with the reason at the next image, instead of buffering rows it will lose at the end."""
+    from xai_batch.errors import XaiBatchError
+
+    out = tmp_path / "out"
+    config = ExplainConfig(source=shapes_data["holdout"], out=str(out), checkpoint=shapes_model, num_samples=200,
+                           flush_seconds=0.05)
+    outcome = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = run_explain(config, progress=False)
+        except XaiBatchError as exc:
+            outcome["error"] = exc
+
+    job = threading.Thread(target=run)
+    job.start()
+    deadline = time.monotonic() + 300
+    while not (out / MANIFEST_DIR).is_dir() or not os.listdir(out / MANIFEST_DIR):
+        assert time.monotonic() < deadline and job.is_alive(), "no part was written"
+        time.sleep(0.05)
+    (out / MANIFEST_DIR).rename(out / "kept")
+    (out / MANIFEST_DIR).write_text("no longer a folder")
+    job.join(timeout=300)
+    assert "result" not in outcome, "the run went on to the end"
+    assert str(outcome["error"]).startswith("writing the manifest failed: ")
+    parts = [name for name in os.listdir(out / "kept") if name.endswith(".parquet")]
+    assert parts and all(pq.read_table(out / "kept" / name).num_rows for name in parts)  # written, and kept
+    run = json.loads((out / "job.json").read_text())["runs"][-1]
+    assert run["state"] == "failed" and "writing the manifest failed" in run["error"]
+    assert run["counts"]["ok"] < 6
 
 
 def test_a_killed_replica_is_replaced_and_its_work_redone(ray_session, three_shapes, shapes_model, tmp_path):

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import connected
-from xai_batch.distributed.pipeline import Pipeline
+from xai_batch.distributed.pipeline import Pipeline, describe_failure
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.distributed.stages import STAGES
-from xai_batch.errors import ConfigError
+from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import discover_images
 from xai_batch.manifest import (
     MANIFEST_DIR, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state, reuse_rows,
@@ -105,7 +105,7 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     paths = inputs.paths
     if not paths:
         log.warning("no image files under %s", config.source)
-    reused = reuse_rows(config.out, config.reuse, hashes, paths, done) if config.reuse else {}
+    reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else {}
     for path, methods in reused.items():  # a copy of a file that changed since is redone like any other
         done.setdefault(path, {}).update(methods)
     run_id = new_run_id()
@@ -141,11 +141,15 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
             )
             pipeline_class = pipeline_for(config.stages, replicas.placement)
             pipeline = pipeline_class(config, paths, done, set(reused), replicas, context, writer, bar, counts)
+            unwritten = None
             try:
                 pipeline.run()
             finally:
                 bar.close()
-                counts["rows"] = ray.get(writer.close.remote())
+                try:
+                    counts["rows"] = ray.get(writer.close.remote())
+                except ray.exceptions.RayError as exc:  # the last rows could not be written
+                    unwritten = XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}")
                 run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
                     run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
@@ -153,6 +157,8 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
                 except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
                     log.warning("no stage times: a replica or the writer is gone")
                 replicas.shutdown()
+            if unwritten is not None:
+                raise unwritten
             timings["explain_seconds"] = time.time() - models_ready
             worked = counts["ok"] + counts["error"]
             timings["images_per_second"] = worked / max(timings["explain_seconds"], 1e-9)

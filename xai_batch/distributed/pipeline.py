@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from xai_batch.errors import one_line
+from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.manifest import RowContext, error_row
 from xai_batch.maths.convergence import sample_schedule
 from xai_batch.methods import GradientMethod, get_method
@@ -37,7 +37,7 @@ from xai_batch.distributed.stages import (
 )
 from xai_batch.storage import locate
 
-__all__ = ["Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
+__all__ = ["ImageFlow", "Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,72 @@ class _Chunk:
     gradient_method: str | None = None  # that gradient method's pass on the image instead of rows [start, stop)
 
 
-class Pipeline:
+class ImageFlow:
+    """What the drivers of both stages share: the job's inputs, the writer, the counts and the progress bar.
+
+    ``busy`` sums the seconds by stage the tasks report (the replicas count
+    their own); ``skipped`` and ``counted`` are the two ends an image reaches.
+    Rows go to the writer actor through ``write``, and ``check_writes``
+    stops the run at the first write that failed (a full disk, say), so
+    rows are never buffered after the manifest can no longer take them.
+    """
+
+    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
+        self.config = config
+        self.todo = deque(paths)
+        self.done = done
+        self.reused = reused
+        self.replicas = replicas
+        self.context = context
+        self.context_ref = ray.put(context)
+        self.writer = writer
+        self.bar = bar
+        self.counts = counts
+        self.source = locate(config.source)
+        self.busy: Counter[str] = Counter()
+        self.writes: list[ray.ObjectRef] = []  # the writer's answers not yet checked
+
+    def write(self, rows, seconds=None, each: bool = False) -> None:
+        """Send rows to the writer: one group (``seconds`` a float or None), or with ``each`` a list of
+        groups and their seconds."""
+        method = self.writer.add_each if each else self.writer.add
+        self.writes.append(method.remote(rows, seconds))
+
+    def check_writes(self) -> None:
+        """Raise at the first write that failed; the parts written before it stay."""
+        if not self.writes:
+            return
+        done, self.writes = ray.wait(self.writes, num_returns=len(self.writes), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                raise XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}") from None
+
+    def header(self, ref: ray.ObjectRef, path: str) -> ImageHeader:
+        """A decoding task's header (a failed task's as an error header), its seconds added to ``busy``."""
+        try:
+            header: ImageHeader = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            header = ImageHeader(path, error=f"decoding failed: {describe_failure(exc)}", methods=self.config.methods)
+        self.busy.update(header.busy)
+        return header
+
+    def skipped(self, path: str) -> None:
+        """An image whose every method is already in the manifest for its content (or was reused)."""
+        self.counts["skipped"] += 1
+        self.counts["reused"] += path in self.reused
+        self.bar.update(1)
+
+    def counted(self, ok: bool) -> None:
+        """An image done, every method recorded: ``ok`` unless one of them failed."""
+        self.counts["ok" if ok else "error"] += 1
+        self.bar.update(1)
+        if self.counts["error"]:
+            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
+
+
+class Pipeline(ImageFlow):
     """Moves every image through prepare → predict chunks → finish on Ray.
 
     Replica calls are retried here rather than by Ray, so that a crash is
@@ -89,17 +154,7 @@ class Pipeline:
     settled = 0  # lime's own quickshift runs in the tasks: no pixel is settled
 
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
-        self.config = config
-        self.todo = deque(paths)
-        self.done = done
-        self.reused = reused
-        self.replicas = replicas
-        self.context_ref = ray.put(context)
-        self.context = context
-        self.writer = writer
-        self.bar = bar
-        self.counts = counts
-        self.source = locate(config.source)
+        super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
         self.prepare_task = ray.remote(num_returns=1 + len(config.methods), max_retries=TASK_RETRIES)(prepare)
         self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
         self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
@@ -116,7 +171,6 @@ class Pipeline:
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
         self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
         self.chunks_by_node: dict[str, int] = {}
-        self.busy: Counter[str] = Counter()  # seconds by stage, summed over images: the CPU stages' share
 
     def by_node(self) -> dict:
         """For job.json: how many model calls each node's replicas answered."""
@@ -124,6 +178,7 @@ class Pipeline:
 
     def run(self) -> None:
         while self.todo or self.preparing or self.remaining:
+            self.check_writes()
             self._submit_prepares()
             self._dispatch_chunks()
             waiting = [*self.preparing, *self.running, *self.finishing]
@@ -163,15 +218,9 @@ class Pipeline:
 
     def _prepared(self, ref: ray.ObjectRef) -> None:
         path, payloads, submitted = self.preparing.pop(ref)
-        try:
-            header: ImageHeader = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            header = ImageHeader(path, error=f"decoding failed: {describe_failure(exc)}", methods=self.config.methods)
-        self.busy.update(header.busy)
+        header = self.header(ref, path)
         if header.skipped:
-            self.counts["skipped"] += 1
-            self.counts["reused"] += path in self.reused
-            self.bar.update(1)
+            self.skipped(path)
             return
         self.remaining[path] = len(header.methods)
         for method in header.methods:
@@ -282,7 +331,7 @@ class Pipeline:
         self, key: tuple[str, str], rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None
     ) -> None:
         """Send one method's rows to the writer; count the image once all its methods are recorded."""
-        self.writer.add.remote(rows, seconds)
+        self.write(rows, seconds)
         path = key[0]
         if not ok:
             self.failed.add(path)
@@ -290,11 +339,8 @@ class Pipeline:
         if self.remaining[path]:
             return
         del self.remaining[path]
-        self.counts["error" if path in self.failed else "ok"] += 1
+        self.counted(ok=path not in self.failed)
         self.failed.discard(path)
-        self.bar.update(1)
-        if self.counts["error"]:
-            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
 
 
 def _finish_from_chunks(

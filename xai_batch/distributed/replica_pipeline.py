@@ -29,10 +29,9 @@ from dataclasses import dataclass
 
 import ray
 
-from xai_batch.distributed.pipeline import TASK_RETRIES, describe_failure
+from xai_batch.distributed.pipeline import TASK_RETRIES, ImageFlow, describe_failure
 from xai_batch.distributed.stages import ImageHeader, decode
 from xai_batch.manifest import error_row
-from xai_batch.storage import locate
 
 __all__ = ["ReplicaPipeline", "IMAGES_PER_CALL", "CALLS_PER_REPLICA"]
 
@@ -51,23 +50,14 @@ class _Call:
     rows: ray.ObjectRef | None = None
 
 
-class ReplicaPipeline:
+class ReplicaPipeline(ImageFlow):
     """Moves every image through a decode task and a whole-image call on a replica."""
 
     ran_on = "replica"
 
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
-        self.config = config
-        self.todo = deque(paths)
-        self.done = done
-        self.reused = reused
-        self.replicas = replicas
-        self.context = context
-        self.config_ref, self.context_ref = ray.put(config), ray.put(context)
-        self.writer = writer
-        self.bar = bar
-        self.counts = counts
-        self.source = locate(config.source)
+        super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
+        self.config_ref = ray.put(config)
         self.decode_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(decode)
         self.max_decoding = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.max_images = IMAGES_PER_CALL * (CALLS_PER_REPLICA * len(replicas) + 1)
@@ -78,7 +68,6 @@ class ReplicaPipeline:
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
         self.submitted: dict[str, float] = {}  # path -> when its decode task was sent
         self.crashes: Counter[str] = Counter()  # path -> replicas that died while explaining it
-        self.busy: Counter[str] = Counter()  # seconds by stage in the decode tasks (the replicas count their own)
         self.settled = 0  # pixels whose quickshift parent a replica settled on the CPU
         self.images_by_node: dict[str, int] = {}
 
@@ -88,6 +77,7 @@ class ReplicaPipeline:
 
     def run(self) -> None:
         while self.todo or self.decoding or self.decoded or self.resend or self.calls:
+            self.check_writes()
             self._submit_decodes()
             self._dispatch()
             ready, _ = ray.wait([*self.decoding, *self.calls], num_returns=1)
@@ -131,18 +121,12 @@ class ReplicaPipeline:
 
     def _decoded(self, ref: ray.ObjectRef) -> None:
         path, image = self.decoding.pop(ref)
-        try:
-            header: ImageHeader = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            header = ImageHeader(path, error=f"decoding failed: {describe_failure(exc)}", methods=self.config.methods)
-        self.busy.update(header.busy)
+        header = self.header(ref, path)
         if header.skipped:
             del self.submitted[path]
-            self.counts["skipped"] += 1
-            self.counts["reused"] += path in self.reused
-            self.bar.update(1)
+            self.skipped(path)
         elif header.error is not None:
-            self.writer.add.remote([error_row(header, self.context, method) for method in header.methods])
+            self.write([error_row(header, self.context, method) for method in header.methods])
             self._count(path, ok=False)
         else:
             self.decoded.append((header, image))
@@ -161,7 +145,7 @@ class ReplicaPipeline:
         self._forget(ref)
         self.settled += settled
         now = time.monotonic()
-        self.writer.add_each.remote(call.rows, [now - self.submitted[path] if ok else None for path, _, ok in outcomes])
+        self.write(call.rows, [now - self.submitted[path] if ok else None for path, _, ok in outcomes], each=True)
         failed = {path for path, _, ok in outcomes if not ok}
         for header, _ in call.images:
             self._count(header.path, ok=header.path not in failed)
@@ -193,12 +177,9 @@ class ReplicaPipeline:
     def _fail(self, call: _Call, reason: str) -> None:
         """Every image of the call as error rows, one per method."""
         for header, _ in call.images:
-            self.writer.add.remote([error_row(header, self.context, method, reason) for method in header.methods])
+            self.write([error_row(header, self.context, method, reason) for method in header.methods])
             self._count(header.path, ok=False)
 
     def _count(self, path: str, ok: bool) -> None:
         self.submitted.pop(path, None)
-        self.counts["ok" if ok else "error"] += 1
-        self.bar.update(1)
-        if self.counts["error"]:
-            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
+        self.counted(ok)

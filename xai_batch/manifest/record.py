@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from importlib import metadata
 
-from xai_batch.storage import join, read_json, write_json
+from xai_batch.errors import XaiBatchError
+from xai_batch.storage import join, locate, write_json
 
 __all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
 
@@ -31,5 +33,22 @@ def write_job_record(out: str, record: dict) -> str:
 
 
 def load_job_record(out: str) -> dict:
-    """The record in ``OUT/job.json``, or an empty one."""
-    return read_json(join(out, JOB_FILE)) or {}
+    """The record in ``OUT/job.json``, or an empty one where there is none.
+
+    A record that is there but cannot be read (empty, cut short) is an error
+    naming it, not an empty record: the next run would write over the
+    history of every run before it.
+    """
+    where = locate(join(out, JOB_FILE))
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise XaiBatchError(f"{where.target} is damaged ({len(data)} bytes, not a JSON record; cut short by a crash "
+                            "or a full disk?): move it aside to go on, and its run history with it")
+    return record

@@ -23,6 +23,8 @@ __all__ = ["resume_state", "reuse_rows", "manifest_counts"]
 
 log = logging.getLogger(__name__)
 
+_BOOKKEEPING = ["path", "method", "sha256", "status", "config_hash"]  # what resuming and reusing decide by
+
 
 def resume_state(out: str, compatible: set[str], overwrite: bool) -> dict[str, dict[str, str]]:
     """Path -> method -> sha256 of the results ``out`` already holds good rows for.
@@ -33,7 +35,7 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> dict[str, d
     discards this configuration's too: the run starts over).
     Error rows are not "done": a resumed run retries them.
     """
-    existing = read_manifest(out)
+    existing = read_manifest(out, columns=_BOOKKEEPING)
     if existing.num_rows == 0:
         return {}
     hashes = set(existing.column("config_hash").drop_null().to_pylist())
@@ -52,28 +54,33 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> dict[str, d
     return _hashes_by_path(existing.filter(pc.equal(existing.column("status"), "ok")))
 
 
-def reuse_rows(
-    out: str, reuse: str, hashes: dict[str, str], paths: list[str], done: dict[str, dict[str, str]]
-) -> dict[str, dict[str, str]]:
-    """Copy ``reuse``'s ok rows of this configuration for the images and methods ``out`` lacks.
+def reuse_rows(out: str, reuse: str, hashes: dict[str, str], paths: list[str]) -> dict[str, dict[str, str]]:
+    """Copy ``reuse``'s ok rows of this configuration for the images and methods ``out`` holds no row of.
 
     The rows keep their run ids, older than this run's, so an image whose file
     changed since is redone by the prepare task's hash check and its new rows
-    supersede the copies. Returns path -> method -> sha256 of what was copied.
+    supersede the copies. An image and method with any current row in
+    ``out`` is not copied: an ok row there is done already, and an error row
+    there is newer than the copy would be and would stay current, so the
+    image is retried instead. Returns path -> method -> sha256 of what was copied.
     """
-    previous = read_manifest(reuse)
+    held = read_manifest(out, columns=["path", "method"])
+    present = set(zip(held["path"].to_pylist(), held["method"].to_pylist()))
+    candidates = read_manifest(reuse, columns=_BOOKKEEPING)
     wanted = set(paths)
     keep = [
-        status == "ok" and hashes.get(method) == digest and path in wanted and method not in done.get(path, {})
+        status == "ok" and hashes.get(method) == digest and path in wanted and (path, method) not in present
         for path, method, status, digest in zip(
-            previous["path"].to_pylist(), previous["method"].to_pylist(), previous["status"].to_pylist(),
-            previous["config_hash"].to_pylist())
+            candidates["path"].to_pylist(), candidates["method"].to_pylist(), candidates["status"].to_pylist(),
+            candidates["config_hash"].to_pylist())
     ]
-    rows = previous.filter(keep)
-    if rows.num_rows:
-        folder = locate(out).child(MANIFEST_DIR)
-        folder.make_dirs()
-        write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
+    if not any(keep):
+        log.info("reused no rows of %s", reuse)
+        return {}
+    rows = read_manifest(reuse).filter(keep)  # the same rows in the same order, now with every column
+    folder = locate(out).child(MANIFEST_DIR)
+    folder.make_dirs()
+    write_part(folder, f"part-{new_run_id()}-reused.parquet", rows)
     log.info("reused %d rows of %s", rows.num_rows, reuse)
     return _hashes_by_path(rows)
 
@@ -88,7 +95,7 @@ def _hashes_by_path(rows) -> dict[str, dict[str, str]]:
 
 def manifest_counts(out: str) -> dict[str, int]:
     """Counts over the current manifest (all runs), as job.json reports them."""
-    table = read_manifest(out).select(["path", "status"]).to_pylist()
+    table = read_manifest(out, columns=["path", "status"]).to_pylist()
     errors = {row["path"] for row in table if row["status"] == "error"}
     ok = {row["path"] for row in table} - errors
     return {"images": len(ok | errors), "ok": len(ok), "error": len(errors), "rows": len(table)}
