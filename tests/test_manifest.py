@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -117,3 +118,57 @@ def test_a_damaged_job_record_is_an_error_not_an_empty_history(tmp_path):
     (tmp_path / "job.json").write_text('{"runs": [')
     with pytest.raises(XaiBatchError, match="move it aside"):
         load_job_record(str(tmp_path))
+
+
+def test_a_second_run_into_a_held_output_is_refused_naming_the_first(tmp_path, random_checkpoint):
+    """Two runs into one --out would mix their configurations or delete each other's parts."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+    from xai_batch.manifest.lock import LOCK_FILE, OutputInUse, OutputLock
+
+    out = str(tmp_path / "out")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.png").write_bytes(b"")
+    with OutputLock(out, "run-a"):
+        with pytest.raises(OutputInUse, match=rf"in use by another run \(run run-a, process {os.getpid()} on "
+                                              rf"{socket.gethostname()}, its lease renewed 0 s ago\)"):
+            OutputLock(out, "run-b").__enter__()
+        result = CliRunner().invoke(cli, ["explain", str(source), "--out", out, "--checkpoint", random_checkpoint])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert f"Error: {out} is in use by another run (run run-a" in result.output
+        assert not (tmp_path / "out" / "job.json").exists()  # refused before anything was written
+    assert not (tmp_path / "out" / LOCK_FILE).exists()  # given up by the run that held it
+    with OutputLock(out, "run-b"):
+        assert json.loads((tmp_path / "out" / LOCK_FILE).read_text())["run_id"] == "run-b"
+
+
+def test_a_gone_holders_lease_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from xai_batch.manifest.lock import LOCK_FILE, STALE_SECONDS, OutputInUse, OutputLock
+
+    (tmp_path / "out").mkdir()
+    lease = tmp_path / "out" / LOCK_FILE
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    here, now = socket.gethostname(), time.time()
+    for holder, taken in [
+        ({"host": here, "pid": ended.pid, "run_id": "killed", "renewed": now}, True),  # its process is gone
+        ({"host": "elsewhere", "pid": 1, "run_id": "lost", "renewed": now - 2 * STALE_SECONDS}, True),  # not renewed
+        ({"host": "elsewhere", "pid": 1, "run_id": "live", "renewed": now}, False),
+    ]:
+        lease.write_text(json.dumps(holder))
+        if taken:
+            with OutputLock(str(tmp_path / "out"), "new"):
+                assert json.loads(lease.read_text())["run_id"] == "new"
+            assert not lease.exists()
+        else:
+            with pytest.raises(OutputInUse, match="run live, process 1 on elsewhere"):
+                OutputLock(str(tmp_path / "out"), "new").__enter__()
+            assert json.loads(lease.read_text())["run_id"] == "live"  # not ours: left alone

@@ -30,6 +30,7 @@ from xai_batch.distributed.replicas import Replicas
 from xai_batch.distributed.stages import STAGES
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import discover_images
+from xai_batch.manifest.lock import OutputLock
 from xai_batch.manifest import (
     MANIFEST_DIR, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state, reuse_rows,
     software_versions, write_job_record,
@@ -76,8 +77,9 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     """Explain every image under ``config.source`` into ``config.out``.
 
     The model and the output folder are checked before Ray starts, so a bad
-    checkpoint or a clash with earlier results costs no cluster time. Returns
-    when every image has its rows; on ``KeyboardInterrupt`` the rows finished
+    checkpoint or a clash with earlier results costs no cluster time; a
+    second run into the same ``out`` while this one runs is refused
+    (:mod:`xai_batch.manifest.lock`). Returns when every image has its rows; on ``KeyboardInterrupt`` the rows finished
     so far are kept and the run is recorded as interrupted. ``inputs`` are
     the model and paths when the caller has read them already.
     """
@@ -100,6 +102,15 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
         faithfulness=config.faithfulness,
         stability=config.stability,
     )
+    run_id = new_run_id()
+    with OutputLock(config.out, run_id):  # no other run writes into ``out`` until this one ends
+        return _explain_holding_out(config, inputs, context, hashes, run_id, started, progress)
+
+
+def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowContext, hashes: dict[str, str],
+                         run_id: str, started: float, progress: bool) -> JobResult:
+    """The run itself, while it holds ``out``'s lease: resume, explain, record."""
+    model = inputs.model
     done = resume_state(config.out, {config_hash(config, model.model_id, method) for method in METHODS},
                         config.overwrite)
     paths = inputs.paths
@@ -108,7 +119,6 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else {}
     for path, methods in reused.items():  # a copy of a file that changed since is redone like any other
         done.setdefault(path, {}).update(methods)
-    run_id = new_run_id()
     record = {} if config.overwrite else load_job_record(config.out)
     record.update(
         config=config.to_dict(),
