@@ -37,11 +37,11 @@ from xai_batch.distributed.stages import (
 )
 from xai_batch.storage import locate
 
-__all__ = ["ImageFlow", "Pipeline", "CHUNKS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
+__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
-CHUNKS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
+CALLS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
 TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
 
 
@@ -202,7 +202,7 @@ class Pipeline(ImageFlow):
     def _dispatch_chunks(self) -> None:
         while self.chunk_queue:
             replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
-            if len(self.in_flight[replica]) >= CHUNKS_PER_REPLICA:
+            if len(self.in_flight[replica]) >= CALLS_PER_REPLICA:
                 return
             chunk = self.chunk_queue.popleft()
             if chunk.key not in self.images:  # the image failed meanwhile

@@ -29,16 +29,15 @@ from dataclasses import dataclass
 
 import ray
 
-from xai_batch.distributed.pipeline import TASK_RETRIES, ImageFlow, describe_failure
+from xai_batch.distributed.pipeline import CALLS_PER_REPLICA, TASK_RETRIES, ImageFlow, describe_failure
 from xai_batch.distributed.stages import ImageHeader, decode
 from xai_batch.manifest import error_row
 
-__all__ = ["ReplicaPipeline", "IMAGES_PER_CALL", "CALLS_PER_REPLICA"]
+__all__ = ["ReplicaPipeline", "IMAGES_PER_CALL"]
 
 log = logging.getLogger(__name__)
 
 IMAGES_PER_CALL = 4  # quickshift runs on the call's images at once
-CALLS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
 
 
 @dataclass

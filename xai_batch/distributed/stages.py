@@ -365,11 +365,10 @@ def _model_outputs(payload: PreparedImage, config: ExplainConfig, context: RowCo
     """A perturbation method's outputs: all its rows, or with ``auto`` round by round until settled."""
     if not context.adaptive:
         return _predicted(predict, payload, 0, len(payload.rows), config.batch_size, busy)
-    outputs = np.zeros((0, 0), np.float32)
-    start = 0
+    rounds, start = [], 0
     for stop in sample_schedule(config.max_samples):
-        more = _predicted(predict, payload, start, stop, config.batch_size, busy)
-        outputs = np.concatenate([outputs, more]) if len(outputs) else more
+        rounds.append(_predicted(predict, payload, start, stop, config.batch_size, busy))
+        outputs = np.concatenate(rounds)
         checking = time.perf_counter()
         enough = enough_samples(payload, outputs, context)
         busy["surrogate"] += time.perf_counter() - checking
