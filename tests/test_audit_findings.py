@@ -124,3 +124,39 @@ def test_thresholds_are_checked():
     with pytest.raises(ConfigError) as caught:
         Thresholds(min_iou=1.5)
     assert caught.value.param == "min_iou"
+
+
+def test_a_manifest_taken_a_group_of_images_at_a_time_gives_the_same_report():
+    """What the audit of a million images does (AuditTally over groups of paths, both manifests split the
+    same way) is what one call over every row gives: counts, confusion, findings in path order, quality,
+    agreement, what changed."""
+    from xai_batch.analysis.findings import AuditTally
+
+    rng = np.random.default_rng(3)
+    current, previous = [], []
+    for n in range(40):
+        path = f"{['cat', 'dog'][n % 2]}/{n:02d}.png"
+        if n % 9 == 4:
+            current.append(_error(path))
+            continue
+        pred = ["cat", "dog"][(n // 3) % 2]
+        weights = rng.normal(size=5)
+        quality = {"deletion_auc": float(rng.uniform()), "deletion_auc_random": 0.5, "on_object": float(rng.uniform()),
+                   "on_object_random": 0.5}
+        current.append(_row(path, pred, float(rng.uniform(0.3, 1)), weights, **quality))
+        current.append({**_row(path, pred, 0.9, rng.normal(size=5), **quality), "method": "kernelshap"})
+        if n % 7:
+            before = pred if n % 4 else {"cat": "dog", "dog": "cat"}[pred]  # changed
+            previous.append(_row(path, before, 0.8, weights if n % 3 else np.roll(weights, 2)))  # moved
+    previous.append(_row("gone.png", "cat", 0.9, [1, 0, 0, 0, 0]))
+    whole = _report(current, previous)
+    tally = AuditTally(truth=lambda p: p.split("/")[0] if "/" in p else None, predicted=lambda row: row["pred_name"],
+                       compared=True)
+    for group in range(3):
+        def mine(rows):
+            return [row for row in rows if hash(row["path"]) % 3 == group]
+        tally.add(mine(current), mine(previous))
+    grouped = tally.report()
+    assert grouped == whole
+    assert whole["counts"]["moved"] > 0 and whole["counts"]["changed"] > 0 and whole["counts"]["errors"] == 4
+    assert whole["since_previous"]["removed"] == ["gone.png"] and whole["agreement"][0]["explanations"] == 36

@@ -7,7 +7,8 @@ from PIL import Image
 from torchvision import transforms
 
 from xai_batch.errors import ImageError
-from xai_batch.images import discover_images, image_seed, load_image, preprocess
+from xai_batch.images import image_seed, load_image, preprocess
+from xai_batch.sources import discover_images
 
 
 @pytest.mark.parametrize("name", ["chelsea", "astronaut", "coffee", "rocket"])

@@ -99,7 +99,7 @@ def test_a_damaged_part_is_named_in_one_line_and_the_cli_prints_no_traceback(tmp
         read_manifest(str(tmp_path))
     message = str(raised.value)
     assert "part-cut.parquet, part-empty.parquet" in message and good not in message
-    assert "move it out of the folder and run again" in message and "\n" not in message
+    assert "xai-batch verify --repair sets it aside" in message and "\n" not in message
     result = CliRunner().invoke(cli, ["render", str(tmp_path), "--to", str(tmp_path / "pictures")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "damaged manifest parts part-cut.parquet, part-empty.parquet" in result.output
@@ -172,3 +172,135 @@ def test_a_gone_holders_lease_is_taken_over_and_a_live_ones_is_not(tmp_path):
             with pytest.raises(OutputInUse, match="run live, process 1 on elsewhere"):
                 OutputLock(str(tmp_path / "out"), "new").__enter__()
             assert json.loads(lease.read_text())["run_id"] == "live"  # not ours: left alone
+
+
+def _ok_row(path: str, method: str, label: int) -> dict:
+    return {"path": path, "status": "ok", "method": method, "explained_index": label, "sha256": path}
+
+
+def test_groups_hold_whole_images_and_together_are_the_current_manifest(tmp_path):
+    from xai_batch.manifest import current_groups
+
+    out, other = str(tmp_path / "out"), str(tmp_path / "other")
+    paths = [f"img{n:03d}.png" for n in range(60)]
+    for rows in ([_ok_row(p, m, label) for p in paths for m in ("lime", "gradcam") for label in (0, 1)],
+                 [_row(p) | {"method": "lime"} for p in paths[::3]]):  # a later run's errors supersede lime's rows
+        writer = ManifestWriter(out, new_run_id(), rows_per_part=50)
+        writer.add(rows)
+        writer.close()
+    writer = ManifestWriter(other, new_run_id())
+    writer.add([_ok_row(p, "lime", 0) for p in paths[::2]])
+    writer.close()
+    whole, whole_other = read_manifest(out), read_manifest(other)
+    columns = ["path", "method", "explained_index", "status", "run_id"]
+    seen, seen_other = [], []
+    groups = list(current_groups([out, other], columns, group_rows=40))
+    assert len(groups) == 7  # 280 rows in all runs, at most 40 a group
+    for table, table_other in groups:
+        assert table.column_names == columns
+        assert table.equals(table.sort_by([("path", "ascending"), ("method", "ascending"),
+                                           ("explained_index", "ascending")]))
+        assert set(table_other["path"].to_pylist()) <= set(table["path"].to_pylist())  # the same paths
+        seen += table.to_pylist()
+        seen_other += table_other.to_pylist()
+    key = lambda row: (row["path"], row["method"], row["explained_index"] is None, row["explained_index"] or 0)
+    assert sorted(seen, key=key) == sorted(whole.select(columns).to_pylist(), key=key)
+    assert sorted(seen_other, key=key) == sorted(whole_other.select(columns).to_pylist(), key=key)
+    assert len(seen) == 60 * 4 - 20 * 2 + 20
+    assert list(current_groups([out], ["path"], group_rows=10**6))[0][0].equals(whole.select(["path"]))
+
+
+def test_a_row_copied_twice_reads_once(tmp_path):
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([_ok_row("a.png", "lime", 0), _ok_row("b.png", "lime", 0)])
+    writer.close()
+    folder = tmp_path / "manifest"
+    [part] = os.listdir(folder)
+    (folder / "part-copy.parquet").write_bytes((folder / part).read_bytes())  # as a stopped compaction leaves it
+    assert read_manifest(str(tmp_path))["path"].to_pylist() == ["a.png", "b.png"]
+    assert read_manifest(str(tmp_path), current=False).num_rows == 4
+
+
+def _history(out: str, images: int) -> None:
+    """Three runs into ``out``: every image, then a third of them again, then errors for some."""
+    paths = [f"d{n % 7}/img{n:04d}.png" for n in range(images)]
+    for rows in ([_ok_row(p, m, 0) | {"weights": [float(n)] * 9} for n, p in enumerate(paths) for m in ("lime", "gradcam")],
+                 [_ok_row(p, "lime", 0) | {"weights": [-1.0] * 9} for p in paths[::3]],
+                 [_row(p) | {"method": "gradcam"} for p in paths[::5]]):
+        writer = ManifestWriter(out, new_run_id(), rows_per_part=37)
+        writer.add(rows)
+        writer.close()
+
+
+@pytest.mark.parametrize("stop_when", ["writing", "moving", "deleting", "never"])
+def test_a_compaction_stopped_at_any_moment_leaves_the_manifest_as_it_read(tmp_path, stop_when):
+    """Killed while it writes its parts or moves them in, or stopped while it deletes the old (too quick a
+    step to kill it in reliably, so the old parts of a finished compaction are put back, as that leaves
+    them): the manifest reads the same, and the next compaction finishes the work."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "out")
+    _history(out, 300)
+    before = read_manifest(out)
+    folder = tmp_path / "out" / "manifest"
+    old = {name for name in os.listdir(folder) if not name.startswith(".")}
+    command = [sys.executable, "-c", "from xai_batch.cli import main; main()", "compact", out, "--part-rows", "2",
+               "--no-progress"]
+    kept = {name: (folder / name).read_bytes() for name in sorted(old)[::2]}  # what a stop while deleting leaves
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def reached() -> bool:
+        names = set(os.listdir(folder))
+        staging = [name for name in names if name.startswith(".compacting-")]
+        if stop_when == "writing":
+            return bool(staging) and len(os.listdir(folder / staging[0])) > 20
+        if stop_when == "moving":
+            return len(names - old - set(staging) - {".xai-batch.lock"}) > 20
+        return False
+
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if reached():
+            process.send_signal(signal.SIGKILL)
+            break
+    output = process.communicate()[0].decode()
+    if stop_when == "deleting":
+        assert process.returncode == 0, output
+        for name, data in kept.items():
+            (folder / name).write_bytes(data)
+        assert read_manifest(out).equals(before)
+    elif stop_when != "never":
+        assert process.returncode == -signal.SIGKILL, f"the compaction ended before it was stopped: {output}"
+        assert read_manifest(out).equals(before)
+    finished = subprocess.run(command, capture_output=True, text=True)  # a gone holder's lease is taken over
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert f"{before.num_rows} current rows in {-(-before.num_rows // 2)} parts" in finished.stdout
+    after = read_manifest(out)
+    assert after.equals(before)
+    assert read_manifest(out, current=False).num_rows == before.num_rows  # superseded rows and copies dropped
+    assert not any(name.startswith(".") for name in os.listdir(folder))
+    assert not old & set(os.listdir(folder))
+    assert not os.path.exists(tmp_path / "out" / ".xai-batch.lock")
+    parts = sorted(os.listdir(folder))
+    first = pq.read_table(folder / parts[0])
+    assert first.equals(first.sort_by([("path", "ascending"), ("method", "ascending")]))
+
+
+def test_verify_repair_sets_damaged_parts_aside_and_the_manifest_reads_again(tmp_path):
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([_row("a.png")])
+    writer.close()
+    (tmp_path / "manifest" / "part-empty.parquet").write_bytes(b"")
+    repaired = CliRunner().invoke(cli, ["verify", str(tmp_path), "--repair"])
+    assert repaired.exit_code == 0, repaired.output
+    assert f"set aside: part-empty.parquet -> {tmp_path / 'damaged' / 'part-empty.parquet'}" in repaired.output
+    assert (tmp_path / "damaged" / "part-empty.parquet").read_bytes() == b""  # moved, not deleted
+    assert read_manifest(str(tmp_path))["path"].to_pylist() == ["a.png"]
+    assert not (tmp_path / ".xai-batch.lock").exists()

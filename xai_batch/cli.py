@@ -160,7 +160,7 @@ def _max_pixels(become: str = "error rows") -> Callable:
 
 _JOBS_ADDRESS = click.option(
     "--address", default=None, help="Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265.")
-_SOURCE_NOW = click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
+_SOURCE_NOW = click.option("--source", type=_PathOrURI(exists=True),
                            help="Where the images are now, if not where job.json says they were explained from.")
 
 
@@ -188,7 +188,7 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
         ]
     else:
         paths = [
-            click.argument("source", type=_PathOrURI(exists=True, file_okay=False, readable=True)),
+            click.argument("source", type=_PathOrURI(exists=True, readable=True)),
             click.option("--out", required=True, type=_PathOrURI(file_okay=False, writable=True),
                          help="Output folder or URI: manifest/*.parquet and job.json go here."),
             _CHECKPOINT,
@@ -221,6 +221,9 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
                      help="Where the work after decoding runs: workers (CPU tasks segment and fit, the replicas "
                           "run the model), replica (the replicas do all of it on their device), auto (replica "
                           "on CUDA, workers on CPUs). The rows are the same."),
+        click.option("--verify-content", is_flag=True,
+                     help="On a resume, read and hash every file; by default a file whose size and modification "
+                          "time are those its rows recorded is passed over unread."),
         _max_pixels(),
         click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Write finished rows at least this often: what a crash can lose."),
@@ -365,8 +368,10 @@ def cli(verbose: int) -> None:
 def explain(progress: bool, **options) -> None:
     """Explain every image under SOURCE into a Parquet manifest in --out.
 
-    Folders are walked recursively; jpg, jpeg, png, bmp, gif, webp, tif and tiff
-    files (any case) are explained, everything else is ignored. Running again
+    SOURCE is a folder, walked recursively, or a file listing the images
+    (Parquet or CSV with a path column, or one path per line, relative to the
+    listing's folder). jpg, jpeg, png, bmp, gif, webp, tif and tiff files (any
+    case) are explained, everything else is ignored. Running again
     into the same --out resumes: unchanged images already explained are skipped,
     and a method added since runs alone.
     """
@@ -439,22 +444,54 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
-@click.option("--source", type=_PathOrURI(exists=True, file_okay=False),
-              help="The job's SOURCE: also check that its images, and only they, have rows.")
+@click.option("--source", type=_PathOrURI(exists=True),
+              help="The job's SOURCE (a folder, or a file listing the images): also check that its images, "
+                   "and only they, have rows.")
+@click.option("--repair", is_flag=True,
+              help="Move damaged part files out of the manifest into OUT/damaged, so the next run redoes "
+                   "their images.")
 @_reporting_errors
-def verify(out: str, source: str | None) -> None:
+def verify(out: str, source: str | None, repair: bool) -> None:
     """Check the manifest in OUT: schema, one row per image and label, decodable PNGs.
 
-    Prints a summary and every problem; exits 1 if there is any.
+    Prints a summary and every problem; exits 1 if there is any. Reads the
+    manifest a group of images at a time, so its memory does not grow with
+    the manifest.
     """
-    from xai_batch.commands.verify import verify_manifest
+    from xai_batch.commands.verify import repair_manifest, verify_manifest
 
+    if repair:
+        for moved in repair_manifest(out):
+            click.echo(f"set aside: {moved}")
     report = verify_manifest(out, source)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     click.echo(report.summary())
     if report.problems:
         raise SystemExit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("out", type=_PathOrURI(exists=True, file_okay=False))
+@click.option("--part-rows", default=4096, show_default=True, type=click.IntRange(min=1, max=1_000_000),
+              help="Rows in each part written.")
+@_progress()
+@_reporting_errors
+def compact(out: str, part_rows: int, progress: bool) -> None:
+    """Rewrite OUT's manifest as sorted parts of its current rows, dropping superseded ones.
+
+    Safe to stop at any moment: the manifest reads the same before, during
+    and after, and a rerun finishes the work. Holds OUT's lease, so no run
+    writes into OUT meanwhile.
+    """
+    from tqdm import tqdm
+
+    from xai_batch.manifest.compact import compact as compact_manifest
+
+    with tqdm(unit="row", desc="compact", disable=not progress, mininterval=0.5) as bar:
+        done = compact_manifest(out, part_rows, progress=bar.update)
+    click.echo(f"{done.rows_after} current rows in {done.parts_after} parts (were {done.rows_before} rows in "
+               f"{done.parts_before} parts)")
 
 
 def _comma_list(value: str) -> tuple[str, ...]:

@@ -67,6 +67,11 @@ class ExplainConfig:
     the rows are the same (on CUDA lime's surrogate is fitted there, within
     1e-9 of the CPU's).
 
+    ``verify_content`` reads and hashes every file on a resume, where by
+    default a file whose size and modification time are those its rows
+    recorded is passed over unread. Not hashed: it changes what is read, not
+    what a row holds.
+
     ``num_samples="auto"`` draws samples in rounds, up to ``max_samples``, and
     stops an image once its top ``num_features`` superpixels and their signs
     are settled (:mod:`xai_batch.maths.convergence`); the rows used are a
@@ -96,6 +101,7 @@ class ExplainConfig:
     masks: str | None = None
     engine: str = "auto"
     stages: str = AUTO
+    verify_content: bool = False
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
     segmentation: Quickshift = field(default_factory=Quickshift)
 
@@ -197,13 +203,13 @@ def check_methods(methods: tuple[str, ...]) -> None:
 
 
 def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
-    """SOURCE a readable folder, ``out`` not a file, the checkpoint a file: local paths or URIs."""
+    """SOURCE a readable folder or listing file, ``out`` not a file, the checkpoint a file: local paths or URIs."""
     if is_uri(source):
-        if not _safely(lambda: locate(source).is_dir()):
-            raise ConfigError(f"SOURCE {source!r} is not a folder", "source")
-    elif not os.path.isdir(source):
-        raise ConfigError(f"SOURCE {source!r} is not a folder", "source")
-    elif not os.access(source, os.R_OK | os.X_OK):
+        if not _safely(lambda: locate(source).exists()):
+            raise ConfigError(f"SOURCE {source!r} is neither a folder nor a listing file", "source")
+    elif not os.path.exists(source):
+        raise ConfigError(f"SOURCE {source!r} is neither a folder nor a listing file", "source")
+    elif not os.access(source, os.R_OK | (os.X_OK if os.path.isdir(source) else 0)):
         raise ConfigError(f"SOURCE {source!r} is not readable", "source")
     if checkpoint is not None and not _safely(lambda: locate(checkpoint).is_file()):
         raise ConfigError(f"checkpoint {checkpoint!r} is not a file", "checkpoint")

@@ -31,7 +31,6 @@ __all__ = [
     "INPUT_SIZE",
     "DEFAULT_MAX_PIXELS",
     "LoadedImage",
-    "discover_images",
     "load_image",
     "open_rgb",
     "preprocess",
@@ -57,19 +56,6 @@ class LoadedImage:
     sha256: str
     width: int  # original width, after EXIF orientation
     height: int
-
-
-def discover_images(source: str) -> list[str]:
-    """Image files under ``source`` (a path or URI), as sorted ``/``-separated relative paths.
-
-    Hidden files and folders (names starting with ``.``) are skipped. Under a
-    local path, folder symlinks are not followed and file symlinks are, when
-    their target lies inside ``source``.
-    """
-    from xai_batch.storage import locate
-
-    files = locate(source).list_files()
-    return [rel for rel in files if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS]
 
 
 def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:

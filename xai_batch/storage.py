@@ -70,6 +70,13 @@ class Location:
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
 
+    def stat(self) -> tuple[int, int]:
+        """(size in bytes, modification time in ns) of this file; ``FileNotFoundError`` if there is none."""
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"no file at {self.target}")
+        return int(info.size), int(info.mtime_ns or 0)
+
     def read_bytes(self) -> bytes:
         with self.filesystem.open_input_stream(self.path) as stream:
             return stream.read()
@@ -90,6 +97,16 @@ class Location:
             if not any(part.startswith(".") for part in rel.split("/")):
                 found.append(rel)
         return sorted(found)
+
+    def move_to(self, other: Location) -> None:
+        """Rename this file to ``other`` on the same filesystem; on a local disk the rename reaches the
+        disk before returning (``fsync`` of the folder)."""
+        self.filesystem.move(self.path, other.path)
+        if isinstance(self.filesystem, pafs.LocalFileSystem) and "/" in other.path:
+            _fsync(other.path.rsplit("/", 1)[0] or "/")
+
+    def delete_file(self) -> None:
+        self.filesystem.delete_file(self.path)
 
     def make_dirs(self) -> None:
         self.filesystem.create_dir(self.path, recursive=True)

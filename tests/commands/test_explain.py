@@ -165,6 +165,36 @@ def test_uris_for_source_out_and_checkpoint(ray_session, shapes_data, shapes_mod
     assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["source"] == source
 
 
+def test_a_listing_of_a_folders_images_explains_into_the_folders_manifest(ray_session, three_shapes, shapes_model,
+                                                                          tmp_path):
+    """SOURCE as a file of paths (what an inventory gives): the same rows as the folder, and ``verify
+    --source LIST`` checks against the listing; listed paths that are not there become error rows."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+
+    source = tmp_path / "data"
+    shutil.copytree(three_shapes, source)
+    (source / "list.txt").write_text("".join(f"{name}\n" for name in sorted(os.listdir(three_shapes))))
+    folder = _explain(str(source), str(tmp_path / "folder"), shapes_model)
+    listed = _explain(str(source / "list.txt"), str(tmp_path / "listed"), shapes_model)
+    assert len(folder) == 3
+    assert [{k: v for k, v in row.items() if k not in ("run_id", "seconds")} for row in listed] == \
+        [{k: v for k, v in row.items() if k not in ("run_id", "seconds")} for row in folder]
+    (source / "list.txt").write_text("disc.png\ngone.png\n")
+    verified = CliRunner().invoke(cli, ["verify", str(tmp_path / "listed"), "--source", str(source / "list.txt")])
+    assert verified.exit_code == 1
+    assert "problem: gone.png: image in SOURCE without a row" in verified.output
+    assert "row for a file that is not an image in SOURCE" in verified.output
+    rows = _explain_unverified(str(source / "list.txt"), str(tmp_path / "gone"), shapes_model)
+    assert [(row["path"], row["status"]) for row in rows] == [("disc.png", "ok"), ("gone.png", "error")]
+
+
+def _explain_unverified(source, out, checkpoint):
+    run_explain(ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7), progress=False)
+    return read_manifest(out).to_pylist()
+
+
 @pytest.mark.parametrize("stages", ["workers", "replica"])
 def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes_model, tmp_path, stages):
     """``--num-samples auto`` stops each image at a round of its schedule, and its answer there is

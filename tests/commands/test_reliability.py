@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -175,6 +177,21 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     third = explain()
     assert "3 images: 1 explained, 0 errors, 2 already done" in third.output  # error rows are retried
     assert_verified(out, str(source))
+
+    # Unchanged is decided by size and modification time: an edit that kept both is not even read ...
+    rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
+    before = os.stat(source / "a.png")
+    assert (rows["a.png"]["size"], rows["a.png"]["mtime_ns"]) == (before.st_size, before.st_mtime_ns)
+    edited = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(edited, format="PNG")  # smaller: pad it after IEND
+    (source / "a.png").write_bytes(edited.getvalue().ljust(before.st_size, b"\0"))
+    os.utime(source / "a.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "3 images: 0 explained, 0 errors, 3 already done" in explain().output
+    assert read_manifest(out).to_pylist() == list(rows.values())
+    # ... until --verify-content reads and hashes every file
+    verified = explain("--verify-content")
+    assert "3 images: 1 explained, 0 errors, 2 already done" in verified.output, verified.output
+    assert read_manifest(out).to_pylist()[0]["sha256"] == hashlib.sha256((source / "a.png").read_bytes()).hexdigest()
 
     clash = explain("--num-samples", "14")
     assert clash.exit_code == 2

@@ -168,3 +168,23 @@ def test_ten_thousand_rows_stay_paged_and_filterable(browser, tmp_path):
     assert browser.evaluate("document.getElementById('page').textContent") == f"page 2 of {-(-expected // PAGE_SIZE)}"
     assert len(_shown(browser)) == min(PAGE_SIZE, expected - PAGE_SIZE)
     _save(browser, tmp_path, "report-10k.png")
+
+
+def test_a_big_runs_gallery_is_its_findings_then_a_seeded_sample(audited, tmp_path, monkeypatch):
+    """Past GALLERY_UP_TO explained images the gallery is bounded, and says so; the summary and the
+    findings still cover every image."""
+    import xai_batch.commands.report as report
+
+    monkeypatch.setattr(report, "GALLERY_UP_TO", 3)
+    documents = []
+    for name in ("one.html", "two.html"):
+        result = report.run_report(str(audited), to=str(tmp_path / name), progress=False)
+        text = (tmp_path / name).read_text()
+        documents.append(json.loads(text.split('<script type="application/json" id="data">')[1].split("</script>")[0]))
+        assert result.images == 3
+    first, second = documents
+    assert [row["path"] for row in first["rows"]] == [row["path"] for row in second["rows"]]  # the same sample
+    assert first["summary"]["explained"] == 8 and len(first["rows"]) == 3
+    assert first["summary"]["gallery"].startswith("the gallery shows 3 of 8 explained images")
+    assert "cat/disc.png" in {row["path"] for row in first["rows"]}  # misclassified: a finding, shown first
+    assert "cat/disc.png" in [item["path"] for item in first["findings"]["misclassified"]]

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from xai_batch.maths.quality import topk_jaccard
 from xai_batch.methods import METHODS
 
-__all__ = ["rank_correlation", "methods_in", "pairs_of_rows", "agreement"]
+__all__ = ["rank_correlation", "methods_in", "pairs_of_rows", "agreement", "AgreementTally"]
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -47,15 +47,34 @@ def pairs_of_rows(rows: Sequence[dict], first: str, second: str) -> list[tuple[d
 
 def agreement(rows: Sequence[dict], k: int) -> list[dict]:
     """Per pair of methods: images compared, mean top-``k`` Jaccard and mean rank correlation."""
-    out = []
-    for first, second in itertools.combinations(methods_in(rows), 2):
-        pairs = pairs_of_rows(rows, first, second)
-        jaccards = [topk_jaccard(np.asarray(a["weights"]), np.asarray(b["weights"]), k) for a, b in pairs]
-        rhos = [rho for a, b in pairs if (rho := rank_correlation(a["weights"], b["weights"])) is not None]
-        out.append({
-            "methods": [first, second],
-            "explanations": len(pairs),
-            "topk_jaccard": round(float(np.mean(jaccards)), 4) if jaccards else None,
-            "rank_correlation": round(float(np.mean(rhos)), 4) if rhos else None,
-        })
-    return out
+    tally = AgreementTally(k)
+    tally.add(rows)
+    return tally.report(methods_in(rows))
+
+
+class AgreementTally:
+    """Running sums behind :func:`agreement`, for rows that come a group of images at a time."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.sums: dict[tuple[str, str], list[float]] = {}  # pair -> [explanations, jaccard sum, rho sum, rhos]
+
+    def add(self, rows: Sequence[dict]) -> None:
+        for pair in itertools.combinations(methods_in(rows), 2):
+            sums = self.sums.setdefault(pair, [0, 0.0, 0.0, 0])
+            for a, b in pairs_of_rows(rows, *pair):
+                sums[0] += 1
+                sums[1] += topk_jaccard(np.asarray(a["weights"]), np.asarray(b["weights"]), self.k)
+                rho = rank_correlation(a["weights"], b["weights"])
+                if rho is not None:
+                    sums[2] += rho
+                    sums[3] += 1
+
+    def report(self, methods: Sequence[str]) -> list[dict]:
+        out = []
+        for pair in itertools.combinations(methods, 2):
+            explanations, jaccards, rhos, rho_count = self.sums.get(pair, [0, 0.0, 0.0, 0])
+            out.append({"methods": list(pair), "explanations": explanations,
+                        "topk_jaccard": round(jaccards / explanations, 4) if explanations else None,
+                        "rank_correlation": round(rhos / rho_count, 4) if rho_count else None})
+        return out

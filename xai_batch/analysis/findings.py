@@ -14,20 +14,23 @@ manifest's faithfulness, stability and localisation columns) goes with them.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from xai_batch.analysis.agreement import agreement, methods_in
+from xai_batch.analysis.agreement import AgreementTally, methods_in
 from xai_batch.errors import ConfigError
 from xai_batch.manifest import QUALITY_COLUMNS, decode_mask, image_rows, method_rows
+from xai_batch.methods import METHODS
 
 __all__ = [
     "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions",
     "confusion",
-    "mask_iou", "audit_report", "quality_summary",
+    "mask_iou", "audit_report", "AuditTally", "quality_summary",
 ]
 
 FINDINGS = ("errors", "misclassified", "low-confidence", "changed", "moved", "background")
@@ -144,38 +147,116 @@ def audit_report(
 
     ``truth`` gives an image's true label (None: unknown), ``predicted`` the
     label a row's prediction means (a label map's, or the class name).
-    ``previous`` holds the previous audit's rows, for what changed.
+    ``previous`` holds the previous audit's rows, for what changed. The
+    rows at once: :class:`AuditTally` takes them a group of images at a time.
     """
-    images = image_rows(current)
-    ok = {path: row for path, row in images.items() if row["status"] == "ok"}
-    findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
-    findings["errors"] = [{"path": r["path"], "method": r["method"], "error": r["error"]}
-                          for r in current if r["status"] != "ok"]
-    pairs = []
-    for path, row in ok.items():
-        label, probability = predicted(row), round(float(row["pred_prob"]), 4)
-        true_label = truth(path)
-        if true_label is not None:
-            pairs.append((true_label, label))
-            if true_label != label:
-                findings["misclassified"].append(
-                    {"path": path, "true": true_label, "predicted": label, "prob": probability})
-        if row["pred_prob"] < thresholds.low_confidence:
-            findings["low-confidence"].append({"path": path, "predicted": label, "prob": probability})
-    for row in current:
-        share = row.get("on_object")
-        if row["status"] == "ok" and row["explained_index"] == row["pred_index"] and share is not None \
-                and share < thresholds.min_on_object:
-            findings["background"].append({"path": row["path"], "method": row["method"],
-                                           "label": row["explained_name"], "on_object": round(share, 4)})
-    since = _since_previous(current, previous, ok, predicted, thresholds, findings) if previous is not None else None
-    counts = {"images": len(images), "explained": len(ok), "labelled": len(pairs),
-              **{kind: len(found) for kind, found in findings.items()}}
-    methods = methods_in(current)
-    by_method = {method: quality_summary(list(method_rows(current, method).values())) for method in methods}
-    return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
-            "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
-            "quality_by_method": by_method, "agreement": agreement(current, num_features)}
+    tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None)
+    tally.add(current, previous)
+    return tally.report()
+
+
+class AuditTally:
+    """:func:`audit_report` over a manifest read a group of images at a time.
+
+    Each :meth:`add` takes every current row of some images (and, when
+    ``compared``, the previous audit's rows of the same images); what is kept
+    between groups is the findings and running sums, not the rows. The
+    findings are listed sorted by path, so the report does not depend on how
+    the images were grouped.
+    """
+
+    def __init__(self, truth: Callable[[str], str | None], predicted: Callable[[dict], str],
+                 thresholds: Thresholds = Thresholds(), num_features: int = 5, compared: bool = False) -> None:
+        self.truth, self.predicted, self.thresholds = truth, predicted, thresholds
+        self.compared = compared
+        self.findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
+        self.pairs: Counter = Counter()
+        self.images = self.explained = 0
+        self.quality: dict[str, _QualityTally] = {}
+        self.agreement = AgreementTally(num_features)
+        self.new: list[str] = []
+        self.removed: list[str] = []
+        self.models_before: set[str] = set()
+        self.models_now: set[str] = set()
+
+    def add(self, current: Sequence[dict], previous: Sequence[dict] | None = None) -> None:
+        """One group's rows: every current row of its images, and the previous audit's of the same."""
+        images = image_rows(current)
+        ok = {path: row for path, row in images.items() if row["status"] == "ok"}
+        self.images += len(images)
+        self.explained += len(ok)
+        findings, thresholds = self.findings, self.thresholds
+        findings["errors"] += [{"path": r["path"], "method": r["method"], "error": r["error"]}
+                               for r in current if r["status"] != "ok"]
+        for path, row in ok.items():
+            label, probability = self.predicted(row), round(float(row["pred_prob"]), 4)
+            true_label = self.truth(path)
+            if true_label is not None:
+                self.pairs[true_label, label] += 1
+                if true_label != label:
+                    findings["misclassified"].append(
+                        {"path": path, "true": true_label, "predicted": label, "prob": probability})
+            if row["pred_prob"] < thresholds.low_confidence:
+                findings["low-confidence"].append({"path": path, "predicted": label, "prob": probability})
+        for row in current:
+            share = row.get("on_object")
+            if row["status"] == "ok" and row["explained_index"] == row["pred_index"] and share is not None \
+                    and share < thresholds.min_on_object:
+                findings["background"].append({"path": row["path"], "method": row["method"],
+                                               "label": row["explained_name"], "on_object": round(share, 4)})
+        for method in methods_in(current):
+            self.quality.setdefault(method, _QualityTally()).add(method_rows(current, method).values())
+        self.agreement.add(current)
+        self.models_now |= set(_models(current))
+        if self.compared:
+            self._since_previous(current, previous or [], images, ok)
+
+    def _since_previous(self, current, previous, images, ok) -> None:
+        """The 'changed' and 'moved' findings of one group; what else changed (new, removed, models)."""
+        predicted, findings = self.predicted, self.findings
+        before = image_rows(previous)
+        before_ok = {path: row for path, row in before.items() if row["status"] == "ok"}
+        previous_rows = {(r["path"], r["method"], r["explained_index"]): r
+                         for r in previous if r["status"] == "ok"}
+        for path, row in ok.items():
+            old = before_ok.get(path)
+            if old is None:
+                continue
+            if predicted(old) != predicted(row):
+                findings["changed"].append({
+                    "path": path, "before": predicted(old), "after": predicted(row),
+                    "prob_before": round(float(old["pred_prob"]), 4), "prob_after": round(float(row["pred_prob"]), 4),
+                    "file_changed": old["sha256"] != row["sha256"], "model_changed": old["model_id"] != row["model_id"],
+                })
+        for row in current:
+            old = previous_rows.get((row["path"], row["method"], row["explained_index"]))
+            if row["status"] != "ok" or old is None:
+                continue
+            now, then = decode_mask(row["mask"]), decode_mask(old["mask"])
+            iou = mask_iou(now, then) if now.shape == then.shape else 0.0
+            if iou < self.thresholds.min_iou:
+                findings["moved"].append({"path": row["path"], "method": row["method"],
+                                          "label": row["explained_name"], "iou": round(iou, 4),
+                                          "file_changed": old["sha256"] != row["sha256"]})
+        self.new += set(ok) - set(before)
+        self.removed += set(before) - set(images)
+        self.models_before |= set(_models(previous))
+
+    def report(self) -> dict:
+        """The report of every group added."""
+        findings = {kind: sorted(found, key=lambda f: (f["path"], f.get("method", ""), str(f.get("label", ""))))
+                    for kind, found in self.findings.items()}
+        pairs = [pair for pair, count in sorted(self.pairs.items()) for _ in range(count)]
+        counts = {"images": self.images, "explained": self.explained, "labelled": len(pairs),
+                  **{kind: len(found) for kind, found in findings.items()}}
+        methods = [method for method in METHODS if method in self.quality]
+        by_method = {method: self.quality[method].summary() for method in methods}
+        since = {"new": sorted(self.new), "removed": sorted(self.removed),
+                 "models_before": sorted(self.models_before), "models_now": sorted(self.models_now)} \
+            if self.compared else None
+        return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
+                "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
+                "quality_by_method": by_method, "agreement": self.agreement.report(methods)}
 
 
 def quality_summary(rows: Sequence[dict]) -> dict:
@@ -185,60 +266,43 @@ def quality_summary(rows: Sequence[dict]) -> dict:
     below the random order's (lower is better); ``insertion_beats_random``
     the same for insertion (higher is better); likewise for localisation.
     """
-    def values(column):
-        return np.array([row[column] for row in rows if row.get(column) is not None], np.float64)
-
-    def mean(column):
-        found = values(column)
-        return round(float(found.mean()), 4) if len(found) else None
-
-    def share(better):
-        verdicts = [verdict for verdict in map(better, rows) if verdict is not None]
-        return round(sum(verdicts) / len(verdicts), 4) if verdicts else None
-
-    summary = {column: mean(column) for column in QUALITY_COLUMNS}
-    summary["deletion_beats_random"] = share(
-        lambda r: None if r.get("deletion_auc") is None else r["deletion_auc"] < r["deletion_auc_random"])
-    summary["insertion_beats_random"] = share(
-        lambda r: None if r.get("insertion_auc") is None else r["insertion_auc"] > r["insertion_auc_random"])
-    summary["on_object_beats_random"] = share(
-        lambda r: None if r.get("on_object") is None else r["on_object"] > r["on_object_random"])
-    summary["images"] = {column: int(len(values(column))) for column in ("deletion_auc", "stability", "on_object")}
-    return summary
+    tally = _QualityTally()
+    tally.add(rows)
+    return tally.summary()
 
 
-def _since_previous(current, previous, ok, predicted, thresholds, findings) -> dict:
-    """Fill the 'changed' and 'moved' findings; return what else changed (new, removed, models)."""
-    before = image_rows(previous)
-    before_ok = {path: row for path, row in before.items() if row["status"] == "ok"}
-    previous_rows = {(r["path"], r["method"], r["explained_index"]): r
-                     for r in previous if r["status"] == "ok"}
-    for path, row in ok.items():
-        old = before_ok.get(path)
-        if old is None:
-            continue
-        if predicted(old) != predicted(row):
-            findings["changed"].append({
-                "path": path, "before": predicted(old), "after": predicted(row),
-                "prob_before": round(float(old["pred_prob"]), 4), "prob_after": round(float(row["pred_prob"]), 4),
-                "file_changed": old["sha256"] != row["sha256"], "model_changed": old["model_id"] != row["model_id"],
-            })
-    for row in current:
-        old = previous_rows.get((row["path"], row["method"], row["explained_index"]))
-        if row["status"] != "ok" or old is None:
-            continue
-        now, then = decode_mask(row["mask"]), decode_mask(old["mask"])
-        iou = mask_iou(now, then) if now.shape == then.shape else 0.0
-        if iou < thresholds.min_iou:
-            findings["moved"].append({"path": row["path"], "method": row["method"],
-                                      "label": row["explained_name"], "iou": round(iou, 4),
-                                      "file_changed": old["sha256"] != row["sha256"]})
-    return {
-        "new": sorted(set(ok) - set(before)),
-        "removed": sorted(set(before) - {row["path"] for row in current}),
-        "models_before": _models(previous),
-        "models_now": _models(current),
-    }
+_BEATS = {
+    "deletion_beats_random": lambda r: None if r.get("deletion_auc") is None else r["deletion_auc"] < r["deletion_auc_random"],
+    "insertion_beats_random":
+        lambda r: None if r.get("insertion_auc") is None else r["insertion_auc"] > r["insertion_auc_random"],
+    "on_object_beats_random": lambda r: None if r.get("on_object") is None else r["on_object"] > r["on_object_random"],
+}
+
+
+class _QualityTally:
+    """Running sums behind :func:`quality_summary`."""
+
+    def __init__(self) -> None:
+        self.sums = {column: [] for column in QUALITY_COLUMNS}  # per group: (sum, count)
+        self.beats = {name: [0, 0] for name in _BEATS}
+
+    def add(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        for column in QUALITY_COLUMNS:
+            found = np.array([row[column] for row in rows if row.get(column) is not None], np.float64)
+            self.sums[column].append((float(found.sum()), len(found)))
+        for name, better in _BEATS.items():
+            verdicts = [verdict for verdict in map(better, rows) if verdict is not None]
+            self.beats[name][0] += sum(verdicts)
+            self.beats[name][1] += len(verdicts)
+
+    def summary(self) -> dict:
+        counts = {column: sum(count for _, count in self.sums[column]) for column in QUALITY_COLUMNS}
+        summary = {column: round(math.fsum(total for total, _ in self.sums[column]) / counts[column], 4)
+                   if counts[column] else None for column in QUALITY_COLUMNS}
+        summary.update({name: round(wins / seen, 4) if seen else None for name, (wins, seen) in self.beats.items()})
+        summary["images"] = {column: counts[column] for column in ("deletion_auc", "stability", "on_object")}
+        return summary
 
 
 def _models(rows: Iterable[dict]) -> list[str]:

@@ -13,27 +13,32 @@ from __future__ import annotations
 import datetime
 import html
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 
 from xai_batch.analysis.agreement import methods_in
 from xai_batch.manifest import QUALITY_COLUMNS, image_rows, method_rows
 from xai_batch.methods import DEFAULT_METHOD
 
-__all__ = ["PAGE_SIZE", "folders_are_classes", "gallery_rows", "report_document", "report_html"]
+__all__ = ["PAGE_SIZE", "folders_are_classes", "first_folders", "gallery_rows", "report_document", "report_html"]
 
 PAGE_SIZE = 48  # cards per gallery page
 
 
-def folders_are_classes(rows: Sequence[dict], predicted: Callable[[dict], str]) -> bool:
-    """Whether the images' first folders can be their true labels: some folder names a label the run predicted.
+def folders_are_classes(folders: set[str], predicted: set[str]) -> bool:
+    """Whether the images' first ``folders`` can be their true labels: some folder names a label the run
+    ``predicted`` (for an ok row).
 
     A SOURCE merely organised in folders (``2026/``, ``micro/``) is not
     class-per-folder; reading its folders as classes would report every
     image misclassified.
     """
-    folders = {row["path"].partition("/")[0] for row in rows if "/" in row["path"]}
-    return bool(folders & {predicted(row) for row in rows if row["status"] == "ok"})
+    return bool(folders & predicted)
+
+
+def first_folders(paths: Iterable[str]) -> set[str]:
+    """The first folder of each path that has one."""
+    return {path.partition("/")[0] for path in paths if "/" in path}
 
 
 def gallery_rows(

@@ -15,17 +15,18 @@ import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
-from xai_batch.analysis.findings import FailCondition, Thresholds, audit_report, failed_conditions
+from xai_batch.analysis.findings import AuditTally, FailCondition, Thresholds, failed_conditions
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ConfigError
 from xai_batch.labels import check_truth_meets_predictions, prediction_labeller, truth_labeller
-from xai_batch.manifest import read_manifest
+from xai_batch.manifest import SCHEMA, current_groups
 from xai_batch.commands.explain import JobResult, gather_inputs, run_explain
 from xai_batch.storage import join, locate, read_json, write_json
 
-__all__ = ["AuditConfig", "AuditResult", "run_audit", "load_audit", "AUDIT_FILE"]
+__all__ = ["AuditConfig", "AuditResult", "run_audit", "audit_findings", "load_audit", "AUDIT_FILE"]
 
 AUDIT_FILE = "audit.json"
+AUDITED_COLUMNS = [name for name in SCHEMA.names if name not in ("segments", "heatmap")]  # what findings read
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,8 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     if truths:
         check_truth_meets_predictions(truths, config.label_map, () if config.label_map else inputs.model.class_names)
     job = run_explain(config.explain, progress=progress, inputs=inputs)
-    methods = set(config.explain.methods)  # an output may hold other methods' rows from other runs
-    current = [row for row in read_manifest(config.explain.out).to_pylist() if row["method"] in methods]
-    previous = [row for row in read_manifest(config.previous).to_pylist() if row["method"] in methods] \
-        if config.previous else None
-    report = audit_report(current, previous, truth, predicted, config.thresholds, config.explain.num_features)
+    report = audit_findings(config.explain.out, config.previous, set(config.explain.methods), truth, predicted,
+                            config.thresholds, config.explain.num_features)
     failed = failed_conditions(config.fail_on, report)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -91,6 +89,18 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     }
     path = write_json(join(config.explain.out, AUDIT_FILE), document)
     return AuditResult(job=job, path=path, report=document, failed=failed)
+
+
+def audit_findings(out: str, previous: str | None, methods: set[str], truth, predicted, thresholds: Thresholds,
+                   num_features: int) -> dict:
+    """The findings of ``out``'s rows of ``methods`` (an output may hold other methods' rows from other runs),
+    joined by path with ``previous``'s a group of images at a time, so neither manifest is held whole."""
+    tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None)
+    outs = [out] if previous is None else [out, previous]
+    for tables in current_groups(outs, AUDITED_COLUMNS):
+        current, *before = ([row for row in table.to_pylist() if row["method"] in methods] for table in tables)
+        tally.add(current, before[0] if before else None)
+    return tally.report()
 
 
 def load_audit(out: str) -> dict | None:

@@ -19,7 +19,8 @@ import ray
 from xai_batch.analysis.findings import confusion
 from xai_batch.engines import check_engine
 from xai_batch.errors import ConfigError, ImageError, one_line
-from xai_batch.images import DEFAULT_MAX_PIXELS, discover_images, load_image
+from xai_batch.images import DEFAULT_MAX_PIXELS, load_image
+from xai_batch.sources import discover_images
 from xai_batch.labels import check_truth_meets_predictions, folder_label, load_label_map
 from xai_batch.models import resolve_model
 from xai_batch.distributed.cluster import connected

@@ -29,11 +29,11 @@ from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.distributed.stages import STAGES
 from xai_batch.errors import ConfigError, XaiBatchError
-from xai_batch.images import discover_images
+from xai_batch.sources import discover_images
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.manifest import (
-    MANIFEST_DIR, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state, reuse_rows,
-    software_versions, write_job_record,
+    MANIFEST_DIR, DoneIndex, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state,
+    reuse_rows, software_versions, write_job_record,
 )
 from xai_batch.methods import METHODS
 from xai_batch.models import ModelSource, resolve_model
@@ -116,9 +116,8 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     paths = inputs.paths
     if not paths:
         log.warning("no image files under %s", config.source)
-    reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else {}
-    for path, methods in reused.items():  # a copy of a file that changed since is redone like any other
-        done.setdefault(path, {}).update(methods)
+    reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else DoneIndex.of_rows([])
+    done = done.merged(reused)  # a copy of a file that changed since is redone like any other
     record = {} if config.overwrite else load_job_record(config.out)
     record.update(
         config=config.to_dict(),
@@ -150,7 +149,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                 config.out, run_id, seconds_per_part=config.flush_seconds
             )
             pipeline_class = pipeline_for(config.stages, replicas.placement)
-            pipeline = pipeline_class(config, paths, done, set(reused), replicas, context, writer, bar, counts)
+            pipeline = pipeline_class(config, paths, done, reused, replicas, context, writer, bar, counts)
             unwritten = None
             try:
                 pipeline.run()

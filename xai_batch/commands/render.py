@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +26,11 @@ from tqdm import tqdm
 from xai_batch.errors import ConfigError, ImageError, one_line
 from xai_batch.images import load_image
 from xai_batch.manifest.record import load_job_record
-from xai_batch.manifest import decode_segments, read_manifest
+from xai_batch.manifest import current_groups, decode_segments
 from xai_batch.methods import DEFAULT_METHOD
 from xai_batch.analysis.overlays import boundaries, heatmap, hide_rest, side_by_side
 from xai_batch.distributed.cluster import connected
+from xai_batch.sources import image_root
 from xai_batch.storage import Location, join, locate
 
 __all__ = [
@@ -105,12 +108,19 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
     return entries
 
 
-def current_rows(out: str, methods: tuple[str, ...] = ()) -> list[dict]:
-    """The manifest's current ``ok`` rows of ``methods`` (default all); a usage error if there is no manifest."""
-    table = read_manifest(out)
-    if table.num_rows == 0:
+def current_rows(out: str, methods: tuple[str, ...] = (), columns: list[str] | None = None) -> Iterator[list[dict]]:
+    """The manifest's current ``ok`` rows of ``methods`` (default all), a group of images at a time
+    (:func:`~xai_batch.manifest.current_groups`); a usage error if there is no manifest or it lacks a
+    method asked for."""
+    present = set()
+    for (table,) in current_groups([out], ["method"]):
+        present |= set(table["method"].to_pylist())
+    if not present:
         raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
-    return chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+    chosen_methods([{"method": method} for method in sorted(present)], methods)
+    columns = None if columns is None else list(dict.fromkeys([*columns, "status"]))
+    return (chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+            for (table,) in current_groups([out], columns))
 
 
 def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
@@ -125,32 +135,38 @@ def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
 
 
 def job_source(out: str, source: str | None) -> str:
-    """The images' folder: ``source`` if given, else the SOURCE recorded in ``out``'s job.json."""
+    """The images' folder: ``source`` if given, else the SOURCE recorded in ``out``'s job.json (for a
+    listing, the folder it is in)."""
     source = source or load_job_record(out).get("config", {}).get("source")
     if not source:
         raise ConfigError(f"{out!r} has no job.json naming its SOURCE: pass --source", "source")
-    return source
+    return image_root(source)
 
 
 def render_rows(
-    jobs: list[tuple[dict, str]], source: str, to: str, options: RenderOptions,
-    address: str | None = None, progress: bool = True,
+    jobs: Iterable[tuple[dict, str]], source: str, to: str, options: RenderOptions,
+    address: str | None = None, progress: bool = True, total: int | None = None,
 ) -> list[dict]:
-    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path, method and label."""
+    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path, method and label.
+
+    ``jobs`` are taken as tasks free up, so only the rows in flight are held;
+    ``total`` is their number, for the progress bar.
+    """
     target = locate(to)
     target.make_dirs()
     entries: list[dict] = []
     with connected(address):
         task = ray.remote(_render_batch)
         source_ref, to_ref = ray.put(locate(source)), ray.put(target)
-        bar = tqdm(total=len(jobs), unit="img", desc="render", disable=not progress,
+        bar = tqdm(total=len(jobs) if total is None else total, unit="img", desc="render", disable=not progress,
                    mininterval=0.1 if sys.stderr.isatty() else 15)
         pending: list[ray.ObjectRef] = []
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # bounded in flight
-        for start in range(0, len(jobs), ROWS_PER_TASK):
+        jobs = iter(jobs)
+        while batch := list(itertools.islice(jobs, ROWS_PER_TASK)):
             if len(pending) >= limit:
                 entries += _collect(pending, bar)
-            pending.append(task.remote(jobs[start : start + ROWS_PER_TASK], source_ref, to_ref, options))
+            pending.append(task.remote(batch, source_ref, to_ref, options))
         while pending:
             entries += _collect(pending, bar)
         bar.close()
@@ -173,14 +189,23 @@ def run_render(
 ) -> RenderResult:
     """Render every current ``ok`` row of ``methods`` (default all) under ``out`` into ``to``
     (default ``OUT/overlays/STYLE``), every method in the same style."""
-    rows = current_rows(out, methods)
     to = to or join(out, "overlays", options.style)
-    jobs = [(row, overlay_name(row["path"], row["explained_index"], options.style, row["method"])) for row in rows]
-    entries = render_rows(jobs, job_source(out, source), to, options, address, progress)
+    groups = current_rows(out, methods)
+    jobs = ((row, overlay_name(row["path"], row["explained_index"], options.style, row["method"]))
+            for rows in groups for row in rows)
+    entries = render_rows(jobs, job_source(out, source), to, options, address, progress,
+                          total=_count_ok(out, methods))
     index = join(to, INDEX)
     write_csv(index, entries, ["path", "method", "label", "file", "error"])
     errors = sum(1 for entry in entries if entry["error"])
     return RenderResult(to=to, rendered=len(entries) - errors, errors=errors, index=index)
+
+
+def _count_ok(out: str, methods: tuple[str, ...]) -> int:
+    """The current ok rows of ``methods`` (all when empty): what ``render`` draws."""
+    return sum(sum(1 for method in table.filter(pc.equal(table["status"], "ok"))["method"].to_pylist()
+                   if not methods or method in methods)
+               for (table,) in current_groups([out], ["status", "method"]))
 
 
 def _collect(pending: list[ray.ObjectRef], bar: tqdm) -> list[dict]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from xai_batch.analysis.agreement import methods_in
 from xai_batch.errors import ConfigError
+from xai_batch.manifest import SCHEMA
 from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.commands.render import RenderOptions, current_rows, job_source, render_rows, write_csv
 from xai_batch.analysis.design import Design, annotate, select
@@ -22,6 +23,7 @@ from xai_batch.storage import join
 __all__ = ["StimuliResult", "run_stimuli", "STIMULI_CSV", "COLUMNS"]
 
 STIMULI_CSV = "stimuli.csv"
+SELECTED_COLUMNS = [name for name in SCHEMA.names if name not in ("segments", "mask", "heatmap", "weights")]
 COLUMNS = ["stimulus_id", "file", "cell", "method", "path", "true_label", "pred_label", "pred_prob", "score", "error"]
 
 
@@ -44,8 +46,10 @@ def run_stimuli(
     With ``every_method`` the design's methods are every method in the manifest.
     """
     if every_method:
-        design = dataclasses.replace(design, methods=tuple(methods_in(current_rows(out))))
-    rows = current_rows(out, design.methods)
+        present = [{"method": method} for rows in current_rows(out, (), ["method"]) for method in
+                   {row["method"] for row in rows}]
+        design = dataclasses.replace(design, methods=tuple(methods_in(present)))
+    rows = [row for group in current_rows(out, design.methods, SELECTED_COLUMNS) for row in group]
     stimuli, short = select(annotate(rows, truth_labeller(labels), prediction_labeller(label_map), design), design)
     short_cells = {"/".join(cell): count for cell, count in short.items()}
     if short_cells and not allow_unbalanced:
@@ -55,7 +59,9 @@ def run_stimuli(
             "or pass --allow-unbalanced to take what there is",
             "per_cell",
         )
-    jobs = [(stimulus.row, f"{stimulus.stimulus_id}.png") for stimulus in stimuli]
+    wanted = {(s.row["path"], s.method, s.row["explained_index"]): f"{s.stimulus_id}.png" for s in stimuli}
+    jobs = [(row, wanted[key]) for group in current_rows(out, design.methods) for row in group
+            if (key := (row["path"], row["method"], row["explained_index"])) in wanted]
     rendered = render_rows(jobs, job_source(out, source), to, options, address, progress)
     entries = {(entry["path"], entry["method"], entry["label"]): entry for entry in rendered}
     records = []

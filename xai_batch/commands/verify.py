@@ -14,15 +14,25 @@ import collections
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from xai_batch.images import INPUT_SIZE, discover_images
-from xai_batch.manifest import MANIFEST_DIR, SCHEMA, decode_heatmap, decode_mask, decode_segments, read_manifest
+from xai_batch.errors import one_line
+from xai_batch.images import INPUT_SIZE
+from xai_batch.manifest import (
+    ADDED, GROUP_ROWS, MANIFEST_DIR, SCHEMA, current_groups, decode_heatmap, decode_mask, decode_segments, manifest_dataset,
+    new_run_id,
+)
+from xai_batch.manifest.lock import OutputLock
 from xai_batch.methods import METHODS, get_method
-from xai_batch.storage import locate
+from xai_batch.sources import discover_images
+from xai_batch.storage import Location, locate
 
-__all__ = ["VerifyReport", "verify_manifest"]
+__all__ = ["VerifyReport", "verify_manifest", "repair_manifest", "DAMAGED_DIR"]
+
+DAMAGED_DIR = "damaged"  # where --repair moves unreadable parts
+UNREADABLE = "not a readable Parquet file"
 
 MAX_LISTED = 20  # problems of one kind listed by name before counting the rest
 
@@ -44,13 +54,85 @@ class VerifyReport:
         )
 
 
-def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
-    """Check the manifest under ``out``; ``source`` adds the completeness checks."""
+def verify_manifest(out: str, source: str | None = None, group_rows: int = GROUP_ROWS) -> VerifyReport:
+    """Check the manifest under ``out``; ``source`` adds the completeness checks.
+
+    The rows are checked a group of images at a time
+    (:func:`~xai_batch.manifest.current_groups`), so what is held does not
+    grow with the manifest; problems of one kind are counted past the first
+    ``MAX_LISTED``.
+    """
     report = VerifyReport()
     folder = locate(out).child(MANIFEST_DIR)
     if not folder.is_dir():
         report.problems.append(f"no manifest folder at {folder.target}")
         return report
+    problems = _Problems()
+    for name, problem in _part_problems(folder):
+        problems.add("part", f"{name}: {problem}")
+    if problems.by_kind:
+        report.problems = problems.lines()
+        return report
+    expected = set(discover_images(source)) if source is not None else None
+    hashes: dict[str, set] = collections.defaultdict(set)
+    for (table,) in current_groups([out], group_rows=group_rows, once=False):
+        rows = table.to_pylist()
+        report.rows += len(rows)
+        by_path: dict[str, list[dict]] = collections.defaultdict(list)
+        for row in rows:
+            by_path[row["path"]].append(row)
+            hashes[row["method"]].add(row["config_hash"])
+        report.images += len(by_path)
+        for path, group in by_path.items():
+            failed = False
+            by_method: dict[str, list[dict]] = collections.defaultdict(list)
+            for row in group:
+                by_method[row["method"]].append(row)
+            for method, rows_of in by_method.items():
+                failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, problems)
+            report.errors += failed
+            report.ok += not failed
+            if len({row["sha256"] for row in group if row["status"] == "ok"}) > 1:
+                problems.add("sha256", f"{path}: rows for different file contents")
+            if expected is not None:
+                if path in expected:
+                    expected.remove(path)
+                else:
+                    problems.add("stray", f"{path}: row for a file that is not an image in SOURCE")
+    for method in sorted(hashes):
+        if len(hashes[method]) > 1:
+            problems.add("config", f"{method} rows of {len(hashes[method])} configurations: "
+                                   f"{', '.join(sorted(map(str, hashes[method])))}")
+    for path in sorted(expected or ()):
+        problems.add("missing", f"{path}: image in SOURCE without a row")
+    report.superseded = manifest_dataset(out).count_rows() - report.rows
+    report.problems = problems.lines()
+    return report
+
+
+def repair_manifest(out: str) -> list[str]:
+    """Move the manifest's unreadable part files into ``OUT/damaged`` (nothing is deleted); their names.
+
+    Their images then have no rows, so the next run into ``out`` redoes them.
+    Holds the output's lease: no run writes meanwhile.
+    """
+    folder = locate(out).child(MANIFEST_DIR)
+    aside = locate(out).child(DAMAGED_DIR)
+    moved = []
+    with OutputLock(out, new_run_id()):
+        for name, problem in _part_problems(folder):
+            if problem.startswith(UNREADABLE):
+                aside.make_dirs()
+                folder.child(name).move_to(aside.child(name))
+                moved.append(f"{name} -> {aside.child(name).target}")
+    return moved
+
+
+def _part_problems(folder: Location) -> list[tuple[str, str]]:
+    """(part file, what is wrong with it) for each part that cannot be read or has another schema."""
+    found = []
+    if not folder.is_dir():
+        return found
     for info in sorted(folder.filesystem.get_file_info(pafs.FileSelector(folder.path)), key=lambda i: i.base_name):
         name = info.base_name
         if name.startswith((".", "_")) or info.type != pafs.FileType.File:
@@ -58,45 +140,12 @@ def verify_manifest(out: str, source: str | None = None) -> VerifyReport:
         try:
             schema = pq.read_schema(info.path, filesystem=folder.filesystem)
         except Exception as exc:
-            report.problems.append(f"{name}: not a readable Parquet file ({exc})")
+            found.append((name, f"{UNREADABLE} ({one_line(exc, keep='first')})"))
             continue
-        if not schema.equals(SCHEMA):
-            report.problems.append(f"{name}: schema differs from the manifest schema")
-    if report.problems:
-        return report
-    everything = read_manifest(out, current=False)
-    table = read_manifest(out)
-    rows = table.to_pylist()
-    report.rows = len(rows)
-    report.superseded = everything.num_rows - table.num_rows
-    problems = _Problems()
-    by_path: dict[str, list[dict]] = collections.defaultdict(list)
-    for row in rows:
-        by_path[row["path"]].append(row)
-    report.images = len(by_path)
-    for method in sorted({row["method"] for row in rows}):
-        hashes = {row["config_hash"] for row in rows if row["method"] == method}
-        if len(hashes) > 1:
-            problems.add("config", f"{method} rows of {len(hashes)} configurations: {', '.join(sorted(map(str, hashes)))}")
-    for path, group in by_path.items():
-        failed = False
-        by_method: dict[str, list[dict]] = collections.defaultdict(list)
-        for row in group:
-            by_method[row["method"]].append(row)
-        for method, rows_of in by_method.items():
-            failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, problems)
-        report.errors += failed
-        report.ok += not failed
-        if len({row["sha256"] for row in group if row["status"] == "ok"}) > 1:
-            problems.add("sha256", f"{path}: rows for different file contents")
-    if source is not None:
-        expected = set(discover_images(source))
-        for path in sorted(expected - by_path.keys()):
-            problems.add("missing", f"{path}: image in SOURCE without a row")
-        for path in sorted(by_path.keys() - expected):
-            problems.add("stray", f"{path}: row for a file that is not an image in SOURCE")
-    report.problems = problems.lines()
-    return report
+        expected = pa.schema([field for field in SCHEMA if field.name in schema.names or field.name not in ADDED])
+        if not schema.equals(expected):  # a part from before a column was added lacks only it
+            found.append((name, "schema differs from the manifest schema"))
+    return found
 
 
 def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bool:
@@ -104,7 +153,7 @@ def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bo
     statuses = {row["status"] for row in group}
     if statuses == {"error"}:
         if len(group) != 1:
-            problems.add("duplicate", f"{where}: {len(group)} error rows")
+            problems.add("duplicate", f"{where}: {len(group)} error rows{_copies(group)}")
         if not group[0]["error"] or "\n" in group[0]["error"]:
             problems.add("error", f"{where}: error row without a one-line reason")
         return True
@@ -114,10 +163,18 @@ def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bo
     labels = collections.Counter(row["explained_index"] for row in group)
     for label, count in labels.items():
         if count > 1:
-            problems.add("duplicate", f"{where}: {count} rows for label {label}")
+            copies = [row for row in group if row["explained_index"] == label]
+            problems.add("duplicate", f"{where}: {count} rows for label {label}{_copies(copies)}")
     for row in group:
         _check_ok_row(f"{where} (label {row['explained_index']})", row, problems)
     return False
+
+
+def _copies(rows: list[dict]) -> str:
+    """What to say of rows that are one row several times: a compaction stopped between its steps."""
+    if all(row == rows[0] for row in rows[1:]):
+        return " (the same row each time: a compaction was stopped; run xai-batch compact again)"
+    return ""
 
 
 def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
@@ -132,13 +189,13 @@ def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
         segments = decode_segments(row["segments"])
         if segments.shape != (INPUT_SIZE, INPUT_SIZE):
             problems.add("segments", f"{where}: segments PNG is {segments.shape}, not 224x224")
-        elif set(np.unique(segments)) != set(range(num_segments)):
+        elif segments.max() >= num_segments or not np.bincount(segments.ravel(), minlength=num_segments).all():
             problems.add("segments", f"{where}: segment ids are not 0..{num_segments - 1}")
     except Exception as exc:
         problems.add("segments", f"{where}: segments PNG does not decode ({exc})")
     try:
         mask = decode_mask(row["mask"])
-        if mask.shape != (INPUT_SIZE, INPUT_SIZE) or not set(np.unique(mask)) <= {0, 1, 2}:
+        if mask.shape != (INPUT_SIZE, INPUT_SIZE) or mask.max() > 2:
             problems.add("mask", f"{where}: mask PNG is not 224x224 with values 0, 1, 2")
     except Exception as exc:
         problems.add("mask", f"{where}: mask PNG does not decode ({exc})")
@@ -153,18 +210,22 @@ def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
 
 
 class _Problems:
-    """Problems by kind, the first few of each listed, the rest counted."""
+    """Problems by kind, the first few of each kept, the rest counted."""
 
     def __init__(self) -> None:
         self.by_kind: dict[str, list[str]] = collections.defaultdict(list)
+        self.more: collections.Counter = collections.Counter()
 
     def add(self, kind: str, message: str) -> None:
-        self.by_kind[kind].append(message)
+        if len(self.by_kind[kind]) < MAX_LISTED:
+            self.by_kind[kind].append(message)
+        else:
+            self.more[kind] += 1
 
     def lines(self) -> list[str]:
         out = []
         for kind, messages in self.by_kind.items():
-            out += messages[:MAX_LISTED]
-            if len(messages) > MAX_LISTED:
-                out.append(f"... and {len(messages) - MAX_LISTED} more of kind '{kind}'")
+            out += messages
+            if self.more[kind]:
+                out.append(f"... and {self.more[kind]} more of kind '{kind}'")
         return out

@@ -35,6 +35,7 @@ from xai_batch.methods import GradientMethod, get_method
 from xai_batch.distributed.stages import (
     ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score,
 )
+from xai_batch.sources import image_root
 from xai_batch.storage import locate
 
 __all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
@@ -91,7 +92,7 @@ class ImageFlow:
         self.writer = writer
         self.bar = bar
         self.counts = counts
-        self.source = locate(config.source)
+        self.source = locate(image_root(config.source))
         self.busy: Counter[str] = Counter()
         self.writes: list[ray.ObjectRef] = []  # the writer's answers not yet checked
 

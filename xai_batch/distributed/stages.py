@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +39,7 @@ from xai_batch.maths.quality import (
     curve_auc, deletion_rows, insertion_rows, random_order, ranking, second_seed, topk_jaccard,
 )
 from xai_batch.images import image_seed, load_image, read_object_mask
+from xai_batch.manifest.resume import DoneImage
 from xai_batch.manifest.rows import RowContext, encode_segments, error_row, explanation_row
 from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, get_method, method_seed
 from xai_batch.storage import Location
@@ -59,6 +60,8 @@ class ImageHeader:
 
     path: str
     sha256: str | None = None
+    size: int | None = None  # the file's, when it was read
+    mtime_ns: int | None = None
     width: int | None = None
     height: int | None = None
     seed: int | None = None
@@ -90,14 +93,16 @@ class DecodedImage:
 
 
 def decode(
-    source: Location, path: str, config: ExplainConfig, done: Mapping[str, str] | None = None
+    source: Location, path: str, config: ExplainConfig, done: DoneImage | None = None
 ) -> tuple[ImageHeader, DecodedImage | None]:
     """Read, hash and decode one file: its header, and its pixels unless it failed or has nothing to do.
 
-    ``done`` maps a method to the content hash the manifest already holds its
-    results for; methods whose results are for the file's current content
-    are not run again, and when none is left the header says ``skipped`` and
-    nothing is decoded. A bad file gives a header with ``error``.
+    ``done`` is what the manifest already holds for the path. A file whose
+    size and modification time are those its rows recorded for every method
+    is passed over unread (``skipped``), unless ``config.verify_content``;
+    otherwise it is read and hashed, and the methods whose results are for
+    its current content are not run again (when none is left, ``skipped``
+    and nothing is decoded). A bad file gives a header with ``error``.
     """
     started = time.perf_counter()
 
@@ -105,20 +110,24 @@ def decode(
         return {"read_decode": time.perf_counter() - started}
 
     try:
+        size, mtime_ns = source.child(path).stat()
+        if done is not None and not config.verify_content and done.unchanged(config.methods, (size, mtime_ns)):
+            return ImageHeader(path, sha256=done.hashes[config.methods[0]], skipped=True, busy=read_for()), None
         data = source.child(path).read_bytes()
     except OSError as exc:
         return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), None
     sha256 = hashlib.sha256(data).hexdigest()
-    todo = tuple(method for method in config.methods if (done or {}).get(method) != sha256)
+    todo = tuple(method for method in config.methods if (done.hashes.get(method) if done else None) != sha256)
     if not todo:
         return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), None
     try:
         loaded = load_image(data, config.max_pixels)
         object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
     except ImageError as exc:
-        return ImageHeader(path, sha256=sha256, error=str(exc), methods=todo, busy=read_for()), None
-    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, image_seed(config.seed, loaded.sha256),
-                         methods=todo, busy=read_for())
+        return ImageHeader(path, sha256=sha256, size=len(data), mtime_ns=mtime_ns, error=str(exc), methods=todo,
+                           busy=read_for()), None
+    header = ImageHeader(path, loaded.sha256, len(data), mtime_ns, loaded.width, loaded.height,
+                         image_seed(config.seed, loaded.sha256), methods=todo, busy=read_for())
     return header, DecodedImage(loaded.pixels, object_mask)
 
 
@@ -147,7 +156,7 @@ def sample_methods(
 
 
 def prepare(
-    source: Location, path: str, config: ExplainConfig, done: Mapping[str, str] | None = None
+    source: Location, path: str, config: ExplainConfig, done: DoneImage | None = None
 ) -> tuple[ImageHeader | PreparedImage | None, ...]:
     """The workers' stage: decode, segment with lime's quickshift, sample; (header, one payload per method).
 

@@ -8,19 +8,20 @@ output). May import the methods, storage and errors;
 nothing of Ray, the pipeline or the commands.
 """
 
-from xai_batch.manifest.reader import ManifestError, read_manifest
+from xai_batch.manifest.reader import GROUP_ROWS, ManifestError, current_groups, manifest_dataset, read_manifest
 from xai_batch.manifest.record import JOB_FILE, load_job_record, software_versions, write_job_record
-from xai_batch.manifest.resume import manifest_counts, resume_state, reuse_rows
+from xai_batch.manifest.resume import DoneImage, DoneIndex, manifest_counts, resume_state, reuse_rows
 from xai_batch.manifest.rows import (
     QUALITY_COLUMNS, RowContext, decode_heatmap, decode_mask, decode_segments, encode_heatmap, encode_mask,
     encode_segments, error_row, explanation_row, image_rows, method_rows,
 )
-from xai_batch.manifest.schema import MANIFEST_DIR, SCHEMA, TOPK
+from xai_batch.manifest.schema import ADDED, MANIFEST_DIR, SCHEMA, TOPK
 from xai_batch.manifest.writer import ManifestWriter, new_run_id, write_part
 
 __all__ = [
-    "SCHEMA", "MANIFEST_DIR", "TOPK", "QUALITY_COLUMNS", "RowContext", "explanation_row", "error_row", "image_rows", "method_rows",
-    "ManifestWriter", "write_part", "new_run_id", "read_manifest", "ManifestError", "resume_state", "reuse_rows", "manifest_counts",
+    "SCHEMA", "ADDED", "MANIFEST_DIR", "TOPK", "QUALITY_COLUMNS", "RowContext", "explanation_row", "error_row", "image_rows", "method_rows",
+    "ManifestWriter", "write_part", "new_run_id", "read_manifest", "current_groups", "manifest_dataset", "GROUP_ROWS",
+    "ManifestError", "resume_state", "reuse_rows", "manifest_counts", "DoneIndex", "DoneImage",
     "JOB_FILE", "load_job_record", "write_job_record", "software_versions",
     "encode_segments", "decode_segments", "encode_mask", "decode_mask", "encode_heatmap", "decode_heatmap",
 ]

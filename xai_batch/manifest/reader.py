@@ -1,11 +1,27 @@
-"""Reading the manifest: the current rows, or every row ever written.
+"""Reading the manifest: its current rows, in groups of whole images whose size does not grow with it.
 
 Every row carries the ``run_id`` of the run that wrote it, and run ids sort
 in time. When a resumed run redoes an image (its file changed, or it failed
 before), the new rows supersede the old: the current rows of a path and
 method are those of the latest run that wrote them, so a run that adds a
-method leaves the other methods' rows current. ``read_manifest`` returns
-only those.
+method leaves the other methods' rows current.
+
+A manifest of a million images is ~6 GB of Arrow, so readers never hold it
+whole. :func:`current_groups` goes through it as groups of about
+``GROUP_ROWS`` rows, each holding every row of its paths (sorted by path,
+method and label), so what is decided per image — the current rows, one
+image's methods and labels, the same image in another manifest — is decided
+within a group. A small manifest is one group, read directly; a larger one
+is first spread over temporary Parquet files by a hash of the path (under
+``TMPDIR``, removed when done), one pass that costs a write and a read of the
+columns asked for. pyarrow alone does this, reading through the same
+filesystems as every other part of the tool (DuckDB would join out of core
+too, but reads object stores only through its own extension, which cannot be
+downloaded where a run has no internet).
+
+Rows that are the same row twice (path, method, label and run) are read
+once: a compaction stopped between writing its parts and deleting the old
+ones leaves such copies, and the manifest reads as before it.
 
 A part file that cannot be read (cut short by a crash or a full disk) is
 named in a :class:`ManifestError` rather than surfacing as pyarrow's own.
@@ -13,8 +29,14 @@ named in a :class:`ManifestError` rather than surfacing as pyarrow's own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -23,10 +45,12 @@ import pyarrow.parquet as pq
 from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.manifest.schema import MANIFEST_DIR, SCHEMA
 from xai_batch.methods import LIME
-from xai_batch.storage import Location, locate
+from xai_batch.storage import locate
 
-__all__ = ["read_manifest", "ManifestError"]
+__all__ = ["read_manifest", "current_groups", "manifest_dataset", "ManifestError", "GROUP_ROWS"]
 
+GROUP_ROWS = 8192  # rows (all runs) a group holds at most on average: ~50 MB of Arrow with every column
+SCAN_ROWS = 8192  # rows read at a time while spreading a manifest over its groups (~50 MB; ~64 rows a group)
 _KEYS = ("path", "method", "explained_index", "run_id")  # what picking and sorting the current rows need
 
 
@@ -34,49 +58,157 @@ class ManifestError(XaiBatchError):
     """A manifest that cannot be read: the damaged part is named, and what to do about it."""
 
 
+def manifest_dataset(out: str) -> ds.Dataset | None:
+    """The Parquet dataset of ``out``'s parts (hidden files, temporary parts, are not in it); None if none."""
+    folder = locate(out).child(MANIFEST_DIR)
+    if not folder.is_dir():
+        return None
+    return ds.dataset(folder.path, filesystem=folder.filesystem, format="parquet", schema=SCHEMA,
+                      ignore_prefixes=[".", "_"])
+
+
 def read_manifest(out: str, current: bool = True, columns: Sequence[str] | None = None) -> pa.Table:
-    """The manifest under ``out`` (a path or URI), sorted by path, method and label.
+    """The manifest under ``out`` (a path or URI) as one table, sorted by path, method and label.
 
     With ``current`` (the default) only each path and method's rows from the
     latest run that wrote them; otherwise every row ever written. Rows from
-    before methods were recorded read as LIME's. Hidden files (temporary
-    parts of a killed job) are ignored. ``columns`` reads only those (and
-    the few the current rows are picked by), so a caller that needs a
-    manifest's bookkeeping does not load its segment maps and masks.
+    before methods were recorded read as LIME's. ``columns`` reads only
+    those. The table holds the whole manifest: for small runs, tests and
+    notebooks; the commands go through :func:`current_groups`.
     """
-    folder = locate(out).child(MANIFEST_DIR)
     wanted = list(SCHEMA.names) if columns is None else list(columns)
-    if not folder.is_dir():
+    dataset = manifest_dataset(out)
+    if dataset is None:
         return SCHEMA.empty_table().select(wanted)
-    dataset = ds.dataset(folder.path, filesystem=folder.filesystem, format="parquet", schema=SCHEMA,
-                         ignore_prefixes=[".", "_"])
-    read = [name for name in SCHEMA.names if name in wanted or name in _KEYS]
+    table = _read(dataset, _with_keys(wanted))
+    if current:
+        table = current_rows(table)
+    return table.sort_by([(key, "ascending") for key in _KEYS]).select(wanted)
+
+
+def current_groups(outs: Sequence[str], columns: Sequence[str] | None = None,
+                   group_rows: int = GROUP_ROWS, once: bool = True,
+                   columns_each: Sequence[Sequence[str]] | None = None) -> Iterator[list[pa.Table]]:
+    """The current rows of each manifest in ``outs``, a group of paths at a time.
+
+    Yields one table per manifest, sorted by path, method and label; the
+    tables of one step hold the same paths' rows (every row of each), so two
+    manifests are joined by path a group at a time. ``columns`` are read
+    (the keys always), or ``columns_each`` names each manifest's. Each manifest is read once; what a step holds is
+    bounded by ``group_rows``, whatever the manifests' size. Without
+    ``once``, a row that is in the manifest twice is read twice (``verify``
+    reports it).
+    """
+    if columns_each is None:
+        columns_each = [list(SCHEMA.names) if columns is None else list(columns)] * len(outs)
+    wanted = [list(names) for names in columns_each]
+    read = [_with_keys(names) for names in wanted]
+    datasets = [manifest_dataset(out) for out in outs]
+    sizes = [_count_rows(dataset) for dataset in datasets]
+    groups = max(1, math.ceil(max(sizes, default=0) / group_rows))
+
+    def finish(table: pa.Table, number: int) -> pa.Table:
+        return current_rows(table, once).sort_by([(key, "ascending") for key in _KEYS]).select(wanted[number])
+
+    def empty(number: int) -> pa.Table:
+        return SCHEMA.empty_table().select(read[number])
+
+    if groups == 1:
+        yield [finish(_read(dataset, read[number]) if dataset is not None else empty(number), number)
+               for number, dataset in enumerate(datasets)]
+        return
+    with tempfile.TemporaryDirectory(prefix="xai-batch-groups-") as spill:
+        files = [_spread(dataset, read[number], groups, os.path.join(spill, str(number)))
+                 for number, dataset in enumerate(datasets)]
+        for group in range(groups):
+            yield [finish(pq.read_table(paths[group]) if paths and os.path.exists(paths[group]) else empty(number),
+                          number) for number, paths in enumerate(files)]
+
+
+def current_rows(table: pa.Table, once: bool = True) -> pa.Table:
+    """The rows of ``table`` from the latest run of each path and method; with ``once``, each row once."""
+    if table.num_rows == 0:
+        return table
+    table = table.set_column(table.schema.get_field_index("method"), SCHEMA.field("method"),
+                             pc.fill_null(table["method"], LIME))
+    keys = table.select(["path", "method", "explained_index", "run_id"]).append_column(
+        "row", pa.array(np.arange(table.num_rows), pa.int64()))
+    latest = keys.group_by(["path", "method"]).aggregate([("run_id", "max")])
+    joined = keys.join(latest, ["path", "method"])  # joins cannot carry list columns: join the keys, take the rows
+    joined = joined.filter(pc.equal(joined["run_id"], joined["run_id_max"]))
+    if not once:
+        return table.take(pa.array(np.sort(joined["row"].to_numpy())))
+    once = joined.group_by(["path", "method", "explained_index"], use_threads=False).aggregate([("row", "min")])
+    return table.take(pa.array(np.sort(once["row_min"].to_numpy())))
+
+
+def _with_keys(columns: Sequence[str]) -> list[str]:
+    """``columns`` and the keys, in the schema's order."""
+    return [name for name in SCHEMA.names if name in columns or name in _KEYS]
+
+
+def _read(dataset: ds.Dataset, columns: list[str]) -> pa.Table:
     try:
-        table = dataset.to_table(columns=read)
+        return dataset.to_table(columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise ManifestError(_damaged(folder, dataset.files, exc)) from None
-    column = table.schema.get_field_index("method")
-    table = table.set_column(column, SCHEMA.field("method"), pc.fill_null(table["method"], LIME))
-    if current and table.num_rows:
-        latest = table.group_by(["path", "method"]).aggregate([("run_id", "max")])
-        keys = table.select(["path", "method", "run_id"]).append_column(
-            "row", pa.array(range(table.num_rows), pa.int64()))
-        joined = keys.join(latest, ["path", "method"])  # joins cannot carry list columns: join the keys, take the rows
-        table = table.take(joined.filter(pc.equal(joined["run_id"], joined["run_id_max"]))["row"])
-    table = table.sort_by([(key, "ascending") for key in _KEYS])
-    return table.select(wanted)
+        raise ManifestError(_damaged(dataset, exc)) from None
 
 
-def _damaged(folder: Location, files: list[str], error: BaseException) -> str:
+def _count_rows(dataset: ds.Dataset | None) -> int:
+    """Rows in every part, from the parts' footers."""
+    if dataset is None:
+        return 0
+    try:
+        return dataset.count_rows()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(_damaged(dataset, exc)) from None
+
+
+def _spread(dataset: ds.Dataset | None, columns: list[str], groups: int, prefix: str) -> list[str]:
+    """Write ``dataset``'s rows to one Parquet file per group, by a hash of the path; their names."""
+    if dataset is None:
+        return []
+    names = [f"{prefix}-{group}.parquet" for group in range(groups)]
+    writers: dict[int, pq.ParquetWriter] = {}
+    schema = pa.schema([SCHEMA.field(name) for name in columns])
+    with contextlib.ExitStack() as stack:
+        try:
+            for batch in _batches(dataset, columns):
+                group_of = np.fromiter((zlib.crc32(path.encode()) % groups for path in batch["path"].to_pylist()),
+                                       np.int64, batch.num_rows)
+                order = np.argsort(group_of, kind="stable")
+                sorted_batch = pa.Table.from_batches([batch]).take(pa.array(order))
+                bounds = np.searchsorted(group_of[order], np.arange(groups + 1))
+                for group in np.flatnonzero(np.diff(bounds)):
+                    if group not in writers:
+                        writers[group] = stack.enter_context(pq.ParquetWriter(  # read once: no statistics,
+                            names[group], schema, use_dictionary=False, write_statistics=False))  # no dictionaries
+                    writers[group].write_table(sorted_batch.slice(bounds[group], bounds[group + 1] - bounds[group]))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ManifestError(_damaged(dataset, exc)) from None
+    return names
+
+
+def _batches(dataset: ds.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The dataset's rows, ``SCAN_ROWS`` at a time, one part after another. (The dataset's own scanner reads
+    parts ahead, and on a manifest of a million rows holds a gigabyte doing so.)"""
+    options = ds.ParquetFragmentScanOptions(pre_buffer=False)
+    for fragment in dataset.get_fragments():
+        yield from fragment.to_batches(schema=dataset.schema, columns=columns, batch_size=SCAN_ROWS, batch_readahead=0,
+                                       fragment_readahead=0, use_threads=False, fragment_scan_options=options)
+
+
+def _damaged(dataset: ds.Dataset, error: BaseException) -> str:
     """Which part files cannot be read, and what to do: one line."""
     bad = []
-    for path in files:
+    for path in dataset.files:
         try:
-            with folder.filesystem.open_input_file(path) as handle:
+            with dataset.filesystem.open_input_file(path) as handle:
                 pq.read_metadata(handle)
         except (OSError, pa.ArrowInvalid):
             bad.append(path.rsplit("/", 1)[-1])
+    folder = dataset.files[0].rsplit("/", 1)[0] if dataset.files else "the manifest"
     if not bad:
-        return f"cannot read the manifest in {folder.target}: {one_line(error, keep='first')}"
-    return (f"damaged manifest part{'s' if len(bad) > 1 else ''} {', '.join(bad)} in {folder.target} (cut short by "
-            "a crash or a full disk?): move it out of the folder and run again to redo its images")
+        return f"cannot read the manifest in {folder}: {one_line(error, keep='first')}"
+    return (f"damaged manifest part{'s' if len(bad) > 1 else ''} {', '.join(bad)} in {folder} (cut short by "
+            "a crash or a full disk?): xai-batch verify --repair sets it aside, and the next run redoes its images")

@@ -59,6 +59,8 @@ class RowSource(Protocol):
 
     path: str
     sha256: str | None
+    size: int | None
+    mtime_ns: int | None
     width: int | None
     height: int | None
     seed: int | None
@@ -102,6 +104,8 @@ def explanation_row(
     return {
         "path": header.path,
         "sha256": header.sha256,
+        "size": header.size,
+        "mtime_ns": header.mtime_ns,
         "status": "ok",
         "error": None,
         "width": header.width,
@@ -137,6 +141,8 @@ def error_row(header: RowSource, context: RowContext, method: str, error: str | 
     return {
         "path": header.path,
         "sha256": header.sha256,
+        "size": header.size,
+        "mtime_ns": header.mtime_ns,
         "status": "error",
         "error": error or header.error,
         "width": header.width,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["SCHEMA", "MANIFEST_DIR", "TOPK"]
+__all__ = ["SCHEMA", "MANIFEST_DIR", "TOPK", "ADDED"]
 
 MANIFEST_DIR = "manifest"
 
@@ -17,6 +17,8 @@ SCHEMA = pa.schema(
     [
         pa.field("path", pa.string(), nullable=False),
         pa.field("sha256", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("width", pa.int32()),
@@ -58,3 +60,4 @@ SCHEMA = pa.schema(
 )
 
 TOPK = 5  # the most probable classes each row lists (topk_index, topk_prob)
+ADDED = ("size", "mtime_ns")  # columns parts written before them lack: they read as null
