@@ -29,7 +29,6 @@ named in a :class:`ManifestError` rather than surfacing as pyarrow's own.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -118,11 +117,10 @@ def current_groups(outs: Sequence[str], columns: Sequence[str] | None = None,
                for number, dataset in enumerate(datasets)]
         return
     with tempfile.TemporaryDirectory(prefix="xai-batch-groups-") as spill:
-        files = [_spread(dataset, read[number], groups, os.path.join(spill, str(number)))
-                 for number, dataset in enumerate(datasets)]
+        spread = [_Spread(dataset, read[number], groups, os.path.join(spill, str(number)))
+                  for number, dataset in enumerate(datasets)]
         for group in range(groups):
-            yield [finish(pq.read_table(paths[group]) if paths and os.path.exists(paths[group]) else empty(number),
-                          number) for number, paths in enumerate(files)]
+            yield [finish(spread[number].read(group, empty(number)), number) for number in range(len(datasets))]
 
 
 def current_rows(table: pa.Table, once: bool = True) -> pa.Table:
@@ -164,29 +162,38 @@ def _count_rows(dataset: ds.Dataset | None) -> int:
         raise ManifestError(_damaged(dataset, exc)) from None
 
 
-def _spread(dataset: ds.Dataset | None, columns: list[str], groups: int, prefix: str) -> list[str]:
-    """Write ``dataset``'s rows to one Parquet file per group, by a hash of the path; their names."""
-    if dataset is None:
-        return []
-    names = [f"{prefix}-{group}.parquet" for group in range(groups)]
-    writers: dict[int, pq.ParquetWriter] = {}
-    schema = pa.schema([SCHEMA.field(name) for name in columns])
-    with contextlib.ExitStack() as stack:
+class _Spread:
+    """A manifest's rows spread by group over temporary files: one file per batch read, one row group per
+    group in it, so a single writer is open at a time whatever the number of groups (a writer per group
+    held a gigabyte of buffers on a million rows)."""
+
+    def __init__(self, dataset: ds.Dataset | None, columns: list[str], groups: int, prefix: str) -> None:
+        self.files: list[tuple[str, dict[int, int]]] = []  # (file, group -> its row group in the file)
+        self.columns = columns
+        if dataset is None:
+            return
+        schema = pa.schema([SCHEMA.field(name) for name in columns])
         try:
-            for batch in _batches(dataset, columns):
+            for number, batch in enumerate(_batches(dataset, columns)):
                 group_of = np.fromiter((zlib.crc32(path.encode()) % groups for path in batch["path"].to_pylist()),
                                        np.int64, batch.num_rows)
                 order = np.argsort(group_of, kind="stable")
                 sorted_batch = pa.Table.from_batches([batch]).take(pa.array(order))
                 bounds = np.searchsorted(group_of[order], np.arange(groups + 1))
-                for group in np.flatnonzero(np.diff(bounds)):
-                    if group not in writers:
-                        writers[group] = stack.enter_context(pq.ParquetWriter(  # read once: no statistics,
-                            names[group], schema, use_dictionary=False, write_statistics=False))  # no dictionaries
-                    writers[group].write_table(sorted_batch.slice(bounds[group], bounds[group + 1] - bounds[group]))
+                name, present = f"{prefix}-{number}.parquet", {}
+                with pq.ParquetWriter(name, schema, use_dictionary=False, write_statistics=False) as writer:
+                    for group in np.flatnonzero(np.diff(bounds)).tolist():
+                        present[group] = len(present)
+                        writer.write_table(sorted_batch.slice(bounds[group], bounds[group + 1] - bounds[group]))
+                self.files.append((name, present))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestError(_damaged(dataset, exc)) from None
-    return names
+
+    def read(self, group: int, empty: pa.Table) -> pa.Table:
+        """Every row of ``group``."""
+        pieces = [pq.ParquetFile(name).read_row_group(present[group]) for name, present in self.files
+                  if group in present]
+        return pa.concat_tables(pieces) if pieces else empty
 
 
 def _batches(dataset: ds.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:

@@ -124,10 +124,13 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> DoneIndex:
     Error rows are not "done": a resumed run retries them.
     """
     hashes: set[str] = set()
-    done = []
-    for (table,) in current_groups([out], _BOOKKEEPING):
-        hashes |= set(pc.unique(table["config_hash"].drop_null()).to_pylist())
-        done.append(table.filter(pc.equal(table["status"], "ok")).select(_HELD))
+
+    def good_rows() -> Iterable[pa.Table]:  # indexed a group at a time: no group is kept
+        for (table,) in current_groups([out], _BOOKKEEPING):
+            hashes.update(pc.unique(table["config_hash"].drop_null()).to_pylist())
+            yield table.filter(pc.equal(table["status"], "ok")).select(_HELD)
+
+    done = DoneIndex.of_rows(good_rows())
     if hashes - compatible:
         if not overwrite:
             raise ConfigError(
@@ -140,7 +143,7 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> DoneIndex:
     if overwrite:
         locate(out).child(MANIFEST_DIR).delete_dir()
         return DoneIndex.of_rows([])
-    return DoneIndex.of_rows(done)
+    return done
 
 
 def reuse_rows(out: str, reuse: str, hashes: dict[str, str], paths: list[str]) -> DoneIndex:
