@@ -60,8 +60,6 @@ class ImageHeader:
 
     path: str
     sha256: str | None = None
-    size: int | None = None  # the file's, when it was read
-    mtime_ns: int | None = None
     width: int | None = None
     height: int | None = None
     seed: int | None = None
@@ -70,6 +68,8 @@ class ImageHeader:
     methods: tuple[str, ...] = ()  # the methods to run on it: those without results for this content
     drawn: tuple[int, ...] = ()  # per method to run, the sample rows its payload holds
     skipped: bool = False  # every method already in the manifest with the same content
+    size: int | None = None  # the file's size and modification time, when it was read
+    mtime_ns: int | None = None
     busy: dict[str, float] = field(default_factory=dict, compare=False)  # seconds by stage, in prepare
 
 
@@ -126,8 +126,8 @@ def decode(
     except ImageError as exc:
         return ImageHeader(path, sha256=sha256, size=len(data), mtime_ns=mtime_ns, error=str(exc), methods=todo,
                            busy=read_for()), None
-    header = ImageHeader(path, loaded.sha256, len(data), mtime_ns, loaded.width, loaded.height,
-                         image_seed(config.seed, loaded.sha256), methods=todo, busy=read_for())
+    header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, image_seed(config.seed, loaded.sha256),
+                         methods=todo, size=len(data), mtime_ns=mtime_ns, busy=read_for())
     return header, DecodedImage(loaded.pixels, object_mask)
 
 
