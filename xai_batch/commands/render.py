@@ -34,7 +34,7 @@ from xai_batch.sources import image_root
 from xai_batch.storage import Location, join, locate
 
 __all__ = [
-    "RenderOptions", "RenderResult", "overlay_name", "render_row", "render_rows", "run_render", "current_rows",
+    "RenderOptions", "RenderResult", "overlay_name", "render_row", "render_rows", "run_render", "current_rows", "manifest_methods",
     "job_source", "write_csv", "INDEX",
 ]
 
@@ -112,15 +112,20 @@ def current_rows(out: str, methods: tuple[str, ...] = (), columns: list[str] | N
     """The manifest's current ``ok`` rows of ``methods`` (default all), a group of images at a time
     (:func:`~xai_batch.manifest.current_groups`); a usage error if there is no manifest or it lacks a
     method asked for."""
-    present = set()
+    chosen_methods([{"method": method} for method in manifest_methods(out)], methods)
+    columns = None if columns is None else list(dict.fromkeys([*columns, "status"]))
+    return (chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+            for (table,) in current_groups([out], columns))
+
+
+def manifest_methods(out: str) -> list[str]:
+    """The methods with current rows in ``out``, sorted; a usage error if there is no manifest."""
+    present: set[str] = set()
     for (table,) in current_groups([out], ["method"]):
         present |= set(table["method"].to_pylist())
     if not present:
         raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
-    chosen_methods([{"method": method} for method in sorted(present)], methods)
-    columns = None if columns is None else list(dict.fromkeys([*columns, "status"]))
-    return (chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
-            for (table,) in current_groups([out], columns))
+    return sorted(present)
 
 
 def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:

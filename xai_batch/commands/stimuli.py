@@ -16,7 +16,7 @@ from xai_batch.analysis.agreement import methods_in
 from xai_batch.errors import ConfigError
 from xai_batch.manifest import SCHEMA
 from xai_batch.labels import prediction_labeller, truth_labeller
-from xai_batch.commands.render import RenderOptions, current_rows, job_source, render_rows, write_csv
+from xai_batch.commands.render import RenderOptions, current_rows, manifest_methods, job_source, render_rows, write_csv
 from xai_batch.analysis.design import Design, annotate, select
 from xai_batch.storage import join
 
@@ -46,8 +46,7 @@ def run_stimuli(
     With ``every_method`` the design's methods are every method in the manifest.
     """
     if every_method:
-        present = [{"method": method} for rows in current_rows(out, (), ["method"]) for method in
-                   {row["method"] for row in rows}]
+        present = [{"method": method} for method in manifest_methods(out)]
         design = dataclasses.replace(design, methods=tuple(methods_in(present)))
     rows = [row for group in current_rows(out, design.methods, SELECTED_COLUMNS) for row in group]
     stimuli, short = select(annotate(rows, truth_labeller(labels), prediction_labeller(label_map), design), design)
