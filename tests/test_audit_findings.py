@@ -108,8 +108,8 @@ def test_findings_by_hand():
     assert report["counts"] == {"images": 5, "explained": 4, "labelled": 3, "errors": 1, "misclassified": 1,
                                 "low-confidence": 1, "changed": 1, "moved": 1, "background": 2}
     assert report["accuracy"] == pytest.approx(2 / 3)
-    assert report["since_previous"] == {"new": ["flat.png"], "removed": ["dog/gone.png"],
-                                        "models_before": ["m1"], "models_now": ["m1"]}
+    assert report["since_previous"] == {"new": ["flat.png"], "removed": ["dog/gone.png"], "new_images": 1,
+                                        "removed_images": 1, "models_before": ["m1"], "models_now": ["m1"]}
     assert _report(current, previous)["findings"]["background"] == [
         {"path": "flat.png", "method": "lime", "label": "dog", "on_object": 0.0}]
     quality = report["quality"]
@@ -126,12 +126,9 @@ def test_thresholds_are_checked():
     assert caught.value.param == "min_iou"
 
 
-def test_a_manifest_taken_a_group_of_images_at_a_time_gives_the_same_report():
-    """What the audit of a million images does (AuditTally over groups of paths, both manifests split the
-    same way) is what one call over every row gives: counts, confusion, findings in path order, quality,
-    agreement, what changed."""
-    from xai_batch.analysis.findings import AuditTally
-
+def _two_audits() -> tuple[list[dict], list[dict]]:
+    """Current and previous rows of 40 images with every kind of finding: errors, misclassified, low
+    confidence, changed, moved, background, a removed image, two methods."""
     rng = np.random.default_rng(3)
     current, previous = [], []
     for n in range(40):
@@ -149,14 +146,46 @@ def test_a_manifest_taken_a_group_of_images_at_a_time_gives_the_same_report():
             before = pred if n % 4 else {"cat": "dog", "dog": "cat"}[pred]  # changed
             previous.append(_row(path, before, 0.8, weights if n % 3 else np.roll(weights, 2)))  # moved
     previous.append(_row("gone.png", "cat", 0.9, [1, 0, 0, 0, 0]))
-    whole = _report(current, previous)
+    return current, previous
+
+
+def _grouped(current, previous, groups=3, **options) -> dict:
+    from xai_batch.analysis.findings import AuditTally
+
     tally = AuditTally(truth=lambda p: p.split("/")[0] if "/" in p else None, predicted=lambda row: row["pred_name"],
-                       compared=True)
-    for group in range(3):
+                       compared=True, **options)
+    for group in range(groups):
         def mine(rows):
-            return [row for row in rows if hash(row["path"]) % 3 == group]
+            return [row for row in rows if hash(row["path"]) % groups == group]
         tally.add(mine(current), mine(previous))
-    grouped = tally.report()
-    assert grouped == whole
+    return tally.report()
+
+
+def test_a_manifest_taken_a_group_of_images_at_a_time_gives_the_same_report():
+    """What the audit of a million images does (AuditTally over groups of paths, both manifests split the
+    same way) is what one call over every row gives: counts, confusion, findings in path order, quality,
+    agreement, what changed."""
+    current, previous = _two_audits()
+    whole = _report(current, previous)
+    assert _grouped(current, previous) == whole
     assert whole["counts"]["moved"] > 0 and whole["counts"]["changed"] > 0 and whole["counts"]["errors"] == 4
     assert whole["since_previous"]["removed"] == ["gone.png"] and whole["agreement"][0]["explanations"] == 36
+
+
+def test_a_big_audit_lists_the_first_findings_counts_them_all_and_hands_every_one_on():
+    """The findings of a million images are not held: the report lists the first of each kind by path,
+    counts every one, and each group's findings go to the caller (the audit writes them to a file)."""
+    current, previous = _two_audits()
+    whole = _report(current, previous)
+    handed: dict[str, list[dict]] = {}
+    grouped = _grouped(current, previous, groups=7, listed=2,
+                       found=lambda found: [handed.setdefault(kind, []).extend(items) for kind, items in found.items()])
+    assert grouped["counts"] == whole["counts"]
+    for kind, found in whole["findings"].items():
+        assert grouped["findings"][kind] == found[:2], kind
+        order = lambda f: (f["path"], f.get("method", ""), str(f.get("label", "")))  # noqa: E731
+        assert sorted(handed[kind], key=order) == found, kind
+    assert sum(len(found) > 2 for found in whole["findings"].values()) >= 4  # the bound was met, and cut
+    since = grouped["since_previous"]
+    assert since["removed"] == ["gone.png"] and since["removed_images"] == 1
+    assert since["new"] == whole["since_previous"]["new"][:2] and since["new_images"] == len(whole["since_previous"]["new"])

@@ -435,8 +435,8 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
                f"--previous, {run['already_done']} already done")
     if report["accuracy"] is not None:
         click.echo(f"accuracy {report['accuracy']:.3f} on {report['counts']['labelled']} labelled images")
-    click.echo("findings: " + ", ".join(f"{kind} {len(found)}" for kind, found in report["findings"].items()))
-    click.echo(f"audit: {result.path}")
+    click.echo("findings: " + ", ".join(f"{kind} {report['counts'][kind]}" for kind in report["findings"]))
+    click.echo(f"audit: {result.path} (every finding: {report['findings_file']})")
     if result.failed:
         click.echo(f"failed: {', '.join(result.failed)}", err=True)
         raise SystemExit(AUDIT_FAILED)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -138,6 +139,14 @@ def test_night_three_finds_the_changed_model_and_fails(nights):
     assert audit["fail_on"] == ["errors>0", "changed>3", "accuracy<0.99"] and audit["failed"] == expected
     assert result.exit_code == 3, result.output + result.stderr
     assert f"failed: {', '.join(expected)}" in result.stderr
+    # Every finding is a row of OUT/findings.parquet, with its kind's fields.
+    found = pq.read_table(audit["findings_file"]).to_pylist()
+    assert audit["findings_file"] == str(nights["root"] / "night3" / "findings.parquet")
+    assert f"every finding: {audit['findings_file']}" in result.output
+    assert sorted((f["kind"], f["path"]) for f in found) == sorted(
+        (kind, item["path"]) for kind, items in audit["findings"].items() for item in items)
+    assert len(found) == sum(audit["counts"][kind] for kind in audit["findings"]) > 0
+    assert {f["path"] for f in found if f["kind"] == "changed" and f["model_changed"]} == changed
 
 
 def test_a_rerun_of_the_same_night_does_no_model_work(nights, shapes_model):

@@ -148,7 +148,7 @@ def test_ten_thousand_rows_stay_paged_and_filterable(browser, tmp_path):
                         "img": "", "img_error": "not drawn in this test", "quality": {}, "most_faithful": None})
         gallery[-1]["views"] = [{"method": "lime", **{k: gallery[-1][k] for k in ("img", "img_error", "score", "quality")}}]
     wrong = [g for g in gallery if not g["correct"]]
-    audit = {"counts": {"labelled": 10_000}, "accuracy": 1 - len(wrong) / 10_000, "per_class": {},
+    audit = {"counts": {"labelled": 10_000, "errors": 0, "misclassified": len(wrong)}, "accuracy": 1 - len(wrong) / 10_000, "per_class": {},
              "confusion": {"labels": classes, "matrix": [[0] * 4 for _ in classes]},
              "findings": {"errors": [], "misclassified": [{"path": g["path"], "true": g["truth"],
                                                            "predicted": g["pred"], "prob": g["prob"]} for g in wrong]}}

@@ -30,11 +30,12 @@ from xai_batch.methods import METHODS
 __all__ = [
     "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions",
     "confusion",
-    "mask_iou", "audit_report", "AuditTally", "quality_summary",
+    "mask_iou", "audit_report", "AuditTally", "quality_summary", "FINDINGS_LISTED",
 ]
 
 FINDINGS = ("errors", "misclassified", "low-confidence", "changed", "moved", "background")
 METRICS = (*FINDINGS, "accuracy")
+FINDINGS_LISTED = 1000  # the findings of each kind a report lists (the first by path); every one is counted
 
 
 @dataclass(frozen=True)
@@ -160,22 +161,25 @@ class AuditTally:
 
     Each :meth:`add` takes every current row of some images (and, when
     ``compared``, the previous audit's rows of the same images); what is kept
-    between groups is the findings and running sums, not the rows. The
-    findings are listed sorted by path, so the report does not depend on how
-    the images were grouped.
+    between groups is running sums and the first ``listed`` findings of each
+    kind (and new and removed images) by path, so the memory does not grow
+    with the manifest and the report does not depend on how the images were
+    grouped. Every finding is counted, and each group's findings go to
+    ``found`` (a callable taking ``{kind: [finding, ...]}``) where the caller
+    keeps them all.
     """
 
     def __init__(self, truth: Callable[[str], str | None], predicted: Callable[[dict], str],
-                 thresholds: Thresholds = Thresholds(), num_features: int = 5, compared: bool = False) -> None:
+                 thresholds: Thresholds = Thresholds(), num_features: int = 5, compared: bool = False,
+                 listed: int = FINDINGS_LISTED, found: Callable[[dict[str, list[dict]]], None] | None = None) -> None:
         self.truth, self.predicted, self.thresholds = truth, predicted, thresholds
-        self.compared = compared
-        self.findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
+        self.compared, self.found = compared, found
+        self.findings = {kind: _FirstOf(listed, _finding_order) for kind in FINDINGS}
         self.pairs: Counter = Counter()
         self.images = self.explained = 0
         self.quality: dict[str, _QualityTally] = {}
         self.agreement = AgreementTally(num_features)
-        self.new: list[str] = []
-        self.removed: list[str] = []
+        self.new, self.removed = _FirstOf(listed), _FirstOf(listed)
         self.models_before: set[str] = set()
         self.models_now: set[str] = set()
 
@@ -185,7 +189,8 @@ class AuditTally:
         ok = {path: row for path, row in images.items() if row["status"] == "ok"}
         self.images += len(images)
         self.explained += len(ok)
-        findings, thresholds = self.findings, self.thresholds
+        findings: dict[str, list[dict]] = {kind: [] for kind in FINDINGS}
+        thresholds = self.thresholds
         findings["errors"] += [{"path": r["path"], "method": r["method"], "error": r["error"]}
                                for r in current if r["status"] != "ok"]
         for path, row in ok.items():
@@ -209,11 +214,15 @@ class AuditTally:
         self.agreement.add(current)
         self.models_now |= set(_models(current))
         if self.compared:
-            self._since_previous(current, previous or [], images, ok)
+            self._since_previous(current, previous or [], images, ok, findings)
+        for kind, found in findings.items():
+            self.findings[kind].add(found)
+        if self.found is not None:
+            self.found(findings)
 
-    def _since_previous(self, current, previous, images, ok) -> None:
+    def _since_previous(self, current, previous, images, ok, findings) -> None:
         """The 'changed' and 'moved' findings of one group; what else changed (new, removed, models)."""
-        predicted, findings = self.predicted, self.findings
+        predicted = self.predicted
         before = image_rows(previous)
         before_ok = {path: row for path, row in before.items() if row["status"] == "ok"}
         previous_rows = {(r["path"], r["method"], r["explained_index"]): r
@@ -238,25 +247,52 @@ class AuditTally:
                 findings["moved"].append({"path": row["path"], "method": row["method"],
                                           "label": row["explained_name"], "iou": round(iou, 4),
                                           "file_changed": old["sha256"] != row["sha256"]})
-        self.new += set(ok) - set(before)
-        self.removed += set(before) - set(images)
+        self.new.add(list(set(ok) - set(before)))
+        self.removed.add(list(set(before) - set(images)))
         self.models_before |= set(_models(previous))
 
     def report(self) -> dict:
-        """The report of every group added."""
-        findings = {kind: sorted(found, key=lambda f: (f["path"], f.get("method", ""), str(f.get("label", ""))))
-                    for kind, found in self.findings.items()}
+        """The report of every group added: ``counts`` has every finding, ``findings`` the first listed."""
+        findings = {kind: found.first() for kind, found in self.findings.items()}
         pairs = [pair for pair, count in sorted(self.pairs.items()) for _ in range(count)]
         counts = {"images": self.images, "explained": self.explained, "labelled": len(pairs),
-                  **{kind: len(found) for kind, found in findings.items()}}
+                  **{kind: found.count for kind, found in self.findings.items()}}
         methods = [method for method in METHODS if method in self.quality]
         by_method = {method: self.quality[method].summary() for method in methods}
-        since = {"new": sorted(self.new), "removed": sorted(self.removed),
+        since = {"new": self.new.first(), "removed": self.removed.first(),
+                 "new_images": self.new.count, "removed_images": self.removed.count,
                  "models_before": sorted(self.models_before), "models_now": sorted(self.models_now)} \
             if self.compared else None
         return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
                 "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
                 "quality_by_method": by_method, "agreement": self.agreement.report(methods)}
+
+
+def _finding_order(finding: dict) -> tuple:
+    return finding["path"], finding.get("method", ""), str(finding.get("label", ""))
+
+
+class _FirstOf:
+    """The first ``limit`` of the items added, in ``key`` order, and how many were added.
+
+    Holds at most twice ``limit`` between trims, whatever is added.
+    """
+
+    def __init__(self, limit: int, key: Callable | None = None) -> None:
+        self.limit, self.key, self.items, self.count = limit, key, [], 0
+
+    def add(self, items: list) -> None:
+        self.count += len(items)
+        self.items += items
+        if len(self.items) > 2 * self.limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        self.items = sorted(self.items, key=self.key)[:self.limit]
+
+    def first(self) -> list:
+        self._trim()
+        return list(self.items)
 
 
 def quality_summary(rows: Sequence[dict]) -> dict:

@@ -102,7 +102,9 @@ def report_document(summary: dict, audit: dict, gallery: list[dict], audited: di
         "accuracy": audit["accuracy"],
         "per_class": audit["per_class"],
         "confusion": audit["confusion"],
-        "findings": audit["findings"],
+        "findings": audit["findings"],  # the first of each kind
+        "finding_counts": {kind: audit["counts"][kind] for kind in audit["findings"]},
+        "findings_file": audited.get("findings_file") if audited else None,
         "since_previous": audit.get("since_previous"),
         "quality": audit.get("quality"),
         "methods": audit.get("methods", [DEFAULT_METHOD]),

@@ -81,6 +81,7 @@ def run_report(
     audit = audit_findings(out, None, set(methods or present), truth, predicted, thresholds, num_features)
     if audited:
         audit["findings"].update({kind: audited["findings"][kind] for kind in COMPARED})
+        audit["counts"].update({kind: audited["counts"][kind] for kind in COMPARED})
         audit["since_previous"] = audited.get("since_previous")
     chosen, flagged = _gallery_paths(out, audit)
     wanted, shown_methods = pa.array(sorted(chosen), pa.string()), pa.array(sorted(methods or present), pa.string())
