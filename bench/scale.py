@@ -12,7 +12,7 @@ records its wall time and its peak resident memory (the process's own
 - ``resume``: the bookkeeping a resumed explain does before any work — what
   the output holds (``resume_state``) and the counts ``job.json`` reports;
 - ``verify``, ``compact`` (last: it rewrites the manifest);
-- ``audit``: the findings against ``--previous`` (the join by path);
+- ``audit``: the findings against ``--previous`` (the join by path), every one written to ``findings.parquet``;
 - ``report``: the summary over every row, and a gallery of at most
   ``GALLERY_UP_TO`` (the thumbnails' images do not exist: each is an error card).
 
@@ -120,7 +120,7 @@ CHILD = {
              "from xai_batch.analysis.findings import Thresholds\n"
              "from xai_batch.labels import prediction_labeller, truth_labeller\n"
              "report = audit_findings(OUT, PREVIOUS, {'lime'}, truth_labeller(None), prediction_labeller(None), "
-             "Thresholds(), 5)\n"
+             "Thresholds(), 5, findings_to=os.path.join(OUT, 'findings.parquet'))\n"
              "result = {'counts': report['counts'], 'accuracy': report['accuracy']}",
     "report": "from xai_batch.commands.report import run_report\n"
               "import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"

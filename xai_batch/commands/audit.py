@@ -85,9 +85,8 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         check_truth_meets_predictions(truths, config.label_map, () if config.label_map else inputs.model.class_names)
     job = run_explain(config.explain, progress=progress, inputs=inputs)
     findings_path = join(config.explain.out, FINDINGS_FILE)
-    with locate(findings_path).atomic_writer() as stream, _FindingsWriter(stream) as written:
-        report = audit_findings(config.explain.out, config.previous, set(config.explain.methods), truth, predicted,
-                                config.thresholds, config.explain.num_features, found=written)
+    report = audit_findings(config.explain.out, config.previous, set(config.explain.methods), truth, predicted,
+                            config.thresholds, config.explain.num_features, findings_to=findings_path)
     failed = failed_conditions(config.fail_on, report)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -110,15 +109,18 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
 
 
 def audit_findings(out: str, previous: str | None, methods: set[str], truth, predicted, thresholds: Thresholds,
-                   num_features: int, found=None) -> dict:
+                   num_features: int, findings_to: str | None = None) -> dict:
     """The findings of ``out``'s rows of ``methods`` (an output may hold other methods' rows from other runs),
     joined by path with ``previous``'s a group of images at a time, so neither manifest is held whole;
-    ``found`` takes each group's findings (:class:`AuditTally`)."""
-    tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None, found=found)
+    with ``findings_to``, every finding is written there (Parquet, :data:`FINDINGS_SCHEMA`) as it is found."""
     outs = [out] if previous is None else [out, previous]
-    for tables in current_groups(outs, AUDITED_COLUMNS):
-        current, *before = ([row for row in table.to_pylist() if row["method"] in methods] for table in tables)
-        tally.add(current, before[0] if before else None)
+    with contextlib.ExitStack() as stack:
+        found = None if findings_to is None else \
+            stack.enter_context(_FindingsWriter(stack.enter_context(locate(findings_to).atomic_writer())))
+        tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None, found=found)
+        for tables in current_groups(outs, AUDITED_COLUMNS):
+            current, *before = ([row for row in table.to_pylist() if row["method"] in methods] for table in tables)
+            tally.add(current, before[0] if before else None)
     return tally.report()
 
 
