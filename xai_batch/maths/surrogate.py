@@ -1,4 +1,9 @@
-"""The weighted linear surrogate LIME fits to the model's outputs."""
+"""The weighted linear surrogate LIME fits to the model's outputs.
+
+lime and scikit-learn are imported on first use: together they take 1.5 s to
+import, which every model replica process would otherwise pay at its start
+though only the processes that fit surrogates need them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import sklearn.metrics
-from lime.lime_base import LimeBase
 
 __all__ = ["Surrogate", "fit_surrogate", "sample_weights", "KERNEL_WIDTH"]
 
@@ -37,6 +40,8 @@ def _kernel(distances: np.ndarray, kernel_width: float) -> np.ndarray:
 
 def _distances(rows: np.ndarray) -> np.ndarray:
     """Cosine distance of each sample row to row 0 (the original image), as lime computes it."""
+    import sklearn.metrics
+
     return sklearn.metrics.pairwise_distances(rows, rows[0].reshape(1, -1), metric="cosine").ravel()
 
 
@@ -54,6 +59,8 @@ def fit_surrogate(rows: np.ndarray, label_probs: np.ndarray, seed: int) -> Surro
     and feature selection, so the coefficients are lime's to the last bit for
     the same inputs.
     """
+    from lime.lime_base import LimeBase
+
     rows = np.asarray(rows, dtype=np.int64)
     probs = np.asarray(label_probs).reshape(-1, 1)  # keep the model's dtype, as lime does
     distances = _distances(rows)
