@@ -17,9 +17,13 @@ records its wall time and its peak resident memory (the process's own
   ``GALLERY_UP_TO`` (the thumbnails' images do not exist: each is an error card).
 
 ``--live`` adds explain runs over folders of empty files (each an error row):
-the pipeline's per-image bookkeeping without the model.
+the pipeline's per-image bookkeeping without the model. ``--resume`` adds
+resumed explains over SOURCE listings of files a manifest already holds, done
+and unchanged: how many files the run opened (none: their size and time
+decide), the driver's memory and the time.
 
-    .venv/bin/python bench/scale.py --rows 100000 1000000 --live 10000 100000 --work /tmp/scale
+    .venv/bin/python bench/scale.py --rows 100000 1000000 --live 10000 100000 --resume 10000 100000 \
+        --work /tmp/scale
 """
 
 from __future__ import annotations
@@ -58,8 +62,14 @@ def _variants(count: int) -> tuple[list[bytes], list[bytes]]:
     return segments, masks
 
 
-def build(out: str, rows: int, run_ids: list[str], redone: float, salt: int) -> None:
-    """A manifest of ``rows`` images: every one from the first run, ``redone`` of them again from the second."""
+def image_path(index: int) -> str:
+    return f"class{index % 4}/img{index:08d}.png"
+
+
+def build(out: str, rows: int, run_ids: list[str], redone: float, salt: int, config_hash: str = "benchhash00000000",
+          stamps: tuple[list[int], list[int]] | None = None) -> None:
+    """A manifest of ``rows`` images: every one from the first run, ``redone`` of them again from the second.
+    ``stamps`` are the files' sizes and modification times, where the files exist."""
     import pyarrow as pa
 
     from xai_batch.manifest import SCHEMA, decode_segments, write_part
@@ -77,7 +87,7 @@ def build(out: str, rows: int, run_ids: list[str], redone: float, salt: int) -> 
             chunk = images[start : start + PART_ROWS]
             variant = [(index * 7 + salt + run) % VARIANTS for index in chunk]
             table = pa.table({
-                "path": [f"class{index % 4}/img{index:08d}.png" for index in chunk],
+                "path": [image_path(index) for index in chunk],
                 "sha256": [f"{index:064x}" for index in chunk],
                 "status": ["ok"] * len(chunk),
                 "width": pa.array([224] * len(chunk), pa.int32()), "height": pa.array([224] * len(chunk), pa.int32()),
@@ -99,7 +109,9 @@ def build(out: str, rows: int, run_ids: list[str], redone: float, salt: int) -> 
                 "intercept": rng.uniform(0, 1, len(chunk)), "score": rng.uniform(0, 1, len(chunk)),
                 "local_pred": rng.uniform(0, 1, len(chunk)),
                 "mask": [masks[v] for v in variant],
-                "config_hash": ["benchhash00000000"] * len(chunk),
+                "config_hash": [config_hash] * len(chunk),
+                **({} if stamps is None else {"size": pa.array([stamps[0][i] for i in chunk], pa.int64()),
+                                              "mtime_ns": pa.array([stamps[1][i] for i in chunk], pa.int64())}),
                 "engine": ["torch"] * len(chunk),
                 "seconds": pa.array([0.5] * len(chunk), pa.float32()),
                 "run_id": [run_id] * len(chunk),
@@ -146,18 +158,23 @@ def measure(name: str, **names: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def live(work: str, images: int) -> dict:
-    """An explain over ``images`` empty files: each an error row; the driver's peak RSS."""
-    source = os.path.join(work, f"empty-{images}")
-    os.makedirs(source, exist_ok=True)
-    for index in range(images):
-        open(os.path.join(source, f"e{index:07d}.png"), "wb").close()
+def _checkpoint(work: str) -> str:
     checkpoint = os.path.join(work, "model.pt")
     if not os.path.exists(checkpoint):
         sys.path.insert(0, os.path.join(HERE, "..", "tests"))
         from helpers import save_random_resnet
 
         save_random_resnet(checkpoint, 4)
+    return checkpoint
+
+
+def live(work: str, images: int) -> dict:
+    """An explain over ``images`` empty files: each an error row; the driver's peak RSS."""
+    source = os.path.join(work, f"empty-{images}")
+    os.makedirs(source, exist_ok=True)
+    for index in range(images):
+        open(os.path.join(source, f"e{index:07d}.png"), "wb").close()
+    checkpoint = _checkpoint(work)
     out = os.path.join(work, f"live-{images}")
     shutil.rmtree(out, ignore_errors=True)
     CHILD["live"] = ("from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
@@ -167,10 +184,47 @@ def live(work: str, images: int) -> dict:
     return measure("live", out=out, source=source, checkpoint=checkpoint)
 
 
+def resume(work: str, images: int) -> dict:
+    """A resumed explain over a SOURCE listing of ``images`` files a manifest holds as done, unchanged: how
+    many of them it opened (none should be), the driver's peak RSS and the time."""
+    from xai_batch.config import ExplainConfig, config_hash
+    from xai_batch.models import resolve_model
+
+    source = os.path.join(work, f"listed-{images}")
+    listing = os.path.join(source, "images.txt")
+    sizes, times = [], []
+    for index in range(images):
+        path = os.path.join(source, image_path(index))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(b"\x89PNG not decoded")
+        stat = os.stat(path)
+        sizes.append(stat.st_size)
+        times.append(stat.st_mtime_ns)
+    with open(listing, "w") as handle:
+        handle.writelines(image_path(index) + "\n" for index in range(images))
+    checkpoint = _checkpoint(work)
+    out = os.path.join(work, f"resume-{images}")
+    shutil.rmtree(out, ignore_errors=True)
+    config = ExplainConfig(source=listing, out=out, checkpoint=checkpoint, actors=1)
+    digest = config_hash(config, resolve_model(checkpoint).model_id, "lime")
+    build(out, images, ["20260101T000000.000000Z-aaaaaa"], 1.0, salt=3, config_hash=digest, stamps=(sizes, times))
+    CHILD["resume-live"] = (
+        "from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
+        "import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        "job = run_explain(ExplainConfig(source=SOURCE, out=OUT, checkpoint=CHECKPOINT, actors=1), progress=False)\n"
+        "result = {'images': job.images, 'already_done': job.skipped, 'opened': job.images - job.unread, "
+        "'explained': job.ok + job.errors}")
+    return measure("resume-live", out=out, source=listing, checkpoint=checkpoint)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
-    parser.add_argument("--live", type=int, nargs="*", default=[])
+    parser.add_argument("--live", type=int, nargs="*", default=[],
+                        help="Explain folders of this many empty files (each an error row).")
+    parser.add_argument("--resume", type=int, nargs="*", default=[],
+                        help="Resume explains over listings of this many files, done and unchanged.")
     parser.add_argument("--work", default="/tmp/xai-batch-scale")
     parser.add_argument("--keep", action="store_true", help="Keep the manifests built.")
     parser.add_argument("--commands", nargs="*", default=["resume", "verify", "audit", "report", "compact"],
@@ -196,6 +250,9 @@ def main() -> None:
     for images in args.live:
         results[f"live-{images}"] = live(args.work, images)
         print("live", images, results[f"live-{images}"], flush=True)
+    for images in args.resume:
+        results[f"resume-{images}"] = resume(args.work, images)
+        print("resume", images, results[f"resume-{images}"], flush=True)
     print(json.dumps(results, indent=1))
 
 

@@ -389,6 +389,7 @@ def explain(progress: bool, **options) -> None:
     click.echo(
         f"{result.images} images: {result.ok} explained, {result.errors} errors, {result.skipped} already done"
         + (f" ({result.reused} reused from --reuse)" if result.reused else "")
+        + (f" ({result.unread} unread: size and time unchanged)" if result.unread else "")
         + f"; {result.rows} rows in {result.seconds:.1f}s"
     )
     click.echo(f"manifest: {result.manifest}")
@@ -490,8 +491,12 @@ def compact(out: str, part_rows: int, progress: bool) -> None:
 
     with tqdm(unit="row", desc="compact", disable=not progress, mininterval=0.5) as bar:
         done = compact_manifest(out, part_rows, progress=bar.update)
-    click.echo(f"{done.rows_after} current rows in {done.parts_after} parts (were {done.rows_before} rows in "
-               f"{done.parts_before} parts)")
+    click.echo(f"{done.rows_after} current rows in {_parts(done.parts_after)} (were {done.rows_before} rows in "
+               f"{_parts(done.parts_before)})")
+
+
+def _parts(count: int) -> str:
+    return f"{count} part" + ("" if count == 1 else "s")
 
 
 def _comma_list(value: str) -> tuple[str, ...]:

@@ -168,7 +168,7 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(source / "b.png")
     (source / "c.png").write_bytes(b"not yet an image")
     second = explain()
-    assert "3 images: 1 explained, 1 errors, 1 already done" in second.output, second.output
+    assert "3 images: 1 explained, 1 errors, 1 already done (1 unread" in second.output, second.output
     rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
     assert rows["a.png"] == first["a.png"]
     assert rows["b.png"]["sha256"] != first["b.png"]["sha256"] and rows["b.png"]["run_id"] > first["b.png"]["run_id"]
@@ -186,11 +186,11 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(edited, format="PNG")  # smaller: pad it after IEND
     (source / "a.png").write_bytes(edited.getvalue().ljust(before.st_size, b"\0"))
     os.utime(source / "a.png", ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert "3 images: 0 explained, 0 errors, 3 already done" in explain().output
+    assert "3 images: 0 explained, 0 errors, 3 already done (3 unread: size and time unchanged)" in explain().output
     assert read_manifest(out).to_pylist() == list(rows.values())
     # ... until --verify-content reads and hashes every file
     verified = explain("--verify-content")
-    assert "3 images: 1 explained, 0 errors, 2 already done" in verified.output, verified.output
+    assert "3 images: 1 explained, 0 errors, 2 already done; " in verified.output, verified.output  # none unread
     assert read_manifest(out).to_pylist()[0]["sha256"] == hashlib.sha256((source / "a.png").read_bytes()).hexdigest()
 
     clash = explain("--num-samples", "14")

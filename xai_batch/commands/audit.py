@@ -98,7 +98,7 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
         "masks": config.explain.masks,
         "thresholds": dataclasses.asdict(config.thresholds),
         "findings_file": locate(findings_path).target,
-        "run": {"run_id": job.run_id, "explained": job.ok + job.errors, "reused": job.reused,
+        "run": {"run_id": job.run_id, "explained": job.ok + job.errors, "reused": job.reused, "unread": job.unread,
                 "already_done": job.skipped - job.reused, "seconds": round(job.seconds, 2)},
         **report,
         "fail_on": [str(condition) for condition in config.fail_on],

@@ -58,6 +58,7 @@ class JobResult:
     rows: int
     seconds: float
     reused: int = 0  # of the skipped: rows copied from ``config.reuse`` for unchanged files
+    unread: int = 0  # of the skipped: files passed over on their size and modification time, never opened
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started)}
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
-    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "rows": 0}
+    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "unread": 0, "rows": 0}
     timings: dict[str, float] = {}
     try:
         with connected(config.address):
@@ -201,6 +202,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         rows=counts["rows"],
         seconds=timings["seconds"],
         reused=counts["reused"],
+        unread=counts["unread"],
     )
 
 

@@ -33,7 +33,7 @@ from xai_batch.manifest import RowContext, error_row
 from xai_batch.maths.convergence import sample_schedule
 from xai_batch.methods import GradientMethod, get_method
 from xai_batch.distributed.stages import (
-    ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score,
+    ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score, unchanged_files,
 )
 from xai_batch.sources import image_root
 from xai_batch.storage import locate
@@ -43,6 +43,8 @@ __all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "descri
 log = logging.getLogger(__name__)
 
 CALLS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
+STAT_PATHS = 1024  # files whose size and time one task checks against the manifest
+STAT_CPUS = 0.25  # a stat task waits on the file system more than it computes
 TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
 
 
@@ -122,11 +124,50 @@ class ImageFlow:
         self.busy.update(header.busy)
         return header
 
-    def skipped(self, path: str) -> None:
-        """An image whose every method is already in the manifest for its content (or was reused)."""
+    def skipped(self, path: str, unread: bool = False) -> None:
+        """An image whose every method is already in the manifest for its content (or was reused); ``unread``
+        when that was decided on its size and modification time, without opening it."""
         self.counts["skipped"] += 1
+        self.counts["unread"] += unread
         self.counts["reused"] += path in self.reused
         self.bar.update(1)
+
+    def pass_over_unchanged(self) -> None:
+        """Count as done, without reading them, the files the manifest holds whose size and modification time
+        are unchanged; the rest stay to do. Checked ``STAT_PATHS`` files a task, so a nightly resume of a
+        million unchanged images is a thousand small tasks, not a decoding task an image. Not with
+        ``config.verify_content``, which reads every file."""
+        if self.config.verify_content or not self.done:
+            return
+        check = ray.remote(num_cpus=STAT_CPUS)(unchanged_files)
+        in_flight: dict[ray.ObjectRef, tuple[int, list[str]]] = {}
+        kept: dict[int, list[str]] = {}
+        paths = list(self.todo)
+        for number, start in enumerate(range(0, len(paths), STAT_PATHS)):
+            chunk = paths[start:start + STAT_PATHS]
+            candidates = [(path, done) for path in chunk if (done := self.done.get(path)) is not None]
+            if not candidates:
+                kept[number] = chunk
+                continue
+            if len(in_flight) >= self.max_stat_tasks:
+                self._passed_over(in_flight, kept)
+            in_flight[check.remote(self.source, candidates, self.config.methods)] = (number, chunk)
+        while in_flight:
+            self._passed_over(in_flight, kept)
+        self.todo = deque(path for number in sorted(kept) for path in kept[number])
+
+    @property
+    def max_stat_tasks(self) -> int:
+        return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+    def _passed_over(self, in_flight: dict, kept: dict[int, list[str]]) -> None:
+        """One finished check: its unchanged files counted done, the others kept to do in their order."""
+        [ref], _ = ray.wait(list(in_flight), num_returns=1)
+        number, chunk = in_flight.pop(ref)
+        unchanged = set(ray.get(ref))
+        for path in unchanged:
+            self.skipped(path, unread=True)
+        kept[number] = [path for path in chunk if path not in unchanged]
 
     def counted(self, ok: bool) -> None:
         """An image done, every method recorded: ``ok`` unless one of them failed."""
@@ -178,6 +219,7 @@ class Pipeline(ImageFlow):
         return {"chunks_by_node": self.chunks_by_node}
 
     def run(self) -> None:
+        self.pass_over_unchanged()
         while self.todo or self.preparing or self.remaining:
             self.check_writes()
             self._submit_prepares()

@@ -75,6 +75,7 @@ class ReplicaPipeline(ImageFlow):
         return {"images_by_node": self.images_by_node}
 
     def run(self) -> None:
+        self.pass_over_unchanged()
         while self.todo or self.decoding or self.decoded or self.resend or self.calls:
             self.check_writes()
             self._submit_decodes()

@@ -25,10 +25,12 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ImageError, one_line
@@ -45,13 +47,14 @@ from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, 
 from xai_batch.storage import Location
 
 __all__ = [
-    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "sample_methods", "prepare",
+    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files", "sample_methods", "prepare",
     "enough_samples", "finish", "quality_rows", "score", "explain_whole",
 ]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
 # "surrogate" the surrogate or solver with the masks and rows, "quality" the measures' own CPU work.
 STAGES = ("read_decode", "segmentation", "sampling", "model", "surrogate", "quality", "writing")
+STAT_THREADS = 32  # HEAD requests in flight per task, where the files are on an object store
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,11 @@ def decode(
 ) -> tuple[ImageHeader, DecodedImage | None]:
     """Read, hash and decode one file: its header, and its pixels unless it failed or has nothing to do.
 
-    ``done`` is what the manifest already holds for the path. A file whose
-    size and modification time are those its rows recorded for every method
-    is passed over unread (``skipped``), unless ``config.verify_content``;
-    otherwise it is read and hashed, and the methods whose results are for
-    its current content are not run again (when none is left, ``skipped``
-    and nothing is decoded). A bad file gives a header with ``error``.
+    ``done`` is what the manifest already holds for the path (files
+    unchanged by size and time were passed over before: :func:`unchanged_files`).
+    The file is read and hashed, and the methods whose results are for its
+    current content are not run again (when none is left, ``skipped`` and
+    nothing is decoded). A bad file gives a header with ``error``.
     """
     started = time.perf_counter()
 
@@ -110,9 +112,7 @@ def decode(
         return {"read_decode": time.perf_counter() - started}
 
     try:
-        size, mtime_ns = source.child(path).stat()
-        if done is not None and not config.verify_content and done.unchanged(config.methods, (size, mtime_ns)):
-            return ImageHeader(path, sha256=done.hashes[config.methods[0]], skipped=True, busy=read_for()), None
+        _, mtime_ns = source.child(path).stat()
         data = source.child(path).read_bytes()
     except OSError as exc:
         return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), None
@@ -129,6 +129,29 @@ def decode(
     header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, image_seed(config.seed, loaded.sha256),
                          methods=todo, size=len(data), mtime_ns=mtime_ns, busy=read_for())
     return header, DecodedImage(loaded.pixels, object_mask)
+
+
+def unchanged_files(source: Location, candidates: Sequence[tuple[str, DoneImage]], methods: Sequence[str]) -> list[str]:
+    """The paths among ``candidates`` whose file's size and modification time are those their rows recorded
+    for every one of ``methods``: done, and passed over without being read.
+
+    One ``stat`` each (a HEAD on an object store, where they run
+    ``STAT_THREADS`` at a time). A file that cannot be stat'ed is not among
+    them: its read says why.
+    """
+    def same(candidate: tuple[str, DoneImage]) -> bool:
+        path, done = candidate
+        try:
+            return done.unchanged(methods, source.child(path).stat())
+        except OSError:
+            return False
+
+    if isinstance(source.filesystem, pafs.LocalFileSystem):  # file:// URIs too: a stat costs microseconds
+        verdicts = list(map(same, candidates))
+    else:
+        with ThreadPoolExecutor(STAT_THREADS) as pool:
+            verdicts = list(pool.map(same, candidates))
+    return [path for (path, _), unchanged in zip(candidates, verdicts) if unchanged]
 
 
 def sample_methods(
