@@ -227,6 +227,8 @@ def main() -> None:
                         help="Resume explains over listings of this many files, done and unchanged.")
     parser.add_argument("--work", default="/tmp/xai-batch-scale")
     parser.add_argument("--keep", action="store_true", help="Keep the manifests built.")
+    parser.add_argument("--built", action="store_true",
+                        help="Measure the manifests an earlier run left in --work (--keep, or stopped), not new ones.")
     parser.add_argument("--commands", nargs="*", default=["resume", "verify", "audit", "report", "compact"],
                         help="Which to measure (compact last: it rewrites the manifest).")
     args = parser.parse_args()
@@ -234,11 +236,12 @@ def main() -> None:
     results = {}
     for rows in args.rows:
         out, previous = os.path.join(args.work, f"out-{rows}"), os.path.join(args.work, f"previous-{rows}")
-        for target in (out, previous):
-            shutil.rmtree(target, ignore_errors=True)
         started = time.perf_counter()
-        build(previous, rows, ["20260101T000000.000000Z-aaaaaa"], 0.05, salt=1)
-        build(out, rows, ["20260102T000000.000000Z-bbbbbb", "20260103T000000.000000Z-cccccc"], 0.05, salt=2)
+        if not (args.built and os.path.isdir(out) and os.path.isdir(previous)):
+            for target in (out, previous):
+                shutil.rmtree(target, ignore_errors=True)
+            build(previous, rows, ["20260101T000000.000000Z-aaaaaa"], 0.05, salt=1)
+            build(out, rows, ["20260102T000000.000000Z-bbbbbb", "20260103T000000.000000Z-cccccc"], 0.05, salt=2)
         size = sum(os.path.getsize(os.path.join(out, "manifest", f)) for f in os.listdir(os.path.join(out, "manifest")))
         results[rows] = {"build_seconds": round(time.perf_counter() - started, 1), "manifest_mb": round(size / 2**20)}
         for name in args.commands:

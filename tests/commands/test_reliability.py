@@ -28,6 +28,7 @@ from xai_batch.cli import cli
 from xai_batch.config import ExplainConfig
 from xai_batch.manifest import MANIFEST_DIR, read_manifest
 from xai_batch.commands import run_explain
+from xai_batch.distributed import pipeline
 from xai_batch.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow
@@ -152,7 +153,8 @@ def test_ctrl_c_keeps_finished_rows_and_records_the_interruption(random_checkpoi
     assert_verified(out)
 
 
-def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_checkpoint, tmp_path):
+def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "STAT_PATHS", 1)  # unchanged files are passed over a file a check here
     source = tmp_path / "src"
     source.mkdir()
     for name, seed in (("a.png", 1), ("b.png", 2)):

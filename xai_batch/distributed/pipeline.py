@@ -142,23 +142,21 @@ class ImageFlow:
         check = ray.remote(num_cpus=STAT_CPUS)(unchanged_files)
         in_flight: dict[ray.ObjectRef, tuple[int, list[str]]] = {}
         kept: dict[int, list[str]] = {}
-        paths = list(self.todo)
-        for number, start in enumerate(range(0, len(paths), STAT_PATHS)):
-            chunk = paths[start:start + STAT_PATHS]
+        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # checks in flight
+        number = 0
+        while self.todo:
+            chunk = [self.todo.popleft() for _ in range(min(STAT_PATHS, len(self.todo)))]
+            number += 1
             candidates = [(path, done) for path in chunk if (done := self.done.get(path)) is not None]
             if not candidates:
                 kept[number] = chunk
                 continue
-            if len(in_flight) >= self.max_stat_tasks:
+            if len(in_flight) >= limit:
                 self._passed_over(in_flight, kept)
             in_flight[check.remote(self.source, candidates, self.config.methods)] = (number, chunk)
         while in_flight:
             self._passed_over(in_flight, kept)
         self.todo = deque(path for number in sorted(kept) for path in kept[number])
-
-    @property
-    def max_stat_tasks(self) -> int:
-        return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
     def _passed_over(self, in_flight: dict, kept: dict[int, list[str]]) -> None:
         """One finished check: its unchanged files counted done, the others kept to do in their order."""

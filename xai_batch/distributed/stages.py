@@ -25,8 +25,8 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,8 +47,8 @@ from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, 
 from xai_batch.storage import Location
 
 __all__ = [
-    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files", "sample_methods", "prepare",
-    "enough_samples", "finish", "quality_rows", "score", "explain_whole",
+    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files",
+    "sample_methods", "prepare", "enough_samples", "finish", "quality_rows", "score", "explain_whole",
 ]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,

@@ -163,12 +163,19 @@ def _count_rows(dataset: ds.Dataset | None) -> int:
 
 
 class _Spread:
-    """A manifest's rows spread by group over temporary files: one file per batch read, one row group per
-    group in it, so a single writer is open at a time whatever the number of groups (a writer per group
-    held a gigabyte of buffers on a million rows)."""
+    """A manifest's rows spread by group over temporary files: one file per batch read, the groups' rows in
+    it one after another, so a single writer is open at a time whatever the number of groups (a writer per
+    group held a gigabyte of buffers on a million rows).
+
+    The files are Arrow IPC, not Parquet: reading a group reads a little of
+    every file, and an IPC file's footer is a list of offsets, where a
+    Parquet footer describes every row group's every column; parsing those
+    once per group and file made a million rows' spread cost grow with the
+    square of the rows.
+    """
 
     def __init__(self, dataset: ds.Dataset | None, columns: list[str], groups: int, prefix: str) -> None:
-        self.files: list[tuple[str, dict[int, int]]] = []  # (file, group -> its row group in the file)
+        self.files: list[tuple[str, dict[int, range]]] = []  # (file, group -> its record batches in the file)
         self.columns = columns
         if dataset is None:
             return
@@ -180,20 +187,27 @@ class _Spread:
                 order = np.argsort(group_of, kind="stable")
                 sorted_batch = pa.Table.from_batches([batch]).take(pa.array(order))
                 bounds = np.searchsorted(group_of[order], np.arange(groups + 1))
-                name, present = f"{prefix}-{number}.parquet", {}
-                with pq.ParquetWriter(name, schema, use_dictionary=False, write_statistics=False) as writer:
+                name, present, written = f"{prefix}-{number}.arrow", {}, 0
+                with pa.ipc.new_file(name, schema) as writer:
                     for group in np.flatnonzero(np.diff(bounds)).tolist():
-                        present[group] = len(present)
-                        writer.write_table(sorted_batch.slice(bounds[group], bounds[group + 1] - bounds[group]))
+                        pieces = sorted_batch.slice(bounds[group], bounds[group + 1] - bounds[group]).to_batches()
+                        for piece in pieces:
+                            writer.write_batch(piece)
+                        present[group] = range(written, written + len(pieces))
+                        written += len(pieces)
                 self.files.append((name, present))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestError(_damaged(dataset, exc)) from None
 
     def read(self, group: int, empty: pa.Table) -> pa.Table:
         """Every row of ``group``."""
-        pieces = [pq.ParquetFile(name).read_row_group(present[group]) for name, present in self.files
-                  if group in present]
-        return pa.concat_tables(pieces) if pieces else empty
+        pieces = []
+        for name, present in self.files:
+            if group in present:
+                with pa.OSFile(name) as handle:
+                    reader = pa.ipc.open_file(handle)
+                    pieces += [reader.get_batch(index) for index in present[group]]
+        return pa.Table.from_batches(pieces, empty.schema) if pieces else empty
 
 
 def _batches(dataset: ds.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
