@@ -109,11 +109,11 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True) 
     class_names = tuple(str(n) for n in names) if names else tuple(f"class_{i}" for i in range(num_classes))
     if len(class_names) != num_classes:
         raise ModelError(f"{name} names {len(class_names)} classes but its fc layer has {num_classes} outputs")
-    try:
-        if check:
+    if check:
+        try:
             build_resnet18(num_classes).load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{name} is not a ResNet18 state dict: {one_line(exc, limit=300)}") from exc
+        except RuntimeError as exc:
+            raise ModelError(f"{name} is not a ResNet18 state dict: {one_line(exc, limit=300)}") from exc
     return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics))
 
 

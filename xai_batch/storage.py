@@ -55,6 +55,11 @@ class Location:
         """A plain local path (URIs, even ``file://``, are not)."""
         return not is_uri(self.target)
 
+    @property
+    def on_disk(self) -> bool:
+        """On a local disk, ``file://`` URIs too (not an object store)."""
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
     def child(self, *parts: str) -> Location:
         return Location(join(self.target, *parts), self.filesystem, "/".join([self.path.rstrip("/"), *parts]))
 
@@ -102,7 +107,7 @@ class Location:
         """Rename this file to ``other`` on the same filesystem; on a local disk the rename reaches the
         disk before returning (``fsync`` of the folder)."""
         self.filesystem.move(self.path, other.path)
-        if isinstance(self.filesystem, pafs.LocalFileSystem) and "/" in other.path:
+        if self.on_disk and "/" in other.path:
             _fsync(other.path.rsplit("/", 1)[0] or "/")
 
     def delete_file(self) -> None:
@@ -132,11 +137,10 @@ class Location:
         try:
             with self.filesystem.open_output_stream(temporary) as stream:
                 yield stream
-            on_disk = isinstance(self.filesystem, pafs.LocalFileSystem)  # file:// URIs too
-            if on_disk:
+            if self.on_disk:
                 _fsync(temporary)
             self.filesystem.move(temporary, self.path)
-            if on_disk and folder:
+            if self.on_disk and folder:
                 _fsync(folder)
         except BaseException:
             with contextlib.suppress(Exception):

@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ImageError, one_line
@@ -146,7 +145,7 @@ def unchanged_files(source: Location, candidates: Sequence[tuple[str, DoneImage]
         except OSError:
             return False
 
-    if isinstance(source.filesystem, pafs.LocalFileSystem):  # file:// URIs too: a stat costs microseconds
+    if source.on_disk:  # a stat costs microseconds
         verdicts = list(map(same, candidates))
     else:
         with ThreadPoolExecutor(STAT_THREADS) as pool:

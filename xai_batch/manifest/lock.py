@@ -29,8 +29,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-import pyarrow.fs as pafs
-
 from xai_batch.errors import XaiBatchError
 from xai_batch.storage import locate
 
@@ -114,7 +112,7 @@ class OutputLock:
         held = self._read()
         if held is not None and not held.gone(time.time()):
             raise self._refusal(held)
-        if held is None and isinstance(self.location.filesystem, pafs.LocalFileSystem):
+        if held is None and self.location.on_disk:
             self._create_local()
             return
         self._write()  # a gone holder's lease, or an object store: write, then check it is ours
