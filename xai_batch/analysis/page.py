@@ -4,15 +4,20 @@ Pure functions: what the page shows is a JSON document (:func:`report_document`)
 that the page's own script turns into the summary, the accuracy tables, the
 findings and a gallery filtered, sorted and paged in the browser, so 10,000
 rows cost one small script and a page of thumbnails at a time. The page loads
-nothing from the network (its Content-Security-Policy forbids it); pictures
+nothing from the network and runs no script but its own: its
+Content-Security-Policy allows only the SHA-256 of its inline script and
+style, so a name that slipped past escaping could not run as code. Pictures
 are embedded as data URIs or lie in a folder beside it.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import html
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 
@@ -23,6 +28,11 @@ from xai_batch.methods import DEFAULT_METHOD
 __all__ = ["PAGE_SIZE", "folders_are_classes", "first_folders", "gallery_rows", "report_document", "report_html"]
 
 PAGE_SIZE = 48  # cards per gallery page
+
+# The template's inline code: <script> and <style> with no attributes (the document's
+# <script type="application/json"> is data, which a browser never runs and CSP does not govern).
+_INLINE_CODE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+_PLACEHOLDER = re.compile(r"__XAI_BATCH_(TITLE|DATA|SCRIPT_SRC|STYLE_SRC)__")
 
 
 def folders_are_classes(folders: set[str], predicted: set[str]) -> bool:
@@ -116,9 +126,25 @@ def report_document(summary: dict, audit: dict, gallery: list[dict], audited: di
     }
 
 
+def _csp_hash(code: str) -> str:
+    """The Content-Security-Policy hash source that lets inline ``code`` run: the base64 of the SHA-256 of its
+    UTF-8, the text between its tags exactly as the browser hashes it."""
+    digest = hashlib.sha256(code.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
 def report_html(document: dict) -> str:
-    """The page: the template with the document embedded as JSON (safe inside a script element)."""
+    """The page: the template with the document embedded as JSON (safe inside a script element) and a
+    Content-Security-Policy naming the hashes of the template's own script and style.
+
+    The placeholders are filled in one pass, so a title or a path that spells one is left as text.
+    """
     template = resources.files("xai_batch").joinpath("templates/report.html").read_text(encoding="utf-8")
     payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return template.replace("__XAI_BATCH_TITLE__", html.escape(document["title"])).replace("__XAI_BATCH_DATA__", payload)
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, code in _INLINE_CODE.findall(template):
+        hashes[tag].append(_csp_hash(code))
+    values = {"TITLE": html.escape(document["title"]), "DATA": payload,
+              "SCRIPT_SRC": " ".join(hashes["script"]), "STYLE_SRC": " ".join(hashes["style"])}
+    return _PLACEHOLDER.sub(lambda match: values[match[1]], template)
