@@ -50,6 +50,22 @@ def test_bad_options_are_usage_errors(photos, tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_token_does_not_cross_the_network_in_clear(monkeypatch):
+    from xai_batch.distributed.cluster import check_token_transport
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 64)
+    for command in (["jobs", "--address", "http://192.0.2.7:8265", "list"],
+                    ["submit", "--address", "http://ray.example.com:8265", "explain", "s3://b/photos", "--out",
+                     "s3://b/runs/1", "--checkpoint", "s3://b/model.pt"]):
+        result = invoke(*command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "is plain HTTP to another machine" in result.output and "--insecure" in result.output
+    for address in ("https://ray.example.com", "http://127.0.0.1:8265", "http://127.0.0.2:8265", "http://[::1]:8265",
+                    "http://localhost:8265"):
+        check_token_transport(address, insecure=False)  # encrypted, or never leaves the machine
+    check_token_transport("http://192.0.2.7:8265", insecure=True)
+
+
 def test_usage_errors_start_no_ray(tmp_path):
     code = ("import sys\nfrom xai_batch.cli import cli\n"
             f"try:\n    cli(['explain', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'o')!r}])\n"

@@ -82,12 +82,55 @@ def test_launcher_installs_the_project_and_scales_gpu_workers():
     gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types and all(t["max_workers"] > t["min_workers"] for t in gpu_types)  # they autoscale
     assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0  # a CPU head
-    assert config["file_mounts"] == {"~/xai-batch": "."}
     setup = " && ".join(config["setup_commands"])
     assert "-m venv .venv" in setup and "pip install" in setup and "-e ." in setup
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "xai-batch/.venv/bin:$PATH" in head
     assert "xai-batch/.venv/bin:$PATH" in " ".join(config["worker_start_ray_commands"])
+
+
+def test_launcher_ships_only_what_the_nodes_install_and_starts_ray_with_the_token():
+    config = _load("launcher/aws-gpu.yaml")
+    mounts = config["file_mounts"]
+    shipped = {local.removeprefix("./") for remote, local in mounts.items() if remote.startswith("~/xai-batch/")}
+    assert shipped == {"pyproject.toml", "README.md", "xai_batch", "jobs"}  # named, not the whole checkout
+    assert all(remote == f"~/xai-batch/{local.removeprefix('./')}" for remote, local in mounts.items()
+               if remote.startswith("~/xai-batch/"))
+    assert mounts["~/.ray/auth_token"] == "~/.ray/auth_token" and len(mounts) == len(shipped) + 1
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [command for command in config[key] if " start " in command]
+        assert starts and all(command.startswith("RAY_AUTH_MODE=token ") for command in starts), key
+        assert "chmod 600 ~/.ray/auth_token" in config[key]
+
+
+def _take_the_token_from_the_secret(pods: list[dict]) -> None:
+    """Every container has token authentication on, its token from the one Secret, none written here."""
+    for spec in pods:
+        for container in spec["containers"]:
+            env = {variable["name"]: variable for variable in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
+            assert "value" not in env["RAY_AUTH_TOKEN"]  # no literal token in the manifest
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "xai-batch-ray-token",
+                                                                          "key": "auth_token"}
+
+
+def _ray_pods(rayjob_spec: dict) -> list[dict]:
+    """The pod specs a RayJob starts: the submitter's, the head's and each worker group's."""
+    cluster = rayjob_spec["rayClusterSpec"]
+    return [rayjob_spec["submitterPodTemplate"]["spec"], cluster["headGroupSpec"]["template"]["spec"],
+            *(group["template"]["spec"] for group in cluster["workerGroupSpecs"])]
+
+
+def test_kuberay_clusters_and_their_submitters_carry_the_token_from_a_secret():
+    with open(os.path.join(CLUSTER, "kuberay", "nightly-audit.yaml")) as handle:
+        documents = {document["kind"]: document for document in yaml.safe_load_all(handle)}
+    nightly = yaml.safe_load(documents["ConfigMap"]["data"]["rayjob.yaml"])
+    for job in (_load("kuberay/rayjob.yaml"), nightly):
+        _take_the_token_from_the_secret(_ray_pods(job["spec"]))
+        assert job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["name"] == "ray-job-submitter"
+    for name in ("rayjob.yaml", "nightly-audit.yaml"):  # each says how to make the Secret it needs
+        with open(os.path.join(CLUSTER, "kuberay", name)) as handle:
+            assert "kubectl create secret generic xai-batch-ray-token" in handle.read()
 
 
 def test_rayjob_runs_the_entrypoint_on_gpu_workers_with_our_ray():
@@ -116,6 +159,7 @@ def test_rayjob_runs_the_entrypoint_on_gpu_workers_with_our_ray():
 def test_local_scripts_bind_to_loopback_and_use_the_venv():
     with open(os.path.join(CLUSTER, "local", "start.sh")) as handle:
         start = handle.read()
-    for flag in ("--node-ip-address 127.0.0.1", "--dashboard-host 127.0.0.1", 'export PATH="$(dirname "$RAY"):$PATH"'):
+    for flag in ("--node-ip-address 127.0.0.1", "--dashboard-host 127.0.0.1", 'export PATH="$(dirname "$RAY"):$PATH"',
+                 "export RAY_AUTH_MODE=token"):
         assert flag in start
     assert os.access(os.path.join(CLUSTER, "local", "stop.sh"), os.X_OK)

@@ -160,6 +160,10 @@ def _max_pixels(become: str = "error rows") -> Callable:
 
 _JOBS_ADDRESS = click.option(
     "--address", default=None, help="Ray dashboard / Jobs API URL. Default: RAY_ADDRESS, else http://127.0.0.1:8265.")
+_INSECURE = click.option(
+    "--insecure", is_flag=True,
+    help="Send the cluster's token to another machine over plain http:// (refused without it: use https://, "
+         "an SSH tunnel or kubectl port-forward).")
 _SOURCE_NOW = click.option("--source", type=_PathOrURI(exists=True),
                            help="Where the images are now, if not where job.json says they were explained from.")
 
@@ -649,11 +653,12 @@ def report(out: str, to: str | None, images: str, labels: str | None, label_map:
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
 @_JOBS_ADDRESS
+@_INSECURE
 @click.option("--wait", is_flag=True, help="Stream the job's logs; exit 0 if it succeeds, 1 if it fails or stops.")
 @click.pass_context
-def submit(ctx: click.Context, address: str | None, wait: bool) -> None:
+def submit(ctx: click.Context, address: str | None, insecure: bool, wait: bool) -> None:
     """Submit a job to a Ray cluster (jobs/explain.py or jobs/audit.py, with this checkout shipped)."""
-    ctx.obj = {"address": address, "wait": wait}
+    ctx.obj = {"address": address, "insecure": insecure, "wait": wait}
 
 
 @submit.command("explain", context_settings=CONTEXT_SETTINGS)
@@ -696,11 +701,12 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
     checkpoint = options.pop("checkpoint")
     if checkpoint is not None and "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
-    client = JobsClient(address)
+    client = JobsClient(address, settings["insecure"])
     submission = client.submit(script, _as_arguments(click.get_current_context().command, options), checkpoint)
     click.echo(f"submitted {submission.job_id} to {submission.address}")
     if not settings["wait"]:
-        click.echo(f"follow it with: xai-batch jobs logs {submission.job_id} --address {submission.address}")
+        insecure = " --insecure" if settings["insecure"] else ""
+        click.echo(f"follow it with: xai-batch jobs{insecure} --address {submission.address} logs {submission.job_id}")
         return
     try:
         status = client.wait(submission.job_id, lambda lines: click.echo(lines, nl=False))
@@ -730,10 +736,11 @@ def _cluster_path(value: str, hint: str, local: bool, address: str) -> str:
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
 @_JOBS_ADDRESS
+@_INSECURE
 @click.pass_context
-def jobs(ctx: click.Context, address: str | None) -> None:
+def jobs(ctx: click.Context, address: str | None, insecure: bool) -> None:
     """List, inspect, follow and stop Ray jobs."""
-    ctx.obj = {"address": address}
+    ctx.obj = {"address": address, "insecure": insecure}
 
 
 @jobs.command("list", context_settings=CONTEXT_SETTINGS)
@@ -743,7 +750,7 @@ def jobs_list(settings: dict) -> None:
     """Every job the cluster knows, newest first."""
     from xai_batch.distributed.jobs_client import JobsClient
 
-    found = JobsClient(settings["address"]).list()
+    found = JobsClient(settings["address"], settings["insecure"]).list()
     for job in sorted(found, key=lambda j: j.start_time or 0, reverse=True):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
         click.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {started}  {job.entrypoint}")
@@ -759,7 +766,7 @@ def jobs_status(settings: dict, job_id: str) -> None:
     """A job's state and, when it ended, why."""
     from xai_batch.distributed.jobs_client import JobsClient
 
-    info = JobsClient(settings["address"]).info(job_id)
+    info = JobsClient(settings["address"], settings["insecure"]).info(job_id)
     click.echo(f"{job_id}  {info.status.value}" + (f"  {info.message}" if info.message else ""))
 
 
@@ -772,7 +779,7 @@ def jobs_logs(settings: dict, job_id: str, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
     from xai_batch.distributed.jobs_client import JobsClient
 
-    client = JobsClient(settings["address"])
+    client = JobsClient(settings["address"], settings["insecure"])
     if follow:
         client.wait(job_id, lambda lines: click.echo(lines, nl=False))
     else:
@@ -787,7 +794,7 @@ def jobs_stop(settings: dict, job_id: str) -> None:
     """Ask a job to stop (its driver gets SIGTERM: finished rows are kept)."""
     from xai_batch.distributed.jobs_client import JobsClient
 
-    stopped = JobsClient(settings["address"]).stop(job_id)
+    stopped = JobsClient(settings["address"], settings["insecure"]).stop(job_id)
     click.echo(f"stop requested for {job_id}" if stopped else f"{job_id} had already ended")
 
 

@@ -1,6 +1,14 @@
 #!/bin/sh
 # Start a one-machine Ray cluster from the project's venv, every port bound to
-# 127.0.0.1, the dashboard (and its Jobs API) at http://127.0.0.1:8265.
+# 127.0.0.1, the dashboard (and its Jobs API) at http://127.0.0.1:8265, with
+# token authentication on: a job, a driver or a dashboard request without the
+# cluster's token is refused.
+#
+# The token is RAY_AUTH_TOKEN when set, else the file RAY_AUTH_TOKEN_PATH, else
+# ~/.ray/auth_token (Ray's own order). When that file does not exist this
+# script writes a new random 256-bit token there, readable by its owner only;
+# it never replaces one that exists. `xai-batch submit` and `xai-batch jobs`
+# read the same place; Ray's own CLI also needs RAY_AUTH_MODE=token.
 #
 # The venv's bin/ goes first on PATH, so Ray jobs that run `python ...` get
 # the venv's Python with xai-batch's pinned dependencies. Ray rewrites a
@@ -15,6 +23,21 @@ VENV_BIN="$(pwd)/.venv/bin"
 RAY="${RAY:-$VENV_BIN/ray}"
 export PATH="$(dirname "$RAY"):$PATH"
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_AUTH_MODE=token  # always: this script does not start an open cluster
+if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+    if [ ! -e "$token_file" ]; then
+        (
+            umask 077
+            mkdir -p "$(dirname "$token_file")"
+            od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$token_file"
+        )
+        echo "start.sh: wrote a new cluster token to $token_file (owner-only)" >&2
+    elif [ ! -s "$token_file" ]; then
+        echo "start.sh: the token file $token_file is empty; remove it to have a new one written" >&2
+        exit 2
+    fi
+fi
 exec "$RAY" start --head \
     --node-ip-address 127.0.0.1 \
     --port "${RAY_PORT:-6379}" \

@@ -6,10 +6,13 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -37,8 +40,10 @@ def head(tmp_path_factory):
     port = _free_port()
     dashboard = _free_port()
     env = dict(os.environ, RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(dashboard), RAY_NUM_CPUS="2",
-               RAY=os.path.join(os.path.dirname(sys.executable), "ray"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("RAY_ADDRESS", None)
+               RAY=os.path.join(os.path.dirname(sys.executable), "ray"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_AUTH_TOKEN_PATH=str(temp / "auth_token"))  # not there yet: start.sh writes the head a new one
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"):
+        env.pop(name, None)
     # Every port of its own: the session's Ray (ray_session) already holds the default agent ports,
     # and a head whose job agent cannot bind refuses submissions ("No available agent").
     agent_ports = [f"--{name}={_free_port()}" for name in (
@@ -83,6 +88,40 @@ def test_explain_joins_a_running_head(head, shapes_data, shapes_model, tmp_path)
     assert record["runs"][-1]["ray"]["cluster_resources"].get("xai_test_head") == 1.0  # it ran on that cluster
     assert read_manifest(str(tmp_path / "out")).column("status").to_pylist() == ["ok"]
     assert_verified(str(tmp_path / "out"), str(source))
+
+
+def _post_job(dashboard: str, headers: dict) -> int:
+    """The HTTP status of a raw Jobs API submission with ``headers``."""
+    request = urllib.request.Request(f"{dashboard}/api/jobs/", data=json.dumps({"entrypoint": "true"}).encode(),
+                                     headers={"Content-Type": "application/json", **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_the_head_refuses_a_job_without_its_token(head, tmp_path):
+    """start.sh turned token authentication on and wrote the head a token only its owner reads."""
+    _, env, dashboard = head
+    token_file = env["RAY_AUTH_TOKEN_PATH"]
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    with open(token_file) as handle:
+        token = handle.read()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)  # 256 random bits
+    assert _post_job(dashboard, {}) == 401
+    assert _post_job(dashboard, {"Authorization": "Bearer " + "0" * 64}) == 403
+
+    command = [os.path.join(os.path.dirname(sys.executable), "xai-batch"), "jobs", "--address", dashboard, "list"]
+    without = subprocess.run(command, env={**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-token")},
+                             capture_output=True, text=True, timeout=120)
+    assert without.returncode == 1 and "Traceback" not in without.stderr
+    assert without.stderr.startswith(f"Error: the Ray Jobs API at {dashboard} requires the cluster's token")
+    wrong = subprocess.run(command, env={**env, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True,
+                           timeout=120)
+    assert wrong.returncode == 1 and "refused the token" in wrong.stderr
+    accepted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def test_submit_and_plain_ray_job_submit(head, shapes_data, shapes_model, tmp_path):

@@ -5,19 +5,22 @@ with ``ray.init``, and its dashboard (``http://host:8265``), which serves
 the Job Submission API. Both are checked with a short TCP connect first, so
 a cluster that does not answer is a one-line error within seconds, not a
 minute of Ray's retries. Both send the cluster's token when one is at hand:
-heads started with Ray 2.60's ``ray start`` require it.
+heads started with ``cluster/local/start.sh`` or the shipped cluster configs
+require it. The token is a bearer secret sent as it is, so it goes to another
+machine over plain HTTP only when the user says ``--insecure``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
 import urllib.parse
 from collections.abc import Iterator
 
-from xai_batch.errors import XaiBatchError
+from xai_batch.errors import ConfigError, XaiBatchError
 
 __all__ = [
     "ClusterUnreachable",
@@ -25,6 +28,7 @@ __all__ = [
     "connected",
     "auth_token",
     "check_reachable",
+    "check_token_transport",
     "dashboard_address",
     "is_local",
 ]
@@ -57,6 +61,9 @@ def connected(address: str | None) -> Iterator[None]:
     if target is not None:
         if target != "auto":
             check_reachable(target)
+            if auth_token() and not is_local(target) and not _grpc_tls():
+                log.warning("the cluster's token goes to %s unencrypted (Ray's gRPC without TLS): join from "
+                            "a machine on a trusted network, or set RAY_USE_TLS=1 with Ray's TLS settings", target)
         _enable_token_auth_if_available()
     log.info("starting Ray (%s)", target or "embedded local instance")
     options: dict = {"logging_level": logging.WARNING}
@@ -92,9 +99,28 @@ def dashboard_address(address: str | None) -> str:
 
 
 def is_local(address: str) -> bool:
-    """Whether ``address`` names this machine (jobs there see this machine's files)."""
+    """Whether ``address`` names this machine's loopback (jobs there see this machine's files)."""
     host, _ = _host_port(address)
-    return host in LOCAL_HOSTS
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
+def check_token_transport(address: str, insecure: bool) -> None:
+    """Refuse to send the token in clear to another machine unless ``insecure``.
+
+    A Jobs API URL that is ``https://`` or on the loopback (an SSH tunnel, or
+    ``kubectl port-forward``) keeps the token off the network in clear.
+    """
+    if urllib.parse.urlsplit(address).scheme == "http" and not is_local(address) and not insecure:
+        raise ConfigError(
+            f"{address} is plain HTTP to another machine, so the cluster's token would cross the network "
+            "unencrypted: reach the dashboard over https://, or through an SSH tunnel or `kubectl port-forward` "
+            "(then --address http://127.0.0.1:8265), or pass --insecure to send it anyway"
+        )
 
 
 def auth_token() -> str | None:
@@ -107,6 +133,11 @@ def auth_token() -> str | None:
             return handle.read().strip() or None
     except OSError:
         return None
+
+
+def _grpc_tls() -> bool:
+    """Whether Ray's gRPC, the GCS address's protocol, is set to run over TLS here."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def _host_port(address: str) -> tuple[str, int]:

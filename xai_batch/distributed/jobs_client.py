@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xai_batch.errors import XaiBatchError, one_line
-from xai_batch.distributed.cluster import ClusterUnreachable, auth_token, check_reachable, dashboard_address
+from xai_batch.distributed.cluster import (
+    ClusterUnreachable,
+    auth_token,
+    check_reachable,
+    check_token_transport,
+    dashboard_address,
+)
 
 __all__ = ["JobsClient", "Submission", "stage_working_dir", "project_root", "FINAL_STATES"]
 
@@ -68,19 +74,26 @@ def stage_working_dir(staging: str, checkpoint: str | None) -> str | None:
 
 
 class JobsClient:
-    """Ray's ``JobSubmissionClient`` for one cluster, with errors in one line."""
+    """Ray's ``JobSubmissionClient`` for one cluster, with errors in one line.
 
-    def __init__(self, address: str | None) -> None:
+    ``insecure`` allows sending the cluster's token to another machine over
+    plain HTTP (see ``check_token_transport``).
+    """
+
+    def __init__(self, address: str | None, insecure: bool = False) -> None:
+        self.address = dashboard_address(address)
+        token = auth_token()
+        if token:
+            check_token_transport(self.address, insecure)
+        check_reachable(self.address)
         from ray.job_submission import JobSubmissionClient
 
-        self.address = dashboard_address(address)
-        check_reachable(self.address)
-        token = auth_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             self._client = JobSubmissionClient(self.address, headers=headers)
         except Exception as exc:
-            raise ClusterUnreachable(f"the Ray Jobs API at {self.address} refused us: {one_line(exc, keep='first')}") from exc
+            raise self._refusal(exc, ClusterUnreachable(
+                f"the Ray Jobs API at {self.address} refused us: {one_line(exc, keep='first')}")) from exc
 
     def submit(self, script: str, args: Sequence[str], checkpoint: str | None) -> Submission:
         """Submit ``python jobs/SCRIPT ARGS`` with this checkout (and checkpoint) shipped."""
@@ -125,4 +138,18 @@ class JobsClient:
         try:
             return method(*args, **kwargs)
         except Exception as exc:
-            raise XaiBatchError(f"Ray Jobs API at {self.address}: {one_line(exc, keep='first')}") from exc
+            raise self._refusal(exc, XaiBatchError(
+                f"Ray Jobs API at {self.address}: {one_line(exc, keep='first')}")) from exc
+
+    def _refusal(self, exc: Exception, otherwise: XaiBatchError) -> XaiBatchError:
+        """A token the cluster wants and was not given, or refused, in words; else ``otherwise``."""
+        from ray.exceptions import AuthenticationError
+
+        if not isinstance(exc, AuthenticationError):
+            return otherwise
+        if str(exc).startswith("Authentication required"):
+            return XaiBatchError(
+                f"the Ray Jobs API at {self.address} requires the cluster's token: put it in RAY_AUTH_TOKEN, "
+                "or in the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (cluster/local/start.sh writes it there)")
+        return XaiBatchError(f"the Ray Jobs API at {self.address} refused the token we sent: it is not this "
+                             "cluster's (see RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
