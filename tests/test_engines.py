@@ -1,4 +1,7 @@
-import os
+import logging
+import shutil
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,10 +45,15 @@ def test_probabilities_equal_the_seeds_batch_predict(random_checkpoint, case, ba
     assert ours.dtype == np.float32 and ours.shape == (24, 4)
     np.testing.assert_allclose(ours, expected, atol=2e-6 if kind == "onnxruntime" else 1e-6, rtol=0)
     whole = np.stack([image, hidden])
+    np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
+                               atol=2e-6, rtol=0)
+
+
+def _torch_probabilities(checkpoint, images):
+    """The checkpoint's softmax probabilities of whole (224, 224, 3) uint8 images, by PyTorch itself."""
     with torch.inference_mode():
-        direct = torch.softmax(load_model(random_checkpoint)(
-            torch.stack([normalise(i, torch.device("cpu")) for i in whole]).permute(0, 3, 1, 2)), dim=1).numpy()
-    np.testing.assert_allclose(engine.classify(whole), direct, atol=2e-6, rtol=0)
+        return torch.softmax(load_model(checkpoint)(
+            torch.stack([normalise(i, torch.device("cpu")) for i in images]).permute(0, 3, 1, 2)), dim=1).numpy()
 
 
 def test_bf16_is_close_to_fp32(random_checkpoint, case):
@@ -75,18 +83,109 @@ def test_the_forward_batch_is_the_devices_best(random_checkpoint):
     assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=10, device="cpu").batch_size == 10
 
 
-def test_the_onnx_export_is_cached_by_checkpoint_and_versions(random_checkpoint, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def onnx_caches(random_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """ONNX cache folders made once for the module, as an export takes seconds: 'random' holds
+    ``random_checkpoint``'s entry, 'other' that of another ResNet18 (seed 1). A test that damages
+    an entry damages a copy (``_copied_cache``)."""
     from xai_batch.engines import onnx_model
     from xai_batch.models import parse_checkpoint
 
+    other = save_random_resnet(str(tmp_path_factory.mktemp("other") / "other.pt"), num_classes=4, seed=1)
+    caches = {}
+    for name, checkpoint in (("random", random_checkpoint), ("other", other)):
+        root = tmp_path_factory.mktemp(f"onnx-cache-{name}")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("XAI_BATCH_CACHE", str(root))
+            onnx_model(checkpoint_bytes(checkpoint), parse_checkpoint(checkpoint_bytes(checkpoint)))
+        caches[name] = root / "onnx"
+    return caches
+
+
+def _entry(folder: Path) -> Path:
+    """The one model file in an ONNX cache folder."""
+    (model,) = folder.glob("*.onnx")
+    return model
+
+
+def _copied_cache(onnx_caches, tmp_path, monkeypatch) -> Path:
+    """A copy of the 'random' cache in ``tmp_path``, where ``$XAI_BATCH_CACHE`` now points: its model file."""
+    shutil.copytree(onnx_caches["random"], tmp_path / "onnx")
     monkeypatch.setenv("XAI_BATCH_CACHE", str(tmp_path))
+    return _entry(tmp_path / "onnx")
+
+
+def test_the_onnx_export_is_cached_by_checkpoint_and_versions(onnx_caches, random_checkpoint, monkeypatch):
+    from xai_batch.engines import onnx_model
+    from xai_batch.models import parse_checkpoint
+
+    monkeypatch.setenv("XAI_BATCH_CACHE", str(onnx_caches["random"].parent))
+    entry = _entry(onnx_caches["random"])
+    written = entry.stat().st_mtime_ns
     data = checkpoint_bytes(random_checkpoint)
-    first = onnx_model(data, parse_checkpoint(data))
-    written = os.stat(first).st_mtime_ns
-    assert onnx_model(data, parse_checkpoint(data)) == first and os.stat(first).st_mtime_ns == written  # not redone
-    assert os.listdir(tmp_path / "onnx") == [os.path.basename(first)]  # no temporary left behind
-    other = save_random_resnet(str(tmp_path / "other.pt"), num_classes=4, seed=1)
-    assert onnx_model(checkpoint_bytes(other), parse_checkpoint(checkpoint_bytes(other))) != first
+    assert onnx_model(data, parse_checkpoint(data)) == entry.read_bytes()
+    assert entry.stat().st_mtime_ns == written  # not redone
+    assert _entry(onnx_caches["other"]).name != entry.name
+
+
+def test_the_onnx_cache_is_its_owners_only(onnx_caches):
+    """The folder it creates is 0700; the model file and its record, all it leaves there, are 0600."""
+    folder = onnx_caches["random"]
+    entry = _entry(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    modes = {path.name: stat.S_IMODE(path.lstat().st_mode) for path in folder.iterdir()}
+    assert modes == {entry.name: 0o600, f"{entry.name}.sha256": 0o600}  # no temporary left behind
+
+
+def test_an_empty_cached_export_is_exported_again(onnx_caches, random_checkpoint, case, tmp_path, monkeypatch, caplog):
+    """A zero-byte model file (a full disk, a copy cut short) is logged and exported again; the engine is right."""
+    entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
+    entry.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+        engine = _engine("onnxruntime", random_checkpoint, 24)
+    whole = np.stack(case[:2])
+    np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
+                               atol=2e-6, rtol=0)
+    assert f"{entry} (0 bytes) is not the file {entry}.sha256 records" in caplog.text
+    assert entry.stat().st_size > 0
+
+
+def test_another_models_export_over_the_entry_is_not_used(onnx_caches, random_checkpoint, case, tmp_path, monkeypatch,
+                                                          caplog):
+    """A valid ONNX model of a different checkpoint copied over the entry fails its check and is replaced."""
+    entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
+    swapped = _entry(onnx_caches["other"]).read_bytes()
+    entry.write_bytes(swapped)
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+        engine = _engine("onnxruntime", random_checkpoint, 24)
+    whole = np.stack(case[:2])
+    np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
+                               atol=2e-6, rtol=0)
+    assert f"{entry} ({len(swapped)} bytes) is not the file {entry}.sha256 records" in caplog.text
+    assert entry.read_bytes() != swapped
+
+
+def test_a_symbolic_link_in_place_of_the_entry_is_not_followed(onnx_caches, random_checkpoint, tmp_path, monkeypatch,
+                                                               caplog):
+    """Even a link to the right bytes: the entry is exported again as a regular file of its own (0600), the
+    link's target is left as it was, and the folder that was there keeps its mode."""
+    from xai_batch.engines import onnx_model
+    from xai_batch.models import parse_checkpoint
+
+    entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
+    target = tmp_path / "elsewhere.onnx"
+    entry.rename(target)
+    target.chmod(0o644)
+    entry.symlink_to(target)
+    (tmp_path / "onnx").chmod(0o755)
+    original = target.read_bytes()
+    data = checkpoint_bytes(random_checkpoint)
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+        serialized = onnx_model(data, parse_checkpoint(data))
+    assert not entry.is_symlink() and entry.read_bytes() == serialized and stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert f"{entry} is a symbolic link" in caplog.text
+    assert target.read_bytes() == original and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "onnx").stat().st_mode) == 0o755
 
 
 def test_auto_is_onnxruntime_on_cpu_and_torch_on_cuda():

@@ -1,23 +1,39 @@
-"""The ONNX Runtime engine: the same ResNet18 on CPU, fp32, exported once per checkpoint and cached."""
+"""The ONNX Runtime engine: the same ResNet18 on CPU, fp32, exported once per checkpoint and cached.
+
+The cache is trusted only as far as it checks out. Beside each model file is a
+record of its SHA-256; a replica reads the file's bytes once, checks them
+against the record and hands those same bytes to ONNX Runtime, so nothing can
+change between the check and the load. Cache files are opened without
+following symbolic links: an entry that is a link, not a regular file, or not
+what its record says (empty, cut short, another model copied over it) is
+logged and exported again, replacing it. Files are written whole (a hidden
+temporary renamed into place) and readable by their owner only (0600), in a
+folder created 0700.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
+import logging
 import os
+import stat
+import tempfile
 from importlib import metadata
 
 import numpy as np
 import torch
 
 from xai_batch.engines.torch_engine import normalise
-from xai_batch.models import build_resnet18, parse_checkpoint
-from xai_batch.storage import atomic_path
+from xai_batch.models import LoadedCheckpoint, build_resnet18, parse_checkpoint
 
 __all__ = ["OnnxEngine", "ONNX_BATCH", "onnx_model"]
 
 ONNX_BATCH = 64  # ONNX Runtime's forward batch on CPU: 32 and 64 measured alike, both beat 16
+
+log = logging.getLogger(__name__)
 
 
 class OnnxEngine:
@@ -76,22 +92,103 @@ class OnnxEngine:
         return out
 
 
-def onnx_model(checkpoint_bytes: bytes, loaded) -> str:
-    """The checkpoint as an ONNX file (dynamic batch axis), exported once and cached.
+def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
+    """The checkpoint as a serialized ONNX model (dynamic batch axis), exported once and cached.
 
     The cache key is the checkpoint's SHA-256 and the versions of torch and
-    ONNX Runtime; the folder is ``$XAI_BATCH_CACHE`` or ``~/.cache/xai-batch``.
-    Written under a temporary name and renamed, so replicas exporting at once
-    never read half a file.
+    ONNX Runtime; the entry is ``resnet18-<key>.onnx`` and its record
+    ``resnet18-<key>.onnx.sha256`` (``sha256sum``'s format) in
+    ``$XAI_BATCH_CACHE/onnx`` or ``~/.cache/xai-batch/onnx``. The bytes returned
+    are the ones checked (or just exported), for ``InferenceSession`` to load.
+
+    The record is written before the model: replicas exporting at once write
+    the same bytes (the export is deterministic), and one that finds the model
+    finds its record already there, so a fresh cache raises no false alarm.
     """
     versions = f"torch {torch.__version__}, onnxruntime {metadata.version('onnxruntime')}"
     key = hashlib.sha256(checkpoint_bytes + versions.encode()).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XAI_BATCH_CACHE", os.path.expanduser("~/.cache/xai-batch")), "onnx")
     path = os.path.join(folder, f"resnet18-{key}.onnx")
-    if os.path.isfile(path):
-        return path
+    try:
+        cached = _cached(path)
+    except _Untrusted as problem:
+        log.warning("not using the cached ONNX export, exporting it again: %s", problem)
+        cached = None
+    if cached is not None:
+        return cached
+    os.makedirs(folder, mode=0o700, exist_ok=True)  # a folder that is there already keeps its mode
     model = build_resnet18(len(loaded.class_names), loaded.state_dict)
-    with atomic_path(path) as temporary, contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), temporary, dynamo=True, input_names=["input"],
+    with (tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=folder) as scratch,
+          contextlib.redirect_stdout(io.StringIO())):  # the exporter narrates its steps
+        exported = os.path.join(scratch, "model.onnx")  # the exporter writes by name; the folder is 0700
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), exported, dynamo=True, input_names=["input"],
                           output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False)
-    return path
+        serialized = _read_regular(exported)
+    _write_private(path + ".sha256", _record(path, serialized))
+    _write_private(path, serialized)
+    return serialized
+
+
+class _Untrusted(Exception):
+    """A cache entry that is there but is not used; the message names the file and why."""
+
+
+def _cached(path: str) -> bytes | None:
+    """The model file's bytes, read once and matching its record; ``None`` where there is no model file.
+
+    Raises ``_Untrusted`` for a model file or record that is a link, not a
+    regular file or unreadable, a missing record, or bytes the record does not
+    describe.
+    """
+    try:
+        serialized = _read_regular(path)
+    except FileNotFoundError:
+        return None
+    try:
+        recorded = _read_regular(path + ".sha256")
+    except FileNotFoundError:
+        raise _Untrusted(f"{path} has no record of its SHA-256 ({path}.sha256)") from None
+    if recorded != _record(path, serialized):
+        raise _Untrusted(f"{path} ({len(serialized)} bytes) is not the file {path}.sha256 records")
+    return serialized
+
+
+def _record(path: str, serialized: bytes) -> bytes:
+    """The record of a model file: its SHA-256 and name as ``sha256sum`` writes them (``sha256sum -c`` checks it)."""
+    return f"{hashlib.sha256(serialized).hexdigest()}  {os.path.basename(path)}\n".encode()
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of the regular file at ``path``, opened without following a symbolic link.
+
+    ``FileNotFoundError`` where there is nothing; ``_Untrusted`` for a link (a
+    dangling one too), anything but a regular file (a FIFO is not waited on)
+    or a file that cannot be opened.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        why = "is a symbolic link" if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})"
+        raise _Untrusted(f"{path} {why}") from None
+    with open(descriptor, "rb") as handle:  # closes the descriptor
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _Untrusted(f"{path} is not a regular file")
+        return handle.read()
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """``data`` as the file ``path``, mode 0600: written under a hidden temporary name beside it, then renamed
+    over whatever ``path`` was (a symbolic link there is replaced, its target untouched), so a reader finds the
+    old file or the whole new one. A crash can leave either file of an entry cut short, which its check catches."""
+    folder, name = os.path.split(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{name}", dir=folder)  # 0600, a new file
+    try:
+        with open(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
