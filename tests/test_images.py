@@ -73,7 +73,7 @@ def test_modes_become_rgb_sensibly():
     "data,reason",
     [
         (b"", "empty file (0 bytes)"),
-        (b"plain text", "not an image: no known image format recognised"),
+        (b"plain text", "not an image: not a JPEG, PNG, BMP, GIF, WEBP or TIFF file"),
     ],
 )
 def test_unusable_bytes_give_one_line_reasons(data, reason):
@@ -89,6 +89,8 @@ def test_size_guard_reads_the_header_only():
         load_image(png_claiming(40000, 40000))
     with pytest.raises(ImageError, match="image too large: 30×20 > limit 500"):
         load_image(png_claiming(30, 20), max_pixels=500)
+    with pytest.raises(ImageError, match=r"^image too large: over 2000000000 pixels, past any --max-pixels$"):
+        load_image(png_claiming(60000, 60000))  # where Pillow's own check, left on, speaks first
 
 
 def test_discovery_skips_hidden_files_and_links_out_of_the_folder(tmp_path):
@@ -96,3 +98,77 @@ def test_discovery_skips_hidden_files_and_links_out_of_the_folder(tmp_path):
 
     expect = make_hostile_folder(str(tmp_path / "src"), str(tmp_path / "outside"))
     assert discover_images(str(tmp_path / "src")) == sorted(p for p, e in expect.items() if e is not None)
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PCX", "TGA", "PPM", "EPS"])
+def test_only_the_formats_the_extensions_promise_are_opened(fmt):
+    """A file whose content is another format, whatever its name, reaches no decoder (EPS would run Ghostscript)."""
+    from xai_batch.images import load_object_mask
+
+    data = _encoded(Image.new("RGB", (8, 8), (200, 30, 30)), fmt)
+    with pytest.raises(ImageError, match=r"^not an image: not a JPEG, PNG, BMP, GIF, WEBP or TIFF file$"):
+        load_image(data)
+    if fmt != "PPM":  # the generated datasets' masks are .mask.pgm
+        with pytest.raises(ImageError, match=r"^not an image: "):
+            load_object_mask(data)
+    assert load_object_mask(_encoded(Image.new("L", (8, 8), 255), "PPM")).all()
+
+
+def test_a_mask_is_header_checked_like_an_image(tmp_path):
+    """A small mask file claiming a huge size is refused before a pixel is decoded: the image's error row
+    names the mask and its size."""
+    from hostile import png_claiming
+    from xai_batch.config import ExplainConfig
+    from xai_batch.distributed.stages import decode
+    from xai_batch.storage import locate
+
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "masks" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "a" / "b.jpg").write_bytes(_encoded(Image.new("RGB", (30, 20), (9, 99, 199)), "JPEG"))
+    (tmp_path / "masks" / "a" / "b.png").write_bytes(png_claiming(3000, 2000))
+    config = ExplainConfig(str(tmp_path / "photos"), str(tmp_path / "out"), masks=str(tmp_path / "masks"),
+                           max_pixels=1_000_000)
+    header, decoded = decode(locate(str(tmp_path / "photos")), "a/b.jpg", config)
+    assert decoded is None
+    assert header.error == "object mask a/b.png: mask too large: 3000×2000 > limit 1000000 pixels (--max-pixels)"
+
+
+def test_pngs_read_back_from_a_manifest_are_header_checked():
+    from hostile import png_claiming
+    from xai_batch.manifest.rows import decode_heatmap, decode_mask, decode_segments
+
+    for decoder in (decode_segments, decode_mask, decode_heatmap):
+        with pytest.raises(ImageError, match=r"^stored PNG too large: 5000×5000 > limit 16777216 pixels"):
+            decoder(png_claiming(5000, 5000))
+    with pytest.raises(ImageError, match=r"^not an image: not a PNG file$"):
+        decode_mask(_encoded(Image.new("L", (8, 8)), "BMP"))
+
+
+def test_16_bit_images_are_converted_in_strips():
+    """The conversion to 8 bits needs a strip's float64 temporaries, not the whole image's (8 bytes a pixel
+    each); the result is the same rounding as before."""
+    import tracemalloc
+
+    from xai_batch.images import open_rgb
+
+    height, width = 4000, 1000
+    ramp = (np.arange(height * width, dtype=np.uint32) % 65536).astype(np.uint16).reshape(height, width)
+    data = _encoded(Image.fromarray(ramp), "PNG")
+    tracemalloc.start()
+    try:
+        rgb = open_rgb(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * height * width  # numpy's own: the 8-bit image and a strip's, not 8 bytes a pixel, four times
+    expected = np.clip(np.rint(ramp.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(rgb)[..., 0], expected)
+    floats = Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), "F")
+    grey = np.asarray(open_rgb(_encoded(floats, "TIFF")))[..., 0]
+    assert grey[0, 0] == 0 and grey[-1, -1] == 255  # [0, 1] floats scaled by 255

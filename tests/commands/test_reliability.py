@@ -338,3 +338,26 @@ def test_an_image_that_keeps_crashing_workers_becomes_an_error_row(random_checkp
     assert rows["magenta.png"]["error"] == "explaining failed: the model replica died 3 times on this image"
     assert rows["disc_0000.png"]["status"] == "ok"
     assert json.loads(open(f"{out}-replica/job.json").read())["runs"][-1]["ray"]["replicas_replaced"] == 3
+
+
+def test_decodes_in_flight_are_bounded_by_memory_as_well_as_cpus(ray_session):
+    """A decoding task reserves what an image within --max-pixels may take, so Ray runs no more of them on a
+    node than its memory holds; never more than the largest node has, so a task is never unschedulable."""
+    import ray
+
+    from xai_batch.distributed.pipeline import decoding_memory
+    from xai_batch.images import MAX_PIXELS_LIMIT, decode_memory
+
+    largest = max(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
+    assert decoding_memory(1_000_000) == decode_memory(1_000_000) == 12_000_000
+    assert decoding_memory(MAX_PIXELS_LIMIT) == min(decode_memory(MAX_PIXELS_LIMIT), int(largest))
+    fits = max(1, int(largest // decoding_memory(MAX_PIXELS_LIMIT)))
+
+    @ray.remote(memory=decoding_memory(MAX_PIXELS_LIMIT), num_cpus=0)
+    def held(seconds):
+        started = time.monotonic()
+        time.sleep(seconds)
+        return started, time.monotonic()
+
+    spans = sorted(ray.get([held.remote(0.5) for _ in range(fits + 1)]))
+    assert spans[fits][0] >= min(end for _, end in spans[:fits]) - 0.05  # one more than fit waited its turn

@@ -29,6 +29,7 @@ import numpy as np
 import ray
 
 from xai_batch.errors import XaiBatchError, one_line
+from xai_batch.images import decode_memory
 from xai_batch.manifest import RowContext, error_row
 from xai_batch.maths.convergence import sample_schedule
 from xai_batch.methods import GradientMethod, get_method
@@ -38,7 +39,7 @@ from xai_batch.distributed.stages import (
 from xai_batch.sources import image_root
 from xai_batch.storage import locate
 
-__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "describe_failure"]
+__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "decoding_memory", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,18 @@ class _Chunk:
     gradient_method: str | None = None  # that gradient method's pass on the image instead of rows [start, stop)
 
 
+def decoding_memory(max_pixels: int) -> int:
+    """The memory a decoding task reserves in Ray's scheduler: what an image within ``max_pixels`` may take.
+
+    Ray then runs no more decodes on a node at once than its memory holds, as
+    well as no more than its CPUs. Capped at the largest node's memory, so a
+    big ``--max-pixels`` slows decoding to one at a time rather than leaving
+    the task unschedulable.
+    """
+    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    return max(1, int(min(decode_memory(max_pixels), largest)))
+
+
 class ImageFlow:
     """What the drivers of both stages share: the job's inputs, the writer, the counts and the progress bar.
 
@@ -97,6 +110,10 @@ class ImageFlow:
         self.source = locate(image_root(config.source))
         self.busy: Counter[str] = Counter()
         self.writes: list[ray.ObjectRef] = []  # the writer's answers not yet checked
+
+    def decoding_task(self, function, **options):
+        """``function`` as the Ray task that decodes images: see :func:`decoding_memory`."""
+        return ray.remote(memory=decoding_memory(self.config.max_pixels), max_retries=TASK_RETRIES, **options)(function)
 
     def write(self, rows, seconds=None, each: bool = False) -> None:
         """Send rows to the writer: one group (``seconds`` a float or None), or with ``each`` a list of
@@ -195,7 +212,7 @@ class Pipeline(ImageFlow):
 
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
-        self.prepare_task = ray.remote(num_returns=1 + len(config.methods), max_retries=TASK_RETRIES)(prepare)
+        self.prepare_task = self.decoding_task(prepare, num_returns=1 + len(config.methods))
         self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
         self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))

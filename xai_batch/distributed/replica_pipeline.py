@@ -57,7 +57,7 @@ class ReplicaPipeline(ImageFlow):
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
         self.config_ref = ray.put(config)
-        self.decode_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(decode)
+        self.decode_task = self.decoding_task(decode, num_returns=2)
         self.max_decoding = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.max_images = IMAGES_PER_CALL * (CALLS_PER_REPLICA * len(replicas) + 1)
         self.decoding: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # header -> (path, decoded image)

@@ -121,7 +121,8 @@ def decode(
         return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), None
     try:
         loaded = load_image(data, config.max_pixels)
-        object_mask = read_object_mask(config.masks, path, source.child(path).target) if config.masks else None
+        object_mask = (read_object_mask(config.masks, path, source.child(path).target, config.max_pixels)
+                       if config.masks else None)
     except ImageError as exc:
         return ImageHeader(path, sha256=sha256, size=len(data), mtime_ns=mtime_ns, error=str(exc), methods=todo,
                            busy=read_for()), None

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from xai_batch.images import open_stored_png
 from xai_batch.manifest.schema import TOPK
 from xai_batch.methods import METHODS, Attribution, method_seed
 
@@ -164,7 +165,7 @@ def encode_segments(segments: np.ndarray) -> bytes:
 
 
 def decode_segments(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
+    with open_stored_png(data) as image:
         return np.asarray(image).astype(np.int64)
 
 
@@ -174,7 +175,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
+    with open_stored_png(data) as image:
         return np.asarray(image, dtype=np.uint8)
 
 
@@ -185,7 +186,7 @@ def encode_heatmap(heatmap: np.ndarray) -> bytes:
 
 def decode_heatmap(data: bytes) -> np.ndarray:
     """The heatmap back in [0, 1], to within 1/510."""
-    with Image.open(io.BytesIO(data)) as image:
+    with open_stored_png(data) as image:
         return np.asarray(image, dtype=np.float32) / 255
 
 
