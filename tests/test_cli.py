@@ -37,6 +37,11 @@ def test_version_and_help():
         (["--hide-color", "300"], "Invalid value for '--hide-color'"),
         (["--hide-color", "grey"], "'grey' is neither a grey level 0..255 nor 'mean'"),
         (["--actors", "0"], "Invalid value for '--actors'"),
+        (["--num-samples", "10000000"], "Invalid value for '--num-samples': 10000000 is more than the 100000 allowed"),
+        (["--num-samples", "auto", "--max-samples", "100001"], "Invalid value for '--max-samples': 100001 is more"),
+        (["--batch-size", "100000"], "Invalid value for '--batch-size': 100000 is more than the 4096 allowed: a batch"),
+        (["--top-labels", "21"], "Invalid value for '--top-labels': 21 is more than the 20 allowed"),
+        (["--max-pixels", "2000000000"], "Invalid value for '--max-pixels'"),
         (["--checkpoint", "/no/such/model.pt"], "Invalid value for '--checkpoint'"),
         (["--engine", "tensorrt"], "Invalid value for '--engine'"),
         (["--engine", "onnxruntime", "--precision", "bf16"], "Invalid value for '--engine': ONNX Runtime runs fp32 only"),
@@ -64,6 +69,16 @@ def test_the_token_does_not_cross_the_network_in_clear(monkeypatch):
                     "http://localhost:8265"):
         check_token_transport(address, insecure=False)  # encrypted, or never leaves the machine
     check_token_transport("http://192.0.2.7:8265", insecure=True)
+
+
+def test_credentials_in_a_uri_are_neither_printed_nor_submitted():
+    result = invoke("render", "mock://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/run", "--no-progress")
+    assert result.exit_code == 2 and "no manifest under 'mock://***@bucket/run'" in result.output, result.output
+    submitted = invoke("submit", "--address", "http://127.0.0.1:9", "explain", "s3://AKIAEXAMPLE:wJalrXUtnFEMI@b/photos",
+                       "--out", "s3://b/runs/1", "--checkpoint", "s3://b/model.pt")
+    assert submitted.exit_code == 2 and "Invalid value for 'SOURCE': a URI with credentials in it" in submitted.output
+    for output in (result.output, submitted.output):
+        assert "wJalr" not in output and "AKIAEXAMPLE" not in output
 
 
 def test_usage_errors_start_no_ray(tmp_path):

@@ -24,9 +24,10 @@ from xai_batch.config import AUTO, PLACEMENTS, ExplainConfig, check_methods
 from xai_batch.engines import ENGINES, PRECISIONS
 from xai_batch.analysis.overlays import STYLES
 from xai_batch.errors import ConfigError, XaiBatchError
-from xai_batch.images import DEFAULT_MAX_PIXELS
+from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.labels import BUILTIN_MAPS
 from xai_batch.methods import DEFAULT_METHOD, METHODS
+from xai_batch.storage import redact
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -44,6 +45,11 @@ def _typed_as(field: str) -> str:
     return field
 
 
+def _echo(text: str = "", **options) -> None:
+    """``click.echo`` with credentials in URIs redacted: nothing the commands print shows a secret."""
+    click.echo(redact(text), **options)
+
+
 def _reporting_errors(func: Callable) -> Callable:
     """Run a command body, turning library errors into Click errors."""
 
@@ -52,10 +58,10 @@ def _reporting_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            message = str(exc)
+            message = redact(str(exc))
             raise click.UsageError(f"Invalid value for '{_typed_as(exc.param)}': {message}" if exc.param else message) from exc
         except XaiBatchError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact(str(exc))) from exc
 
     return wrapper
 
@@ -154,8 +160,10 @@ _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default="auto", s
 
 def _max_pixels(become: str = "error rows") -> Callable:
     """--max-pixels, the decode bound; ``become`` says what a larger image turns into."""
-    return click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-                        help=f"Larger images (width x height, read from the header) become {become} undecoded.")
+    return click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
+                        type=click.IntRange(min=1, max=MAX_PIXELS_LIMIT),
+                        help=f"Larger images (width x height, read from the header) become {become} undecoded; "
+                             "at most a gigapixel, 12 GB to decode.")
 
 
 _JOBS_ADDRESS = click.option(
@@ -386,17 +394,17 @@ def explain(progress: bool, **options) -> None:
         with _sigterm_as_interrupt():
             result = run_explain(config, progress=progress)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: finished images are kept in {config.out}; run the same command to resume", err=True)
+        _echo(f"interrupted: finished images are kept in {config.out}; run the same command to resume", err=True)
         raise SystemExit(130) from None
     if result.images == 0:
-        click.echo(f"warning: no image files under {config.source}", err=True)
-    click.echo(
+        _echo(f"warning: no image files under {config.source}", err=True)
+    _echo(
         f"{result.images} images: {result.ok} explained, {result.errors} errors, {result.skipped} already done"
         + (f" ({result.reused} reused from --reuse)" if result.reused else "")
         + (f" ({result.unread} unread: size and time unchanged)" if result.unread else "")
         + f"; {result.rows} rows in {result.seconds:.1f}s"
     )
-    click.echo(f"manifest: {result.manifest}")
+    _echo(f"manifest: {result.manifest}")
 
 
 AUDIT_FAILED = 3  # the exit status of an audit whose --fail-on conditions are met
@@ -432,18 +440,18 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
         with _sigterm_as_interrupt():
             result = run_audit(config, progress=progress)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: finished images are kept in {config.explain.out}; run the same command to resume",
+        _echo(f"interrupted: finished images are kept in {config.explain.out}; run the same command to resume",
                    err=True)
         raise SystemExit(130) from None
     report, run = result.report, result.report["run"]
-    click.echo(f"{report['counts']['images']} images: {run['explained']} explained now, {run['reused']} reused from "
+    _echo(f"{report['counts']['images']} images: {run['explained']} explained now, {run['reused']} reused from "
                f"--previous, {run['already_done']} already done")
     if report["accuracy"] is not None:
-        click.echo(f"accuracy {report['accuracy']:.3f} on {report['counts']['labelled']} labelled images")
-    click.echo("findings: " + ", ".join(f"{kind} {report['counts'][kind]}" for kind in report["findings"]))
-    click.echo(f"audit: {result.path} (every finding: {report['findings_file']})")
+        _echo(f"accuracy {report['accuracy']:.3f} on {report['counts']['labelled']} labelled images")
+    _echo("findings: " + ", ".join(f"{kind} {report['counts'][kind]}" for kind in report["findings"]))
+    _echo(f"audit: {result.path} (every finding: {report['findings_file']})")
     if result.failed:
-        click.echo(f"failed: {', '.join(result.failed)}", err=True)
+        _echo(f"failed: {', '.join(result.failed)}", err=True)
         raise SystemExit(AUDIT_FAILED)
 
 
@@ -467,11 +475,11 @@ def verify(out: str, source: str | None, repair: bool) -> None:
 
     if repair:
         for moved in repair_manifest(out):
-            click.echo(f"set aside: {moved}")
+            _echo(f"set aside: {moved}")
     report = verify_manifest(out, source)
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
-    click.echo(report.summary())
+        _echo(f"problem: {problem}")
+    _echo(report.summary())
     if report.problems:
         raise SystemExit(1)
 
@@ -495,7 +503,7 @@ def compact(out: str, part_rows: int, progress: bool) -> None:
 
     with tqdm(unit="row", desc="compact", disable=not progress, mininterval=0.5) as bar:
         done = compact_manifest(out, part_rows, progress=bar.update)
-    click.echo(f"{done.rows_after} current rows in {_parts(done.parts_after)} (were {done.rows_before} rows in "
+    _echo(f"{done.rows_after} current rows in {_parts(done.parts_after)} (were {done.rows_before} rows in "
                f"{_parts(done.parts_before)})")
 
 
@@ -559,8 +567,8 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
 
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods)
-    click.echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
-    click.echo(f"index: {result.index}")
+    _echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
+    _echo(f"index: {result.index}")
     if result.errors:
         raise SystemExit(1)
 
@@ -608,9 +616,9 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
                          address=address, progress=progress, allow_unbalanced=allow_unbalanced,
                          every_method=not methods)
     for cell, count in result.short.items():
-        click.echo(f"warning: cell {cell} has {count} of {per_cell} images", err=True)
-    click.echo(f"{result.stimuli} stimuli, {result.errors} errors in {result.to}")
-    click.echo(f"index: {result.csv}")
+        _echo(f"warning: cell {cell} has {count} of {per_cell} images", err=True)
+    _echo(f"{result.stimuli} stimuli, {result.errors} errors in {result.to}")
+    _echo(f"index: {result.csv}")
     if result.errors:
         raise SystemExit(1)
 
@@ -647,8 +655,8 @@ def report(out: str, to: str | None, images: str, labels: str | None, label_map:
     result = run_report(out, to, images, labels=labels, label_map=label_map, source=source, address=address,
                         methods=methods, progress=progress)
     where = "embedded" if result.pictures is None else f"in {result.pictures}"
-    click.echo(f"{result.images} images, pictures {where}; {result.errors} could not be drawn")
-    click.echo(f"report: {result.path}")
+    _echo(f"{result.images} images, pictures {where}; {result.errors} could not be drawn")
+    _echo(f"report: {result.path}")
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
@@ -695,6 +703,13 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
     from xai_batch.distributed.jobs_client import JobsClient
 
     address = dashboard_address(settings["address"])
+    for name in (*paths, "checkpoint"):
+        value = options.get(name)
+        if value is not None and redact(value) != value:
+            raise click.BadParameter(
+                "a URI with credentials in it would be stored in the job's entrypoint, which everyone who can list "
+                "the cluster's jobs reads: give the cluster its own credentials (an instance role, a service "
+                "account, AWS_* variables) and leave them out of the URI", param_hint=f"'{_typed_as(name)}'")
     for name in paths:
         if options.get(name) is not None:
             options[name] = _cluster_path(options[name], _typed_as(name), is_local(address), address)
@@ -703,17 +718,17 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
         raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
     client = JobsClient(address, settings["insecure"])
     submission = client.submit(script, _as_arguments(click.get_current_context().command, options), checkpoint)
-    click.echo(f"submitted {submission.job_id} to {submission.address}")
+    _echo(f"submitted {submission.job_id} to {submission.address}")
     if not settings["wait"]:
         insecure = " --insecure" if settings["insecure"] else ""
-        click.echo(f"follow it with: xai-batch jobs{insecure} --address {submission.address} logs {submission.job_id}")
+        _echo(f"follow it with: xai-batch jobs{insecure} --address {submission.address} logs {submission.job_id}")
         return
     try:
-        status = client.wait(submission.job_id, lambda lines: click.echo(lines, nl=False))
+        status = client.wait(submission.job_id, lambda lines: _echo(lines, nl=False))
     except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; the job runs on (xai-batch jobs stop {submission.job_id})", err=True)
+        _echo(f"\nstopped waiting; the job runs on (xai-batch jobs stop {submission.job_id})", err=True)
         raise SystemExit(130) from None
-    click.echo(f"job {submission.job_id} {status.lower()}")
+    _echo(f"job {submission.job_id} {status.lower()}")
     if status != "SUCCEEDED":
         code = client.exit_code(submission.job_id)
         raise SystemExit(AUDIT_FAILED if code == AUDIT_FAILED and script == "audit.py" else 1)
@@ -753,9 +768,9 @@ def jobs_list(settings: dict) -> None:
     found = JobsClient(settings["address"], settings["insecure"]).list()
     for job in sorted(found, key=lambda j: j.start_time or 0, reverse=True):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000))
-        click.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {started}  {job.entrypoint}")
+        _echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {started}  {job.entrypoint}")
     if not found:
-        click.echo("no jobs")
+        _echo("no jobs")
 
 
 @jobs.command("status", context_settings=CONTEXT_SETTINGS)
@@ -767,7 +782,7 @@ def jobs_status(settings: dict, job_id: str) -> None:
     from xai_batch.distributed.jobs_client import JobsClient
 
     info = JobsClient(settings["address"], settings["insecure"]).info(job_id)
-    click.echo(f"{job_id}  {info.status.value}" + (f"  {info.message}" if info.message else ""))
+    _echo(f"{job_id}  {info.status.value}" + (f"  {info.message}" if info.message else ""))
 
 
 @jobs.command("logs", context_settings=CONTEXT_SETTINGS)
@@ -781,9 +796,9 @@ def jobs_logs(settings: dict, job_id: str, follow: bool) -> None:
 
     client = JobsClient(settings["address"], settings["insecure"])
     if follow:
-        client.wait(job_id, lambda lines: click.echo(lines, nl=False))
+        client.wait(job_id, lambda lines: _echo(lines, nl=False))
     else:
-        click.echo(client.logs(job_id), nl=False)
+        _echo(client.logs(job_id), nl=False)
 
 
 @jobs.command("stop", context_settings=CONTEXT_SETTINGS)
@@ -795,7 +810,7 @@ def jobs_stop(settings: dict, job_id: str) -> None:
     from xai_batch.distributed.jobs_client import JobsClient
 
     stopped = JobsClient(settings["address"], settings["insecure"]).stop(job_id)
-    click.echo(f"stop requested for {job_id}" if stopped else f"{job_id} had already ended")
+    _echo(f"stop requested for {job_id}" if stopped else f"{job_id} had already ended")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -865,8 +880,8 @@ def evaluate(progress: bool, **options) -> None:
 
     result = run_evaluate(EvaluateConfig(**options), progress=progress)
     accuracy = "no image could be classified" if result.accuracy is None else f"accuracy {result.accuracy:.4f}"
-    click.echo(f"{result.images} images, {result.errors} errors; {accuracy}")
-    click.echo(f"evaluation: {result.path}")
+    _echo(f"{result.images} images, {result.errors} errors; {accuracy}")
+    _echo(f"evaluation: {result.path}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

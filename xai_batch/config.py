@@ -18,16 +18,29 @@ from typing import Literal
 
 from xai_batch.engines import PRECISIONS, check_engine
 from xai_batch.errors import ConfigError
-from xai_batch.images import DEFAULT_MAX_PIXELS
+from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
-from xai_batch.storage import is_uri, locate
+from xai_batch.storage import is_uri, locate, redact
 
 __all__ = ["ExplainConfig", "AUTO", "PLACEMENTS", "config_hash", "check_methods"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 AUTO = "auto"
 PLACEMENTS = ("auto", "workers", "replica")  # where the stages after decoding run: ``ExplainConfig.stages``
+
+# The most each count may be, and why: each keeps one image's working memory near a gigabyte,
+# so no option can make a worker or a replica run out of memory.
+MAX_SAMPLES = 100_000
+LIMITS: dict[str, tuple[int, str]] = {
+    "num_samples": (MAX_SAMPLES, "an image holds num_samples x superpixels x 8 bytes of perturbations and "
+                                 "num_samples x classes x 4 bytes of predictions, 0.96 GB at 100000 samples, "
+                                 "200 superpixels and 1000 classes"),
+    "max_samples": (MAX_SAMPLES, "the adaptive rule's most samples an image, held as --num-samples's are"),
+    "batch_size": (4096, "a batch is batch_size x 224 x 224 x 3 x 4 bytes of model input, 2.5 GB at 4096"),
+    "top_labels": (20, "each label is a surrogate fit and a manifest row of its own for every image"),
+    "max_pixels": (MAX_PIXELS_LIMIT, "a decode needs up to 12 bytes a pixel, 12 GB at a gigapixel"),
+}
 
 
 @dataclass(frozen=True)
@@ -111,8 +124,11 @@ class ExplainConfig:
         if self.num_samples == AUTO and self.methods != (LIME,):
             raise ConfigError("num_samples 'auto' is LIME's stopping rule; with other methods give a number",
                               "num_samples")
-        if self.num_samples != AUTO and not _is_int(self.num_samples, minimum=2):
-            raise ConfigError(f"num_samples must be an integer >= 2 or 'auto', got {self.num_samples!r}", "num_samples")
+        if self.num_samples != AUTO:
+            if not _is_int(self.num_samples, minimum=2):
+                raise ConfigError(f"num_samples must be an integer >= 2 or 'auto', got {self.num_samples!r}",
+                                  "num_samples")
+            _check_limit(self.num_samples, "num_samples")
         _check_int(self.max_samples, "max_samples", minimum=2)
         _check_int(self.top_labels, "top_labels", minimum=1)
         _check_int(self.num_features, "num_features", minimum=1)
@@ -178,7 +194,7 @@ def config_hash(config: ExplainConfig, model_id: str, method: str = DEFAULT_METH
         "segmentation": dataclasses.asdict(config.segmentation),
         **({"faithfulness": True} if config.faithfulness else {}),
         **({"stability": True} if config.stability else {}),
-        **({"masks": config.masks} if config.masks else {}),
+        **({"masks": redact(config.masks)} if config.masks else {}),  # credentials change no row
     }
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -230,5 +246,13 @@ def _is_int(value: object, *, minimum: int) -> bool:
 
 
 def _check_int(value: object, name: str, *, minimum: int) -> None:
+    """An integer >= ``minimum``, and within ``LIMITS`` when it has one."""
     if not _is_int(value, minimum=minimum):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
+    _check_limit(value, name)
+
+
+def _check_limit(value: int, name: str) -> None:
+    if name in LIMITS and value > LIMITS[name][0]:
+        most, why = LIMITS[name]
+        raise ConfigError(f"{value} is more than the {most} allowed: {why}", name)

@@ -19,13 +19,37 @@ import contextlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "locate", "is_uri", "join", "write_json", "read_json", "atomic_path"]
+__all__ = ["Location", "OutsideLocation", "locate", "is_uri", "join", "redact", "write_json", "read_json"]
+
+_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # scheme://user:secret@
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it (``s3://KEY:SECRET@bucket``, which pyarrow takes)
+    replaced by ``***``: what every record, page and message the tools write or print shows of a URI."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def _redacted(document):
+    """A JSON-like document with :func:`redact` applied to every text in it."""
+    if isinstance(document, str):
+        return redact(document)
+    if isinstance(document, dict):
+        return {key: _redacted(value) for key, value in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [_redacted(value) for value in document]
+    return document
+
+
+class OutsideLocation(OSError):
+    """A relative path that would leave the folder it is joined to (``..``, absolute, empty parts)."""
 
 
 def is_uri(target: str) -> bool:
@@ -61,6 +85,16 @@ class Location:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
     def child(self, *parts: str) -> Location:
+        """What ``parts`` (names, or ``/``-separated relative paths) name inside this folder.
+
+        Paths come from listings and manifests a user may not have made, so one
+        that would leave the folder is an ``OutsideLocation`` error, never a
+        file elsewhere.
+        """
+        for part in parts:
+            names = part.split("/")
+            if part.startswith("/") or "\x00" in part or any(name in ("", ".", "..") for name in names):
+                raise OutsideLocation(f"path {part[:80]!r} is not inside {self.target}")
         return Location(join(self.target, *parts), self.filesystem, "/".join([self.path.rstrip("/"), *parts]))
 
     def _info(self) -> pafs.FileInfo:
@@ -157,25 +191,6 @@ def _fsync(path: str) -> None:
         os.close(descriptor)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A hidden temporary local path beside ``path``, for a library that writes files by name (the ONNX
-    exporter); renamed over ``path`` on success, removed on error. The file gets the usual permissions
-    (0666 less the umask), as ``Location.atomic_writer``'s do."""
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
-    try:
-        yield temporary
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-
-
 def locate(target: str) -> Location:
     """Resolve a local path (made absolute) or a URI to a ``Location``."""
     if is_uri(target):
@@ -200,9 +215,10 @@ def _walk_local(root: str) -> Iterator[str]:
 
 
 def write_json(target: str, document: dict) -> str:
-    """A JSON document written atomically (a reader never sees half of it); returns where."""
+    """A JSON document written atomically (a reader never sees half of it), credentials in URIs redacted;
+    returns where."""
     location = locate(target)
-    text = json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
+    text = json.dumps(_redacted(document), indent=2, sort_keys=True, default=str) + "\n"
     with location.atomic_writer() as stream:
         stream.write(text.encode("utf-8"))
     return location.target

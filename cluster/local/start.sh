@@ -36,6 +36,8 @@ if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
     elif [ ! -s "$token_file" ]; then
         echo "start.sh: the token file $token_file is empty; remove it to have a new one written" >&2
         exit 2
+    elif [ -n "$(find "$token_file" \( -perm -004 -o -perm -040 \) -print)" ]; then
+        echo "start.sh: warning: others can read the token in $token_file; chmod 600 it" >&2
     fi
 fi
 exec "$RAY" start --head \

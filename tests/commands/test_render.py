@@ -86,6 +86,36 @@ def test_a_changed_image_is_an_error_entry_not_a_wrong_picture(explained, tmp_pa
     assert entry["file"] == "" and "changed since it was explained" in entry["error"]
 
 
+def test_a_manifest_path_that_leaves_source_is_an_error_entry_not_a_file_read(explained, tmp_path):
+    """A manifest from elsewhere may name '../x' or '/etc/x': its rows are error entries, the files unread."""
+    from xai_batch.commands.render import RenderOptions, _render_batch
+    from xai_batch.storage import locate
+
+    source, out = explained
+    (tmp_path / "secret.png").write_bytes(open(os.path.join(source, sorted(os.listdir(source))[0]), "rb").read())
+    [row] = [row for row in read_manifest(out).to_pylist() if row["path"] == sorted(os.listdir(source))[0]]
+    hostile = [({**row, "path": path}, f"{number}.png") for number, path in
+               enumerate(["../" + tmp_path.name + "/secret.png", str(tmp_path / "secret.png")])]
+    entries = _render_batch(hostile, locate(source), locate(str(tmp_path / "o")), RenderOptions())
+    assert [entry["file"] for entry in entries] == ["", ""]
+    assert all(entry["error"].startswith("path ") and f"is not inside {source}" in entry["error"] for entry in entries)
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    from xai_batch.commands.render import write_csv
+
+    rows = [{"path": "=HYPERLINK(\"http://x\")/a.png", "label": "-1", "score": -0.5},
+            {"path": "+cmd/b.png", "label": "@SUM(A1)", "score": 2},
+            {"path": "plain/c.png", "label": "cat", "score": 0.25}]
+    write_csv(str(tmp_path / "index.csv"), rows, ["path", "label", "score"])
+    with open(tmp_path / "index.csv", newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert [r["path"] for r in read] == ["'=HYPERLINK(\"http://x\")/a.png", "'+cmd/b.png", "plain/c.png"]
+    assert [r["label"] for r in read] == ["'-1", "'@SUM(A1)", "cat"]
+    assert [r["score"] for r in read] == ["-0.5", "2", "0.25"]  # numbers are numbers
+    assert [r["path"].removeprefix("'") for r in read] == [r["path"] for r in rows]  # the documented way back
+
+
 def test_render_without_a_manifest_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["render", str(tmp_path), "--no-progress"])
     assert result.exit_code == 2 and "run xai-batch explain first" in result.output

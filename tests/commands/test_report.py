@@ -67,11 +67,15 @@ def _shown(browser):
 
 
 def test_report_in_a_real_browser(audited, browser, tmp_path):
+    (audited / "report_files").mkdir()  # the user's own folder, by the name pictures beside the page would take
+    (audited / "report_files" / "notes.txt").write_text("mine")
     result = CliRunner().invoke(cli, ["report", str(audited), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "8 images, pictures embedded; 0 could not be drawn" in result.output
     page = audited / "report.html"
-    assert not (audited / "report_files").exists()  # embedded: one file is the whole report
+    assert os.listdir(audited / "report_files") == ["notes.txt"]  # embedded: nothing written there, nothing deleted
+    assert not [name for name in os.listdir(audited) if name.startswith(".xai-batch-embed-")]  # its own, removed
+    shutil.rmtree(audited / "report_files")
     audit = json.loads((audited / "audit.json").read_text())
     rows = {row["path"]: row for row in read_manifest(str(audited)).to_pylist()}
 

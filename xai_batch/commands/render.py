@@ -178,12 +178,28 @@ def render_rows(
     return sorted(entries, key=lambda entry: (entry["path"], entry["method"], entry["label"]))
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def spreadsheet_safe(value):
+    """``value``, with a text that a spreadsheet would run as a formula prefixed by ``'`` (OWASP's advice).
+
+    Paths and labels come from folder and file names anyone can choose, and
+    study teams open these files in spreadsheets. A reader strips one leading
+    ``'`` from a text that starts with ``'`` and then one of ``FORMULA_STARTS``
+    to get the value back. Numbers are written as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
-    """A CSV file written atomically, at a path or URI."""
+    """A CSV file written atomically, at a path or URI, its texts spreadsheet-safe (:func:`spreadsheet_safe`)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
     with locate(location).atomic_writer() as stream:
         stream.write(text.getvalue().encode())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ from xai_batch.manifest import SCHEMA, current_groups
 from xai_batch.analysis.page import first_folders, folders_are_classes, gallery_rows, report_document, report_html
 from xai_batch.commands.audit import audit_findings, load_audit
 from xai_batch.commands.render import RenderOptions, chosen_methods, job_source, render_rows
-from xai_batch.storage import join, locate
+from xai_batch.storage import join, locate, redact
 
 __all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]
 
@@ -91,27 +92,33 @@ def run_report(
                                              ("explained_index", "ascending")]).to_pylist()
     to = to or join(out, "report.html")
     parent, _, name = to.rpartition("/")
-    folder_name = name.removesuffix(".html") + "_files"  # report.html -> report_files/, beside it
-    folder = join(parent, folder_name) if parent else folder_name
     shown = [row for method in methods_in(rows) for row in method_rows(rows, method).values()]
     jobs = [(row, f"{number:05d}.jpg") for number, row in enumerate(shown)]
-    options = RenderOptions(style="boundaries", num_features=num_features)
-    entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
     embed = images == "embed" or (images == "auto" and len(jobs) <= EMBED_UP_TO)
+    # Pictures to embed are drawn into a folder of this run's own, deleted after; never into one that may be the
+    # user's. Pictures beside the page go to report_files/ beside report.html.
+    folder_name = f".xai-batch-embed-{uuid.uuid4().hex}" if embed else name.removesuffix(".html") + "_files"
+    folder = join(parent, folder_name) if parent else folder_name
+    options = RenderOptions(style="boundaries", num_features=num_features)
     pictures = {}
-    for entry in entries:
-        key = (entry["path"], entry["method"])
-        if entry["error"]:
-            pictures[key] = ("", entry["error"])
-        elif embed:
-            data = locate(join(folder, entry["file"])).read_bytes()
-            pictures[key] = ("data:image/jpeg;base64," + base64.b64encode(data).decode(), "")
-        else:
-            pictures[key] = (f"{folder_name}/{entry['file']}", "")
-    if embed:
-        locate(folder).delete_dir()
+    try:
+        entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
+        for entry in entries:
+            key = (entry["path"], entry["method"])
+            if entry["error"]:
+                pictures[key] = ("", entry["error"])
+            elif embed:
+                data = locate(join(folder, entry["file"])).read_bytes()
+                pictures[key] = ("data:image/jpeg;base64," + base64.b64encode(data).decode(), "")
+            else:
+                pictures[key] = (f"{folder_name}/{entry['file']}", "")
+    finally:
+        if embed:
+            locate(folder).delete_dir()
+    shown_source = record.get("config", {}).get("source", source)
     summary = {
-        "out": out, "source": record.get("config", {}).get("source", source), "model_id": record.get("model_id"),
+        "out": redact(out), "source": None if shown_source is None else redact(shown_source),
+        "model_id": record.get("model_id"),
         "state": record.get("state"),
         "config_hash": ", ".join(f"{method} {digest}" for method, digest in record.get("config_hashes", {}).items()),
         "num_samples": record.get("config", {}).get("num_samples"),
