@@ -137,32 +137,21 @@ def test_the_onnx_cache_is_its_owners_only(onnx_caches):
     assert modes == {entry.name: 0o600, f"{entry.name}.sha256": 0o600}  # no temporary left behind
 
 
-def test_an_empty_cached_export_is_exported_again(onnx_caches, random_checkpoint, case, tmp_path, monkeypatch, caplog):
-    """A zero-byte model file (a full disk, a copy cut short) is logged and exported again; the engine is right."""
+@pytest.mark.parametrize("damage", ["empty", "another model's"])
+def test_a_cached_export_that_fails_its_check_is_exported_again(onnx_caches, random_checkpoint, case, tmp_path,
+                                                                monkeypatch, caplog, damage):
+    """A zero-byte model file (a full disk, a copy cut short), or a valid export of another checkpoint copied
+    over the entry, is logged and exported again, not used: the engine gives the checkpoint's own answers."""
     entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
-    entry.write_bytes(b"")
+    written = b"" if damage == "empty" else _entry(onnx_caches["other"]).read_bytes()
+    entry.write_bytes(written)
     with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
         engine = _engine("onnxruntime", random_checkpoint, 24)
     whole = np.stack(case[:2])
     np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
                                atol=2e-6, rtol=0)
-    assert f"{entry} (0 bytes) is not the file {entry}.sha256 records" in caplog.text
-    assert entry.stat().st_size > 0
-
-
-def test_another_models_export_over_the_entry_is_not_used(onnx_caches, random_checkpoint, case, tmp_path, monkeypatch,
-                                                          caplog):
-    """A valid ONNX model of a different checkpoint copied over the entry fails its check and is replaced."""
-    entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
-    swapped = _entry(onnx_caches["other"]).read_bytes()
-    entry.write_bytes(swapped)
-    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
-        engine = _engine("onnxruntime", random_checkpoint, 24)
-    whole = np.stack(case[:2])
-    np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
-                               atol=2e-6, rtol=0)
-    assert f"{entry} ({len(swapped)} bytes) is not the file {entry}.sha256 records" in caplog.text
-    assert entry.read_bytes() != swapped
+    assert f"{entry} ({len(written)} bytes) is not the file {entry}.sha256 records" in caplog.text
+    assert entry.read_bytes() != written
 
 
 def test_a_symbolic_link_in_place_of_the_entry_is_not_followed(onnx_caches, random_checkpoint, tmp_path, monkeypatch,
