@@ -21,7 +21,7 @@ from torchvision import transforms
 
 from xai_batch.engines import normalise
 from xai_batch.maths import perturb, sample_rows
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_resnet18
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 
 def timed(run, repeats: int) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     torch.manual_seed(0)
-    model = build_resnet18(1000).to(device)
+    model = build_model("resnet18", 1000).to(device)
     image = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((224, 224)))
     segments = (np.arange(224 * 224).reshape(224, 224) * 60 // (224 * 224)).astype(np.int64)
     rows = sample_rows(0, size, 60)

@@ -162,9 +162,9 @@ def _checkpoint(work: str) -> str:
     checkpoint = os.path.join(work, "model.pt")
     if not os.path.exists(checkpoint):
         sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-        from helpers import save_random_resnet
+        from helpers import save_random_model
 
-        save_random_resnet(checkpoint, 4)
+        save_random_model(checkpoint, 4)
     return checkpoint
 
 

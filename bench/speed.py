@@ -2,7 +2,7 @@
 
 One run, on the same images, checkpoint and sample count, measures:
 
-1. the limit: ResNet18 forwards per second at its best batch size and memory
+1. the limit: the model's forwards per second at its best batch size and memory
    layout on this device, no LIME at all, for each engine (PyTorch eager,
    ONNX Runtime);
 2. the baseline: the seed's loop, lime 0.2.0.1's ``explain_instance`` with a
@@ -22,6 +22,7 @@ by a ResNet18 it trains first, and compares its top features with the fixed
 run's.
 
     .venv/bin/python bench/speed.py --images 5 --num-samples 1000 --auto
+    .venv/bin/python bench/speed.py --arch mobilenet_v3_small   # any torchvision classification model
 
 ``pip install -e '.[bench]'`` installs captum.
 """
@@ -48,7 +49,7 @@ from xai_batch.images import open_rgb, preprocess
 from xai_batch.manifest import read_manifest
 from xai_batch.maths import quickshift_segments
 from xai_batch.maths.superpixels import Quickshift
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_resnet18, save_checkpoint
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import SHAPES, render_scene
 
@@ -75,11 +76,11 @@ def make_images(folder: str, count: int) -> list[str]:
     return paths
 
 
-def make_checkpoint(path: str, num_classes: int) -> torch.nn.Module:
-    """A ResNet18 with ImageNet's head size and seeded random weights."""
+def make_checkpoint(path: str, num_classes: int, arch: str = "resnet18") -> torch.nn.Module:
+    """torchvision's ``arch`` with ImageNet's head size and seeded random weights."""
     torch.manual_seed(0)
-    model = build_resnet18(num_classes)
-    save_checkpoint(path, model, [f"class_{i}" for i in range(num_classes)])
+    model = build_model(arch, num_classes)
+    save_checkpoint(path, model, [f"class_{i}" for i in range(num_classes)], arch=arch)
     return model
 
 
@@ -256,6 +257,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["torch", "onnxruntime"], help="xai-batch --engine values")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--classes", type=int, default=1000, help="the model's outputs (ImageNet: 1000)")
+    parser.add_argument("--arch", default="resnet18", help="the torchvision classification model to measure")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 256])
     parser.add_argument("--per-eval", type=int, default=64, help="captum's perturbations_per_eval")
     parser.add_argument("--auto", action="store_true", help="also run --num-samples auto and compare")
@@ -270,9 +272,10 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="xai-bench-")
     paths = make_images(os.path.join(work, "images"), args.images)
     checkpoint = os.path.join(work, "model.pt")
-    model = make_checkpoint(checkpoint, args.classes)
+    model = make_checkpoint(checkpoint, args.classes, args.arch)
     n = args.num_samples
-    print(f"{args.images} images, {n} samples, ResNet18 with {args.classes} classes, {threads} threads", flush=True)
+    print(f"{args.images} images, {n} samples, {args.arch} with {args.classes} classes, {threads} threads",
+          flush=True)
 
     results: dict = {"machine": machine(), "versions": _versions(), "args": vars(args)}
     limits = {"torch": measure_limit(model, args.batch_sizes, args.min_seconds)}

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 from PIL import Image
 
-from helpers import save_random_resnet, save_shape_detector
+from helpers import save_random_model, save_shape_detector
 
 from xai_batch.synthetic import SHAPES, generate_dataset
 
@@ -45,7 +45,7 @@ def photos(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> str:
-    return save_random_resnet(str(tmp_path_factory.mktemp("ckpt") / "random.pt"), num_classes=4)
+    return save_random_model(str(tmp_path_factory.mktemp("ckpt") / "random.pt"), num_classes=4)
 
 
 @pytest.fixture(scope="session")

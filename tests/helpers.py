@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torchvision
 
 
-def save_random_resnet(path: str, num_classes: int, seed: int = 0) -> str:
-    """An untrained but real ResNet18 checkpoint in our format."""
+def save_random_model(path: str, num_classes: int, seed: int = 0, arch: str = "resnet18") -> str:
+    """An untrained but real checkpoint of torchvision's ``arch`` (ResNet18 by default) in our format."""
+    from xai_batch.models import build_model
+
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=num_classes).eval()
+    model = build_model(arch, num_classes)
     names = [f"label{i}" for i in range(num_classes)]
-    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": names}, path)
+    torch.save({"arch": arch, "state_dict": model.state_dict(), "class_names": names}, path)
+    return path
+
+
+def save_responsive_model(path: str, arch: str, num_classes: int = 4, seed: int = 0) -> str:
+    """A random checkpoint of ``arch`` built to answer: what it says depends on the image.
+
+    Freshly initialised, many families answer every image alike (MobileNet v3's
+    activations fade to nothing through its depth, ViT's head starts at zero), and
+    LIME of a constant has nothing to find. So BatchNorm's statistics are measured
+    on noise, a zero head is drawn at random, and the head is scaled so that the
+    logits spread by about one.
+    """
+    from xai_batch.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes)
+    noise = torch.randn(8, 3, 224, 224)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # the plain average over the batch below
+    head = [weight for weight in model.parameters() if weight.ndim >= 2][-1]
+    with torch.no_grad():
+        model.train()
+        model(noise)
+        model.eval()
+        if not head.any():
+            torch.nn.init.normal_(head, std=0.02)
+        head.mul_(1.0 / max(float(model(noise).std()), 1e-6))
+    names = [f"label{i}" for i in range(num_classes)]
+    torch.save({"arch": arch, "state_dict": model.state_dict(), "class_names": names}, path)
     return path
 
 
@@ -21,10 +57,10 @@ def checkpoint_bytes(path: str) -> bytes:
 
 
 def load_model(path: str) -> torch.nn.Module:
-    from xai_batch.models import build_resnet18, parse_checkpoint
+    from xai_batch.models import build_model, parse_checkpoint
 
     loaded = parse_checkpoint(checkpoint_bytes(path))
-    return build_resnet18(len(loaded.class_names), loaded.state_dict)
+    return build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
 
 
 def assert_verified(out: str, source: str | None = None) -> None:
@@ -87,3 +123,45 @@ def save_shape_detector(path: str) -> str:
     model.load_state_dict(state)
     torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": list(SHAPE_CLASSES)}, path)
     return path
+
+
+def assert_rows_are_limes(table, source: str, checkpoint: str, num_samples: int) -> None:
+    """Each row's segments, weights (within 1e-4), intercept and top-5 mask are lime's own."""
+    import numpy as np
+    import pytest
+
+    from xai_batch.manifest import SCHEMA, decode_mask, decode_segments
+    from xai_batch.maths import MASK_AGAINST, MASK_FOR
+
+    assert table.schema == SCHEMA
+    for row in table.to_pylist():
+        lime = limes_explanation(os.path.join(source, row["path"]), checkpoint, row["seed"], num_samples)
+        segments = decode_segments(row["segments"])
+        assert np.array_equal(segments, lime.segments), row["path"]
+        assert row["num_segments"] == len(np.unique(lime.segments)) == len(row["weights"])
+        label = lime.top_labels[0]
+        assert row["explained_index"] == label == row["pred_index"]
+        expected = np.zeros(row["num_segments"])
+        for segment, weight in lime.local_exp[label]:
+            expected[segment] = weight
+        np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
+        assert row["intercept"] == pytest.approx(lime.intercept[label], abs=1e-4)
+        _, lime_mask = lime.get_image_and_mask(label, positive_only=False, num_features=5, hide_rest=False)
+        mask = decode_mask(row["mask"])
+        assert np.array_equal(mask == MASK_FOR, lime_mask == 1) and np.array_equal(mask == MASK_AGAINST, lime_mask == -1)
+
+
+@functools.cache
+def limes_explanation(path: str, checkpoint: str, seed: int, num_samples: int):
+    """lime's own explanation of the image, with the seed's batch_predict (computed once for every engine)."""
+    from lime.lime_image import LimeImageExplainer
+
+    from xai_batch.images import load_image
+    from xai_batch.reference import seed_batch_predict
+
+    with open(path, "rb") as handle:
+        image = load_image(handle.read()).pixels
+    return LimeImageExplainer(random_state=seed).explain_instance(
+        image, seed_batch_predict(load_model(checkpoint)), top_labels=1, hide_color=0, num_samples=num_samples,
+        random_seed=seed,
+    )

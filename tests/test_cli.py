@@ -135,7 +135,7 @@ def test_missing_imagenet_weights_offline(photos, tmp_path, monkeypatch):
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     result = invoke("explain", photos, "--out", str(tmp_path / "o"))
     assert result.exit_code == 1, result.output
-    assert "ResNet18 ImageNet weights are not cached" in result.output
+    assert "ResNet18_Weights.IMAGENET1K_V1 weights are not cached" in result.output
     assert "Traceback" not in result.output
 
 

@@ -9,7 +9,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from helpers import checkpoint_bytes, load_model, save_random_resnet
+from helpers import checkpoint_bytes, load_model, save_random_model, save_responsive_model
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.engines import TorchEngine, normalise
 from xai_batch.maths import hidden_image, perturb, quickshift_segments, sample_rows
@@ -47,6 +47,30 @@ def test_probabilities_equal_the_seeds_batch_predict(random_checkpoint, case, ba
     whole = np.stack([image, hidden])
     np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
                                atol=2e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("families")
+    return {arch: save_responsive_model(str(folder / f"{arch}.pt"), arch)
+            for arch in ("mobilenet_v3_small", "squeezenet1_1")}
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "squeezenet1_1"])
+def test_every_family_runs_on_both_engines_as_the_seeds_batch_predict(families, case, arch, kind, tmp_path,
+                                                                      monkeypatch):
+    """Each engine builds the checkpoint's own architecture, exported to ONNX too, within fp32 rounding."""
+    monkeypatch.setenv("XAI_BATCH_CACHE", str(tmp_path))
+    image, hidden, segments, rows = case
+    ours = _engine(kind, families[arch], 24).predict(image, hidden, segments, rows.astype(np.uint8))
+    images = perturb(torch.from_numpy(image), torch.from_numpy(hidden), torch.from_numpy(segments),
+                     torch.from_numpy(rows)).numpy()
+    expected = seed_batch_predict(load_model(families[arch]))(images)
+    np.testing.assert_allclose(ours, expected, atol=2e-6 if kind == "onnxruntime" else 1e-6, rtol=0)
+    assert np.ptp(expected[:, 0]) > 1e-3  # the model's answer depends on what is hidden
+    if kind == "onnxruntime":
+        assert [path.name.split("-")[0] for path in Path(tmp_path, "onnx").glob("*.onnx")] == [arch]
 
 
 def _torch_probabilities(checkpoint, images):
@@ -91,7 +115,7 @@ def onnx_caches(random_checkpoint, tmp_path_factory) -> dict[str, Path]:
     from xai_batch.engines import onnx_model
     from xai_batch.models import parse_checkpoint
 
-    other = save_random_resnet(str(tmp_path_factory.mktemp("other") / "other.pt"), num_classes=4, seed=1)
+    other = save_random_model(str(tmp_path_factory.mktemp("other") / "other.pt"), num_classes=4, seed=1)
     caches = {}
     for name, checkpoint in (("random", random_checkpoint), ("other", other)):
         root = tmp_path_factory.mktemp(f"onnx-cache-{name}")

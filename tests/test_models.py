@@ -5,9 +5,18 @@ import pytest
 import torch
 import torchvision
 
-from helpers import checkpoint_bytes, save_random_resnet
+from helpers import checkpoint_bytes, save_random_model
 from xai_batch.errors import ModelError
-from xai_batch.models import ARCH, imagenet_weights_path, parse_checkpoint, resolve_model, save_checkpoint
+from xai_batch.models import (
+    DEFAULT_ARCH,
+    build_model,
+    parse_checkpoint,
+    pretrained_weights,
+    replace_head,
+    resolve_model,
+    save_checkpoint,
+    weights_path,
+)
 
 
 def _bytes(obj) -> bytes:
@@ -17,7 +26,7 @@ def _bytes(obj) -> bytes:
 
 
 def test_our_format_and_a_bare_state_dict_both_load(tmp_path):
-    path = save_random_resnet(str(tmp_path / "m.pt"), num_classes=3)
+    path = save_random_model(str(tmp_path / "m.pt"), num_classes=3)
     ours = parse_checkpoint(checkpoint_bytes(path))
     assert ours.class_names == ("label0", "label1", "label2")
     bare = parse_checkpoint(_bytes(torchvision.models.resnet18(num_classes=7).state_dict()))
@@ -37,15 +46,18 @@ def test_save_checkpoint_round_trips(tmp_path):
     "payload,message",
     [
         (b"not a checkpoint at all", "does not load with torch.load"),
-        (_bytes({"arch": "vgg16", "state_dict": {}}), "only 'resnet18'"),
-        (_bytes({"weight": torch.zeros(3)}), "no 2-D 'fc.weight'"),
-        (_bytes(torchvision.models.resnet34(num_classes=3).state_dict()), "is not a ResNet18 state dict"),
+        (_bytes({"arch": "lenet5", "state_dict": {}}), "'lenet5' checkpoint, which is not a torchvision classification"),
+        (_bytes({"weight": torch.zeros(3)}), "is not a resnet18 state dict (no classifier weight)"),
+        (_bytes(torchvision.models.resnet34(num_classes=3).state_dict()), "is not a resnet18 state dict"),
+        (_bytes({"arch": "mobilenet_v3_small", "state_dict": torchvision.models.resnet18(num_classes=2).state_dict()}),
+         "is not a mobilenet_v3_small state dict"),
         (_bytes([1, 2, 3]), "holds a list"),
-        (_bytes({"arch": ARCH, "state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
+        (_bytes({"arch": DEFAULT_ARCH, "state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
                  "class_names": ["a"]}), "names 1 classes"),
         (_bytes(argparse.Namespace(code="runs on load")), "does not load with torch.load(weights_only=True)"),
     ],
-    ids=["garbage", "other-arch", "not-resnet", "resnet34", "list", "names-mismatch", "arbitrary-object"],
+    ids=["garbage", "unknown-arch", "not-resnet", "resnet34", "other-family", "list", "names-mismatch",
+         "arbitrary-object"],
 )
 def test_bad_checkpoints_are_one_line_errors(payload, message):
     with pytest.raises(ModelError) as info:
@@ -71,7 +83,50 @@ def test_cached_imagenet_weights_are_used_with_imagenet_names(tmp_path, monkeypa
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     torch.save(torchvision.models.resnet18().state_dict(), cached)
-    assert imagenet_weights_path() == str(cached)
+    assert weights_path(pretrained_weights("resnet18", "IMAGENET1K_V1")) == str(cached)
     model = resolve_model(None)
     assert model.model_id == "resnet18:IMAGENET1K_V1"
     assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
+
+
+FAMILIES = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "efficientnet_b0", "shufflenet_v2_x0_5"]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_a_checkpoint_records_its_architecture_and_builds_from_it(arch, tmp_path):
+    model = build_model(arch, 3)
+    save_checkpoint(str(tmp_path / "m.pt"), model, ["a", "b", "c"], arch=arch)
+    loaded = parse_checkpoint(checkpoint_bytes(str(tmp_path / "m.pt")))
+    assert loaded.arch == arch and loaded.class_names == ("a", "b", "c")
+    source = resolve_model(str(tmp_path / "m.pt"))
+    assert source.arch == arch and source.model_id.startswith(f"{arch}:")
+    rebuilt = build_model(loaded.arch, 3, loaded.state_dict)
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model.eval()(images))
+
+
+@pytest.mark.parametrize("arch", FAMILIES + ["vit_b_32", "convnext_tiny", "googlenet"])
+def test_the_head_is_replaced_whatever_the_family_calls_it(arch):
+    model = replace_head(build_model(arch, 1000), 4).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224)).shape == (1, 4)
+    assert parse_checkpoint(_bytes({"arch": arch, "state_dict": model.state_dict()})).class_names == (
+        "class_0", "class_1", "class_2", "class_3")
+
+
+def test_torchvision_weights_by_name_explain_with_imagenet_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # nothing listens: a download fails
+    with pytest.raises(ModelError, match=r"put mobilenet_v3_small-047dcff4.pth from https://\S+ at "):
+        resolve_model("torchvision:mobilenet_v3_small")
+    with pytest.raises(ModelError, match=r"mobilenet_v3_small has no weights 'IMAGENET9K': IMAGENET1K_V1"):
+        resolve_model("torchvision:mobilenet_v3_small.IMAGENET9K")
+    cached = tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), cached)  # the file's format: a bare state dict
+    model = resolve_model("torchvision:mobilenet_v3_small")
+    assert model.model_id == "mobilenet_v3_small:IMAGENET1K_V1" and model.arch == "mobilenet_v3_small"
+    assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
+    assert parse_checkpoint(model.checkpoint_bytes).arch == "mobilenet_v3_small"  # what replicas get says so

@@ -3,10 +3,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import checkpoint_bytes
+from helpers import assert_rows_are_limes, checkpoint_bytes
 from xai_batch.cli import cli
 from xai_batch.engines import TorchEngine
 from xai_batch.images import load_image
+from xai_batch.manifest import read_manifest
 from xai_batch.models import parse_checkpoint
 from xai_batch.commands.train import _Local, _recalibrate_batchnorm, class_folders, stratified_split
 
@@ -41,6 +42,32 @@ def test_train_command_writes_the_best_epochs_checkpoint_every_tool_loads(shapes
     assert probs.shape == (1, 4) and abs(float(probs.sum()) - 1) < 1e-5
 
 
+@pytest.mark.parametrize("arch, engine", [("mobilenet_v3_small", "torch"), ("squeezenet1_1", "onnxruntime")])
+def test_train_builds_any_torchvision_architecture_and_every_tool_loads_it(ray_session, shapes_data, arch, engine,
+                                                                           tmp_path):
+    """One epoch of another family: the checkpoint records it; evaluate builds it, and explain's fp32 LIME of
+    it is lime's own (test_engines checks both engines' probabilities on each family)."""
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(cli, ["train", shapes_data["train"], "--out", str(out), "--epochs", "1",
+                                      "--arch", arch, "--pretrained", "none", "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert f"training {arch} in this process" in result.output
+    loaded = parse_checkpoint(checkpoint_bytes(str(out)))
+    assert loaded.arch == arch and loaded.class_names == ("disc", "none", "square", "triangle")
+    evaluated = CliRunner().invoke(cli, ["evaluate", shapes_data["holdout"], "--checkpoint", str(out), "--out",
+                                         str(tmp_path / "eval.json"), "--no-progress"])
+    assert evaluated.exit_code == 0 and "6 images, 0 errors; accuracy" in evaluated.output, evaluated.output
+    explained = CliRunner().invoke(cli, ["explain", shapes_data["holdout"], "--out", str(tmp_path / "run"),
+                                         "--checkpoint", str(out), "--num-samples", "40", "--seed", "5",
+                                         "--engine", engine, "--stages", "workers", "--no-progress"])
+    assert explained.exit_code == 0 and "6 images: 6 explained, 0 errors" in explained.output, explained.output
+    table = read_manifest(str(tmp_path / "run"))
+    assert set(table.column("engine").to_pylist()) == {next(iter(table.column("engine").to_pylist()))}
+    assert table.column("engine")[0].as_py().startswith(engine) and table.column("model_id")[0].as_py().startswith(arch)
+    assert_rows_are_limes(table, shapes_data["holdout"], str(out), 40)
+    assert max(abs(w) for weights in table.column("weights").to_pylist() for w in weights) > 1e-3  # it answers
+
+
 def test_batchnorm_recalibration_is_the_plain_average_of_the_batches_statistics():
     """Precise BN: whatever the running averages held, they become the mean over the batches of
     each batch's mean and (unbiased) variance, under the current weights."""
@@ -68,7 +95,8 @@ def test_train_needs_two_classes(tmp_path):
 @pytest.mark.parametrize("args,option", [(["--epochs", "0"], "--epochs"), (["--val-fraction", "1"], "--val-fraction"),
                                          (["--pretrained", "coco"], "--pretrained"),
                                          (["--label-smoothing", "1"], "--label-smoothing"),
-                                         (["--lr-schedule", "step"], "--lr-schedule")])
+                                         (["--lr-schedule", "step"], "--lr-schedule"),
+                                         (["--arch", "lenet5"], "--arch")])
 def test_train_bad_options(shapes_data, tmp_path, args, option):
     result = CliRunner().invoke(cli, ["train", shapes_data["train"], "--out", str(tmp_path / "m.pt"), *args])
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output

@@ -27,7 +27,7 @@ from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.labels import BUILTIN_MAPS
 from xai_batch.methods import DEFAULT_METHOD, METHODS
-from xai_batch.storage import redact
+from xai_batch.storage import is_torchvision, redact
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -112,14 +112,19 @@ class _SampleCount(click.ParamType):
 
 
 class _PathOrURI(click.ParamType):
-    """A local path, checked like ``click.Path``, or a URI (s3://, gs://, file://...) checked later."""
+    """A local path, checked like ``click.Path``, or a URI (s3://, gs://, file://...) checked later;
+    with ``named``, also torchvision's weights by name (``torchvision:resnet50``), resolved later."""
 
-    def __init__(self, **path_checks) -> None:
+    def __init__(self, named: bool = False, **path_checks) -> None:
         self.path = click.Path(**path_checks)
-        self.name = "PATH|URI"
+        self.named = named
+        self.name = "PATH|URI|torchvision:NAME" if named else "PATH|URI"
+
+    def get_metavar(self, param, ctx=None) -> str | None:
+        return self.name if self.named else None  # torchvision: in lower case, as it is typed
 
     def convert(self, value, param, ctx):
-        if value is None or "://" in str(value):
+        if value is None or "://" in str(value) or (self.named and is_torchvision(str(value))):
             return value
         return self.path.convert(value, param, ctx)
 
@@ -147,8 +152,10 @@ def _methods_shown(how: str = "' explanations,") -> Callable:
 
 
 _CHECKPOINT = click.option(
-    "--checkpoint", type=_PathOrURI(exists=True, dir_okay=False, readable=True),
-    help="ResNet18 checkpoint (ours, or a torchvision state dict), a file or URI. Default: torchvision's ImageNet weights.")
+    "--checkpoint", type=_PathOrURI(named=True, exists=True, dir_okay=False, readable=True),
+    help="The model: a checkpoint `train` wrote (any torchvision architecture), or a bare ResNet18 state dict, as "
+         "a file or URI; or torchvision's pretrained weights by name, torchvision:NAME[.WEIGHTS] (e.g. "
+         "torchvision:resnet50.IMAGENET1K_V2). Default: torchvision:resnet18.IMAGENET1K_V1.")
 _ACTORS = click.option("--actors", type=click.IntRange(min=1), default=None,
                        help="Model replicas. Default: one per GPU, else one.")
 _PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
@@ -714,7 +721,8 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
         if options.get(name) is not None:
             options[name] = _cluster_path(options[name], _typed_as(name), is_local(address), address)
     checkpoint = options.pop("checkpoint")
-    if checkpoint is not None and "://" not in checkpoint and not os.path.isfile(checkpoint):
+    if checkpoint is not None and "://" not in checkpoint and not is_torchvision(checkpoint) \
+            and not os.path.isfile(checkpoint):
         raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
     client = JobsClient(address, settings["insecure"])
     submission = client.submit(script, _as_arguments(click.get_current_context().command, options), checkpoint)
@@ -823,8 +831,13 @@ def jobs_stop(settings: dict, job_id: str) -> None:
 @click.option("--val-fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Held out per class for validation.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--arch", default="resnet18", show_default=True, metavar="NAME",
+              help="Any torchvision classification model: resnet18/34/50/101/152, resnext*, wide_resnet*, regnet_*, "
+                   "mobilenet_v2, mobilenet_v3_small/large, efficientnet_b0-b7/v2_*, convnext_*, densenet*, vgg*, "
+                   "squeezenet*, shufflenet_v2_*, mnasnet*, googlenet, inception_v3, alexnet, vit_*, swin_*, "
+                   "maxvit_t (torchvision.models.list_models() has them all). The checkpoint records it.")
 @click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
-              help="Start from torchvision's ImageNet weights, or from scratch.")
+              help="Start from the architecture's default torchvision ImageNet weights, or from scratch.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and shifts.")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Cross-entropy's label smoothing: keeps the model's probabilities off 0 and 1, "
@@ -845,7 +858,8 @@ def jobs_stop(settings: dict, job_id: str) -> None:
 @_ray_address(" with --workers > 1", otherwise="local")
 @_reporting_errors
 def train(data_dir: str, out: str, **options) -> None:
-    """Fine-tune ResNet18 on DATA_DIR (one sub-folder per class) into a checkpoint.
+    """Fine-tune a torchvision classifier (--arch, ResNet18 by default) on DATA_DIR (one sub-folder per
+    class) into a checkpoint that explain, audit, evaluate and submit build it from.
 
     With --workers N > 1 it trains on Ray Train (DDP over N workers, a checkpoint
     each epoch, restarts from it when a worker dies); DATA_DIR must then be on
@@ -853,7 +867,7 @@ def train(data_dir: str, out: str, **options) -> None:
     """
     from xai_batch.commands.train import TrainConfig, train_model
 
-    train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=click.echo)
+    train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=_echo)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -896,7 +910,7 @@ def demo(**options) -> None:
     """Generate a dataset, train ResNet18 on it, explain held-out images, score the explanations."""
     from xai_batch.commands.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(**options), report=click.echo)
+    run_demo(DemoConfig(**options), report=_echo)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
-from xai_batch.storage import is_uri, locate, redact
+from xai_batch.storage import is_torchvision, is_uri, locate, redact
 
 __all__ = ["ExplainConfig", "AUTO", "PLACEMENTS", "config_hash", "check_methods"]
 
@@ -227,7 +227,7 @@ def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
         raise ConfigError(f"SOURCE {source!r} is neither a folder nor a listing file", "source")
     elif not os.access(source, os.R_OK | (os.X_OK if os.path.isdir(source) else 0)):
         raise ConfigError(f"SOURCE {source!r} is not readable", "source")
-    if checkpoint is not None and not _safely(lambda: locate(checkpoint).is_file()):
+    if checkpoint is not None and not is_torchvision(checkpoint) and not _safely(lambda: locate(checkpoint).is_file()):
         raise ConfigError(f"checkpoint {checkpoint!r} is not a file", "checkpoint")
     if _safely(lambda: locate(out).is_file()):
         raise ConfigError(f"--out {out!r} exists and is not a folder", "out")

@@ -1,12 +1,18 @@
-"""ResNet18 checkpoints: the format we write, what we accept, ImageNet weights.
+"""Classifier checkpoints: the format we write, what we accept, torchvision's pretrained weights.
 
 A checkpoint is a file saved with ``torch.save`` holding
-``{"arch": "resnet18", "state_dict": ..., "class_names": [...], "metrics": [...]}``,
-or a bare torchvision ``resnet18`` state dict. Everything loads with
-``weights_only=True``: a checkpoint can never run code.
+``{"arch": NAME, "state_dict": ..., "class_names": [...], "metrics": [...]}``,
+where NAME is any torchvision classification model (``architectures()``;
+``resnet18`` when a checkpoint does not say), or a bare torchvision
+``resnet18`` state dict. Everything loads with ``weights_only=True``: a
+checkpoint can never run code. ``--checkpoint torchvision:NAME[.WEIGHTS]``
+names torchvision's own pretrained weights (``torchvision:resnet50.IMAGENET1K_V2``;
+the architecture's default weights without ``.WEIGHTS``), explained with
+their ImageNet classes; no ``--checkpoint`` is ``torchvision:resnet18.IMAGENET1K_V1``,
+the seeds' model.
 
 The driver resolves the model once (so a bad checkpoint fails before Ray
-starts) and ships the file's bytes to every replica; replicas never read the
+starts) and ships a checkpoint's bytes to every replica; replicas never read the
 user's path, which may not exist on a cluster's other nodes, and do not check
 the bytes again. torchvision is imported only where a network is built: its
 import takes two seconds (it imports ``torch._dynamo``), which a replica
@@ -20,33 +26,44 @@ import io
 import os
 import re
 import urllib.request
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from xai_batch.errors import ModelError, one_line
-from xai_batch.storage import locate
+from xai_batch.storage import TORCHVISION_PREFIX, is_torchvision, locate
 
 __all__ = [
-    "ARCH",
+    "DEFAULT_ARCH",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ModelSource",
     "LoadedCheckpoint",
+    "architectures",
     "resolve_model",
     "parse_checkpoint",
-    "build_resnet18",
+    "build_model",
+    "replace_head",
     "save_checkpoint",
-    "imagenet_weights_path",
+    "pretrained_weights",
+    "weights_path",
 ]
 
 # The normalisation torchvision's ImageNet weights were trained with; our own checkpoints train with it too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ARCH = "resnet18"
+DEFAULT_ARCH = "resnet18"
 DOWNLOAD_TIMEOUT_S = 20
+# Built without their auxiliary classifiers (only used by a training loss we do not use) and with their
+# initialisation chosen, which torchvision otherwise warns about.
+_BUILD_OPTIONS = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+_AUXILIARY = ("aux1.", "aux2.", "AuxLogits.")  # their weights in torchvision's pretrained files, dropped
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class ModelSource:
     model_id: str
     class_names: tuple[str, ...]
     checkpoint_bytes: bytes
+    arch: str = DEFAULT_ARCH
 
     @property
     def num_classes(self) -> int:
@@ -67,87 +85,152 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     class_names: tuple[str, ...]
     metrics: tuple[dict, ...] = ()
+    arch: str = DEFAULT_ARCH
+
+
+def architectures() -> tuple[str, ...]:
+    """Every torchvision classification model, by the name ``torchvision.models.get_model`` takes."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 def resolve_model(checkpoint: str | None) -> ModelSource:
-    """Read and validate the checkpoint, or locate torchvision's ImageNet weights."""
-    if checkpoint is None:
-        path = imagenet_weights_path()
-        data = _read(path)
-        parse_checkpoint(data)
-        return ModelSource(
-            model_id=f"{ARCH}:IMAGENET1K_V1",
-            class_names=tuple(_imagenet().meta["categories"]),
-            checkpoint_bytes=data,
-        )
+    """Read and validate the checkpoint, or locate torchvision's pretrained weights it names."""
+    if checkpoint is None or is_torchvision(checkpoint):
+        name = (checkpoint or f"{TORCHVISION_PREFIX}{DEFAULT_ARCH}.IMAGENET1K_V1").removeprefix(TORCHVISION_PREFIX)
+        arch, _, chosen = name.partition(".")
+        weights = pretrained_weights(arch, chosen or None)
+        state_dict = parse_checkpoint(_read(weights_path(weights)), name=str(weights), arch=arch).state_dict
+        class_names = tuple(weights.meta["categories"])
+        return ModelSource(model_id=f"{arch}:{weights.name}", class_names=class_names, arch=arch,
+                           checkpoint_bytes=checkpoint_payload(arch, state_dict, class_names))
     data = _read(checkpoint)
     loaded = parse_checkpoint(data, name=checkpoint)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    return ModelSource(model_id=f"{ARCH}:{digest}", class_names=loaded.class_names, checkpoint_bytes=data)
+    return ModelSource(model_id=f"{loaded.arch}:{digest}", class_names=loaded.class_names, checkpoint_bytes=data,
+                       arch=loaded.arch)
 
 
-def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True) -> LoadedCheckpoint:
-    """Load checkpoint bytes and check they are a ResNet18 state dict (``check``: every tensor fits the
-    network; without it, for bytes the driver has checked, only what can be seen without building one)."""
+def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
+                     arch: str = DEFAULT_ARCH) -> LoadedCheckpoint:
+    """Load checkpoint bytes and check they are a state dict of their architecture (``check``: every
+    tensor fits the network; without it, for bytes the driver has checked, only what can be seen without
+    building one). ``arch`` is what a bare state dict is taken for."""
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"{name} does not load with torch.load(weights_only=True): {one_line(exc, keep='first')}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj:
-        arch = obj.get("arch", ARCH)
-        if arch != ARCH:
-            raise ModelError(f"{name} is a {arch!r} checkpoint; only {ARCH!r} is supported")
+        arch = str(obj.get("arch", DEFAULT_ARCH))
         state_dict, names, metrics = obj["state_dict"], obj.get("class_names"), obj.get("metrics", ())
     elif isinstance(obj, Mapping):
         state_dict, names, metrics = obj, None, ()
     else:
-        raise ModelError(f"{name} holds a {type(obj).__name__}, not a ResNet18 state dict")
-    fc = state_dict.get("fc.weight") if isinstance(state_dict, Mapping) else None
-    if not isinstance(fc, torch.Tensor) or fc.ndim != 2:
-        raise ModelError(f"{name} is not a ResNet18 state dict (no 2-D 'fc.weight')")
-    num_classes = int(fc.shape[0])
+        raise ModelError(f"{name} holds a {type(obj).__name__}, not a state dict")
+    if arch in _BUILD_OPTIONS and isinstance(state_dict, Mapping):
+        state_dict = {key: value for key, value in state_dict.items() if not str(key).startswith(_AUXILIARY)}
+    if check and arch not in architectures():
+        raise ModelError(f"{name} is a {arch!r} checkpoint, which is not a torchvision classification model "
+                         "(xai-batch train --help lists them)")
+    head = _head_weight(state_dict)
+    if head is None:
+        raise ModelError(f"{name} is not a {arch} state dict (no classifier weight)")
+    num_classes = int(head.shape[0])
     class_names = tuple(str(n) for n in names) if names else tuple(f"class_{i}" for i in range(num_classes))
     if len(class_names) != num_classes:
-        raise ModelError(f"{name} names {len(class_names)} classes but its fc layer has {num_classes} outputs")
+        raise ModelError(f"{name} names {len(class_names)} classes but its classifier has {num_classes} outputs")
     if check:
         try:
-            build_resnet18(num_classes).load_state_dict(state_dict, strict=True)
+            build_model(arch, num_classes).load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
-            raise ModelError(f"{name} is not a ResNet18 state dict: {one_line(exc, limit=300)}") from exc
-    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics))
+            raise ModelError(f"{name} is not a {arch} state dict: {one_line(exc, limit=300)}") from exc
+    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch)
 
 
-def build_resnet18(num_classes: int, state_dict: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
-    """torchvision's ResNet18 with ``num_classes`` outputs, in eval mode."""
+def _head_weight(state_dict) -> torch.Tensor | None:
+    """The classifier's weight: the last weight of two or more dimensions (a Linear's, or SqueezeNet's final
+    1x1 convolution's), its first dimension the number of classes. torchvision registers every
+    classification model's head last."""
+    if not isinstance(state_dict, Mapping):
+        return None
+    weights = [tensor for key, tensor in state_dict.items()
+               if str(key).endswith("weight") and isinstance(tensor, torch.Tensor) and tensor.ndim >= 2]
+    return weights[-1] if weights else None
+
+
+def build_model(arch: str, num_classes: int, state_dict: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """torchvision's ``arch`` with ``num_classes`` outputs (the family's own head), in eval mode."""
     import torchvision
 
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # some builders narrate their defaults
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                             **_BUILD_OPTIONS.get(arch, {}))
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
+def replace_head(model: torch.nn.Module, num_classes: int) -> torch.nn.Module:
+    """``model`` with its classifier (the last Linear, or SqueezeNet's final 1x1 convolution) replaced by a
+    new one of ``num_classes`` outputs: ``fc``, ``classifier[-1]``, ``heads.head``, whatever the family calls it."""
+    name, layer = [(name, module) for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    if isinstance(layer, torch.nn.Linear):
+        new = torch.nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    else:
+        new = torch.nn.Conv2d(layer.in_channels, num_classes, layer.kernel_size, layer.stride)
+    parent_name, _, attribute = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if attribute.isdigit():
+        parent[int(attribute)] = new
+    else:
+        setattr(parent, attribute, new)
+    return model
+
+
+def checkpoint_payload(arch: str, state_dict: Mapping[str, torch.Tensor], class_names: Sequence[str],
+                       metrics: Sequence[Mapping] = ()) -> bytes:
+    """Our checkpoint format's bytes."""
+    buffer = io.BytesIO()
+    torch.save({"arch": arch, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+                "class_names": list(class_names), "metrics": [dict(m) for m in metrics]}, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(
-    path: str, model: torch.nn.Module, class_names: Sequence[str], metrics: Sequence[Mapping] = ()
+    path: str, model: torch.nn.Module, class_names: Sequence[str], metrics: Sequence[Mapping] = (),
+    arch: str = DEFAULT_ARCH,
 ) -> None:
     """Write our checkpoint format atomically (temporary file, then rename)."""
-    payload = {
-        "arch": ARCH,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "class_names": list(class_names),
-        "metrics": [dict(m) for m in metrics],
-    }
+    data = checkpoint_payload(arch, model.state_dict(), class_names, metrics)
     with locate(path).atomic_writer() as handle:
-        torch.save(payload, handle)
+        handle.write(data)
 
 
-def imagenet_weights_path() -> str:
-    """Path of torchvision's ResNet18 ImageNet weights, downloading them if needed.
+def pretrained_weights(arch: str, name: str | None = None):
+    """torchvision's weights enum for ``arch``: ``name`` (``IMAGENET1K_V2``), or the architecture's default."""
+    import torchvision
+
+    if arch not in architectures():
+        raise ModelError(f"{arch!r} is not a torchvision classification model (xai-batch train --help lists them)")
+    weights = torchvision.models.get_model_weights(arch)
+    if name is None:
+        return weights.DEFAULT
+    try:
+        return weights[name]
+    except KeyError:
+        raise ModelError(f"{arch} has no weights {name!r}: {', '.join(w.name for w in weights)}") from None
+
+
+def weights_path(weights) -> str:
+    """Path of torchvision's pretrained ``weights`` file, downloading it if needed.
 
     Looks where torchvision caches them (``$TORCH_HOME/hub/checkpoints``). When
     they are absent and cannot be fetched, says which file to put where.
     """
-    url = _imagenet().url
+    url = weights.url
     filename = os.path.basename(url)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     path = os.path.join(folder, filename)
@@ -158,18 +241,11 @@ def imagenet_weights_path() -> str:
     except Exception as exc:
         reason = one_line(exc)
         raise ModelError(
-            f"ResNet18 ImageNet weights are not cached and could not be downloaded ({reason}): "
+            f"{weights} weights are not cached and could not be downloaded ({reason}): "
             f"put {filename} from {url} at {path} (set TORCH_HOME to change the folder), "
             "or pass --checkpoint FILE"
         ) from exc
     return path
-
-
-def _imagenet():
-    """torchvision's ResNet18 ImageNet weights (their URL and class names)."""
-    import torchvision
-
-    return torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 
 
 def _download(url: str, path: str) -> None:

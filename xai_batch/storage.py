@@ -26,7 +26,10 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "OutsideLocation", "locate", "is_uri", "join", "redact", "write_json", "read_json"]
+__all__ = ["Location", "OutsideLocation", "TORCHVISION_PREFIX", "locate", "is_uri", "is_torchvision", "join",
+           "redact", "write_json", "read_json"]
+
+TORCHVISION_PREFIX = "torchvision:"  # a checkpoint named, not stored: torchvision:resnet50.IMAGENET1K_V2
 
 _CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # scheme://user:secret@
 
@@ -54,6 +57,11 @@ class OutsideLocation(OSError):
 
 def is_uri(target: str) -> bool:
     return "://" in target
+
+
+def is_torchvision(target: str) -> bool:
+    """Whether a --checkpoint names torchvision's pretrained weights rather than a file."""
+    return target.startswith(TORCHVISION_PREFIX)
 
 
 def join(base: str, *parts: str) -> str:

@@ -1,6 +1,5 @@
 """End to end on a real local Ray: exactness against lime and reproducibility."""
 
-import functools
 import json
 import os
 import shutil
@@ -10,11 +9,10 @@ import pytest
 import torch
 from lime.lime_image import LimeImageExplainer
 
-from helpers import SHAPE_CLASSES, assert_verified, load_model
+from helpers import SHAPE_CLASSES, assert_rows_are_limes, assert_verified, load_model
 from xai_batch.config import ExplainConfig
-from xai_batch.maths import MASK_AGAINST, MASK_FOR
 from xai_batch.images import load_image
-from xai_batch.manifest import SCHEMA, decode_mask, decode_segments, read_manifest
+from xai_batch.manifest import read_manifest
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import mask_path
 from xai_batch.commands import run_explain
@@ -39,22 +37,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     result = run_explain(config, progress=False)
     assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
     table = read_manifest(config.out)
-    assert table.schema == SCHEMA
-    for row in table.to_pylist():
-        lime = _limes_explanation(os.path.join(photos, row["path"]), random_checkpoint, row["seed"], num_samples)
-        segments = decode_segments(row["segments"])
-        assert np.array_equal(segments, lime.segments), row["path"]
-        assert row["num_segments"] == len(np.unique(lime.segments)) == len(row["weights"])
-        label = lime.top_labels[0]
-        assert row["explained_index"] == label == row["pred_index"]
-        expected = np.zeros(row["num_segments"])
-        for segment, weight in lime.local_exp[label]:
-            expected[segment] = weight
-        np.testing.assert_allclose(row["weights"], expected, atol=1e-4, rtol=0)
-        assert row["intercept"] == pytest.approx(lime.intercept[label], abs=1e-4)
-        _, lime_mask = lime.get_image_and_mask(label, positive_only=False, num_features=5, hide_rest=False)
-        mask = decode_mask(row["mask"])
-        assert np.array_equal(mask == MASK_FOR, lime_mask == 1) and np.array_equal(mask == MASK_AGAINST, lime_mask == -1)
+    assert_rows_are_limes(table, photos, random_checkpoint, num_samples)
     assert_verified(config.out, photos)
     record = json.loads((tmp_path / "run" / "job.json").read_text())
     assert record["state"] == "completed"
@@ -62,17 +45,6 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
     assert record["engine"].split()[0] == engine and set(table.column("engine").to_pylist()) == {record["engine"]}
     assert record["runs"][-1]["stages"]["ran_on"] == ("replica" if stages == "auto" else stages)  # auto: on CUDA
-
-
-@functools.cache
-def _limes_explanation(path: str, checkpoint: str, seed: int, num_samples: int):
-    """lime's own explanation of the image, with the seed's batch_predict (computed once for every engine)."""
-    with open(path, "rb") as handle:
-        image = load_image(handle.read()).pixels
-    return LimeImageExplainer(random_state=seed).explain_instance(
-        image, seed_batch_predict(load_model(checkpoint)), top_labels=1, hide_color=0, num_samples=num_samples,
-        random_seed=seed,
-    )
 
 
 def _explain(source, out, checkpoint, **options):

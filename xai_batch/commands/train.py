@@ -1,7 +1,8 @@
-"""Fine-tuning ResNet18 on a class-per-folder dataset, the right way.
+"""Fine-tuning a torchvision classifier (ResNet18 by default) on a class-per-folder dataset, the right way.
 
-Fixes the seed notebook's mistakes (CONTEXT.md): the head is ResNet18's own
-``fc`` replaced by ``Linear(512, num_classes)``; raw logits go into
+Fixes the seed notebook's mistakes (CONTEXT.md): the head is the network's own
+(ResNet18's ``fc``, ``classifier[-1]``, ``heads.head``...) replaced by one of
+``num_classes`` outputs (:func:`~xai_batch.models.replace_head`); raw logits go into
 cross-entropy (no ``LogSoftmax`` before it); a stratified held-out split
 measures accuracy every epoch; the checkpoint keeps the class names and the
 metrics and is the weights of the epoch with the best validation loss.
@@ -33,7 +34,16 @@ from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
 from xai_batch.distributed.ray_train import train_on_ray, unwrapped
 from xai_batch.errors import ConfigError
 from xai_batch.images import IMAGE_EXTENSIONS, open_rgb, preprocess
-from xai_batch.models import build_resnet18, imagenet_weights_path, parse_checkpoint, save_checkpoint
+from xai_batch.models import (
+    DEFAULT_ARCH,
+    architectures,
+    build_model,
+    parse_checkpoint,
+    pretrained_weights,
+    replace_head,
+    save_checkpoint,
+    weights_path,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "class_folders"]
 
@@ -45,10 +55,11 @@ RECALIBRATION_BATCHES = 200  # at most this many training batches re-estimate Ba
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``pretrained='imagenet'`` starts from torchvision's weights."""
+    """One training run of torchvision's ``arch``. ``pretrained='imagenet'`` starts from its default weights."""
 
     data_dir: str
     out: str
+    arch: str = DEFAULT_ARCH
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -90,6 +101,9 @@ class TrainConfig:
                               "lr_schedule")
         if self.pretrained not in PRETRAINED:
             raise ConfigError(f"pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}", "pretrained")
+        if self.arch not in architectures():
+            raise ConfigError(f"{self.arch!r} is not a torchvision classification model: one of "
+                              f"{', '.join(architectures())}", "arch")
 
 
 @dataclass(frozen=True)
@@ -184,14 +198,14 @@ def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -
     class_names = tuple(files)
     train_items, val_items = stratified_split(files, config.val_fraction, config.seed)
     where = "in this process" if config.workers == 1 else f"on Ray Train, {config.workers} workers (DDP)"
-    report(f"training ResNet18 {where} on {len(train_items)} images, validating on {len(val_items)}, "
+    report(f"training {config.arch} {where} on {len(train_items)} images, validating on {len(val_items)}, "
            f"classes: {', '.join(class_names)}")
     if config.workers == 1:
         progress = _train(config, class_names, train_items, val_items, _Local(), report)
     else:
         progress = _train_on_ray(config, class_names, train_items, val_items, report)
-    model = build_resnet18(len(class_names), progress.best_state)
-    save_checkpoint(config.out, model, class_names, progress.metrics)
+    model = build_model(config.arch, len(class_names), progress.best_state)
+    save_checkpoint(config.out, model, class_names, progress.metrics, arch=config.arch)
     best_metrics = progress.metrics[progress.best_epoch - 1]
     report(f"saved epoch {progress.best_epoch} (val acc {best_metrics['val_accuracy']:.3f}) to {config.out}")
     return TrainResult(config.out, class_names, progress.best_epoch, best_metrics["val_accuracy"],
@@ -223,7 +237,7 @@ def _train(config: TrainConfig, class_names, train_items, val_items, place, repo
     """The epoch loop, wherever it runs; returns where it ended (best weights included)."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = _initial_model(config.pretrained, len(class_names))
+    model = _initial_model(config.arch, config.pretrained, len(class_names))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = _Progress()
     saved = place.resume()
@@ -297,14 +311,14 @@ def _train_on_ray(config: TrainConfig, class_names, train_items, val_items, repo
     return progress
 
 
-def _initial_model(pretrained: str, num_classes: int) -> torch.nn.Module:
+def _initial_model(arch: str, pretrained: str, num_classes: int) -> torch.nn.Module:
+    """``arch`` with ``num_classes`` outputs: new, or its default ImageNet weights with a new head."""
     if pretrained == "none":
-        return build_resnet18(num_classes)
-    with open(imagenet_weights_path(), "rb") as handle:
-        state = parse_checkpoint(handle.read(), name="ImageNet weights").state_dict
-    model = build_resnet18(1000, state)
-    model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
-    return model
+        return build_model(arch, num_classes)
+    weights = pretrained_weights(arch)
+    with open(weights_path(weights), "rb") as handle:
+        state = parse_checkpoint(handle.read(), name=f"{weights} weights", arch=arch).state_dict
+    return replace_head(build_model(arch, len(weights.meta["categories"]), state), num_classes)
 
 
 def _recalibrate_batchnorm(model: torch.nn.Module, loader, place) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xai_batch.errors import XaiBatchError, one_line
+from xai_batch.storage import is_torchvision
 from xai_batch.distributed.cluster import (
     ClusterUnreachable,
     auth_token,
@@ -65,7 +66,7 @@ def stage_working_dir(staging: str, checkpoint: str | None) -> str | None:
     for name in SHIPPED:
         shutil.copytree(os.path.join(root, name), os.path.join(staging, name),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if checkpoint is None or "://" in checkpoint:
+    if checkpoint is None or "://" in checkpoint or is_torchvision(checkpoint):
         return checkpoint
     folder = os.path.join(staging, STAGED_CHECKPOINTS)
     os.makedirs(folder, exist_ok=True)

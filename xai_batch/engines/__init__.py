@@ -7,13 +7,14 @@ sample back. ``TorchEngine`` normalises exactly as the seed's ``batch_predict``
 does (``ToTensor`` then ``Normalize``), so in fp32 each perturbed input is
 bit-identical to the one lime would feed the model.
 
-``OnnxEngine`` runs the same ResNet18 in ONNX Runtime on CPU, about 1.5x
+``OnnxEngine`` runs the same network in ONNX Runtime on CPU, about 1.5x
 PyTorch eager's speed there (issue 10's measurements): the checkpoint is
 exported once per machine (cached by its hash and the software's versions),
 the perturbed batch is built with numpy in one reused input buffer from the
 same normalised arrays, and the outputs agree with PyTorch's within fp32
 rounding (LIME's weights to about 1e-7). ``engine_name`` picks one: 'auto'
-is ONNX Runtime on CPU and PyTorch on CUDA.
+is ONNX Runtime on CPU and PyTorch on CUDA. A network the exporter cannot
+export runs on PyTorch, with a warning that says so.
 
 This package's face names the engines and checks a choice without loading
 torch (the CLI validates options before anything heavy); ``torch_engine`` and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +41,8 @@ __all__ = [
 
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+log = logging.getLogger(__name__)
+
 # Names of the engines' own modules, imported on first use: choosing and checking an engine needs no torch.
 _EXPORTS = {
     "TorchEngine": "torch_engine", "DEVICE_BATCH": "torch_engine", "normalise": "torch_engine", "exact_fp32": "torch_engine",
@@ -94,9 +98,12 @@ def make_engine(requested: str, checkpoint_bytes: bytes, precision: str, batch_s
     import torch
 
     if engine_name(requested, torch.cuda.is_available(), precision) == "onnxruntime":
-        from xai_batch.engines.onnx_engine import OnnxEngine
+        from xai_batch.engines.onnx_engine import NotExportable, OnnxEngine
 
-        return OnnxEngine(checkpoint_bytes, batch_size=batch_size, threads=threads)
+        try:
+            return OnnxEngine(checkpoint_bytes, batch_size=batch_size, threads=threads)
+        except NotExportable as exc:
+            log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
     from xai_batch.engines.torch_engine import TorchEngine
 
     return TorchEngine(checkpoint_bytes, precision=precision, batch_size=batch_size)

@@ -1,4 +1,7 @@
-"""The ONNX Runtime engine: the same ResNet18 on CPU, fp32, exported once per checkpoint and cached.
+"""The ONNX Runtime engine: the checkpoint's network on CPU, fp32, exported once per checkpoint and cached.
+
+An architecture torch's exporter cannot export is a ``NotExportable`` error,
+which ``make_engine`` answers by running PyTorch instead, with a warning.
 
 The cache is trusted only as far as it checks out. Beside each model file is a
 record of its SHA-256; a replica reads the file's bytes once, checks them
@@ -27,9 +30,10 @@ import numpy as np
 import torch
 
 from xai_batch.engines.torch_engine import normalise
-from xai_batch.models import LoadedCheckpoint, build_resnet18, parse_checkpoint
+from xai_batch.errors import ModelError, one_line
+from xai_batch.models import LoadedCheckpoint, build_model, parse_checkpoint
 
-__all__ = ["OnnxEngine", "ONNX_BATCH", "onnx_model"]
+__all__ = ["OnnxEngine", "ONNX_BATCH", "NotExportable", "onnx_model"]
 
 ONNX_BATCH = 64  # ONNX Runtime's forward batch on CPU: 32 and 64 measured alike, both beat 16
 
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class OnnxEngine:
-    """ResNet18 in ONNX Runtime's CPU execution provider, fp32.
+    """The checkpoint's network in ONNX Runtime's CPU execution provider, fp32.
 
     ``threads`` is the session's intra-op thread count: the CPUs Ray gave the
     replica, so replicas and segmentation tasks do not oversubscribe the cores.
@@ -96,8 +100,8 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
     """The checkpoint as a serialized ONNX model (dynamic batch axis), exported once and cached.
 
     The cache key is the checkpoint's SHA-256 and the versions of torch and
-    ONNX Runtime; the entry is ``resnet18-<key>.onnx`` and its record
-    ``resnet18-<key>.onnx.sha256`` (``sha256sum``'s format) in
+    ONNX Runtime; the entry is ``<arch>-<key>.onnx`` and its record
+    ``<arch>-<key>.onnx.sha256`` (``sha256sum``'s format) in
     ``$XAI_BATCH_CACHE/onnx`` or ``~/.cache/xai-batch/onnx``. The bytes returned
     are the ones checked (or just exported), for ``InferenceSession`` to load.
 
@@ -108,7 +112,7 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
     versions = f"torch {torch.__version__}, onnxruntime {metadata.version('onnxruntime')}"
     key = hashlib.sha256(checkpoint_bytes + versions.encode()).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XAI_BATCH_CACHE", os.path.expanduser("~/.cache/xai-batch")), "onnx")
-    path = os.path.join(folder, f"resnet18-{key}.onnx")
+    path = os.path.join(folder, f"{loaded.arch}-{key}.onnx")
     try:
         cached = _cached(path)
     except _Untrusted as problem:
@@ -117,16 +121,23 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
     if cached is not None:
         return cached
     os.makedirs(folder, mode=0o700, exist_ok=True)  # a folder that is there already keeps its mode
-    model = build_resnet18(len(loaded.class_names), loaded.state_dict)
+    model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
     with (tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=folder) as scratch,
           contextlib.redirect_stdout(io.StringIO())):  # the exporter narrates its steps
         exported = os.path.join(scratch, "model.onnx")  # the exporter writes by name; the folder is 0700
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), exported, dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False)
+        try:
+            torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), exported, dynamo=True, input_names=["input"],
+                              output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False)
+        except Exception as exc:
+            raise NotExportable(f"{loaded.arch} does not export to ONNX: {one_line(exc, keep='first', limit=300)}") from exc
         serialized = _read_regular(exported)
     _write_private(path + ".sha256", _record(path, serialized))
     _write_private(path, serialized)
     return serialized
+
+
+class NotExportable(ModelError):
+    """A network torch's ONNX exporter cannot export."""
 
 
 class _Untrusted(Exception):

@@ -1,4 +1,4 @@
-"""The PyTorch engine: ResNet18 eager on CPU or CUDA, channels-last, exact in fp32.
+"""The PyTorch engine: the checkpoint's network eager on CPU or CUDA, channels-last, exact in fp32.
 
 ``normalise`` is the seed's ``ToTensor`` then ``Normalize``, so in fp32 each
 perturbed input is bit-identical to the one lime would feed the model.
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xai_batch.maths.perturbation import perturb
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_resnet18, parse_checkpoint
+from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model, parse_checkpoint
 
 __all__ = ["TorchEngine", "DEVICE_BATCH", "normalise", "exact_fp32"]
 
@@ -47,7 +47,7 @@ def normalise(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class TorchEngine:
-    """ResNet18 in PyTorch, on CUDA when available, channels-last.
+    """The checkpoint's network in PyTorch, on CUDA when available, channels-last.
 
     ``precision`` 'fp32' is exact; 'bf16' and 'fp16' run under autocast.
     The model runs on at most ``batch_size`` rows at a time, and no more than
@@ -62,7 +62,7 @@ class TorchEngine:
         if precision == "fp32":
             exact_fp32(self.device)
         loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
-        model = build_resnet18(len(loaded.class_names), loaded.state_dict)
+        model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.precision = precision
         self.batch_size = min(batch_size, DEVICE_BATCH.get(self.device.type, batch_size))

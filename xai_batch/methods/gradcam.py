@@ -1,4 +1,10 @@
-"""Grad-CAM (Selvaraju et al., 2017) on ResNet18's last block, by ``pytorch-grad-cam``.
+"""Grad-CAM (Selvaraju et al., 2017) on the network's last convolutional stage, by ``pytorch-grad-cam``.
+
+The target layer is the one pytorch-grad-cam's README gives for the family
+(``TARGET_LAYERS``: ResNets' ``layer4[-1]``, MobileNets' and EfficientNets'
+``features[-1]``, ...); for vision transformers the tokens of the last block's
+first LayerNorm, reshaped to their grid (``reshape_for``), as the README
+shows for ViT and Swin.
 
 The replica computes the heatmap (one forward and one backward pass per
 image, in fp32 whatever the job's precision: it is one pass, and gradients
@@ -14,7 +20,45 @@ import numpy as np
 
 from xai_batch.methods import Attribution, GradientMethod, GradientOutputs, explained_labels
 
-__all__ = ["GradCamMethod", "GradCam", "METHOD", "superpixel_means"]
+__all__ = ["GradCamMethod", "GradCam", "METHOD", "TARGET_LAYERS", "superpixel_means", "target_layer", "reshape_for"]
+
+# pytorch-grad-cam's target layer for each family, by the start of the architecture's name (first match wins),
+# as a dotted path into the model where -1 is a stage's last block.
+TARGET_LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("resnet", "resnext", "wide_resnet"), "layer4.-1"),
+    (("regnet",), "trunk_output.-1"),
+    (("mobilenet", "efficientnet", "densenet", "vgg", "alexnet", "squeezenet", "convnext"), "features.-1"),
+    (("mnasnet",), "layers.-1"),
+    (("shufflenet",), "conv5"),
+    (("googlenet",), "inception5b"),
+    (("inception",), "Mixed_7c"),
+    (("maxvit",), "blocks.-1"),
+    (("vit",), "encoder.layers.-1.ln_1"),
+    (("swin",), "features.-1"),
+)
+
+
+def target_layer(model, arch: str):
+    """The module Grad-CAM explains for ``arch``'s family (``TARGET_LAYERS``)."""
+    for prefixes, path in TARGET_LAYERS:
+        if arch.startswith(prefixes):
+            layer = model
+            for part in path.split("."):
+                layer = layer[int(part)] if part.lstrip("-").isdigit() else getattr(layer, part)
+            return layer
+    raise ValueError(f"no Grad-CAM target layer is known for {arch}")
+
+
+def reshape_for(arch: str):
+    """The transform from the target layer's activations to (B, C, H, W), for transformers; None for CNNs."""
+    if arch.startswith("vit"):
+        def tokens_to_grid(tokens):  # (B, 1 + H*W, C), the class token first
+            grid = int(round((tokens.shape[1] - 1) ** 0.5))
+            return tokens[:, 1:, :].reshape(tokens.shape[0], grid, grid, tokens.shape[2]).permute(0, 3, 1, 2)
+        return tokens_to_grid
+    if arch.startswith("swin"):
+        return lambda features: features.permute(0, 3, 1, 2)  # (B, H, W, C)
+    return None
 
 
 def superpixel_means(heatmap: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -25,7 +69,7 @@ def superpixel_means(heatmap: np.ndarray, segments: np.ndarray) -> np.ndarray:
 
 
 class GradCam:
-    """Grad-CAM of ``layer4[-1]``, the target layer pytorch-grad-cam's README gives for ResNets.
+    """Grad-CAM of the family's target layer (:func:`target_layer`).
 
     Call it with a (224, 224, 3) uint8 image and the number of labels to
     explain; it returns the softmax probabilities (C,) float32 of its forward
@@ -38,13 +82,14 @@ class GradCam:
         from pytorch_grad_cam import GradCAM
 
         from xai_batch.engines.torch_engine import exact_fp32
-        from xai_batch.models import build_resnet18, parse_checkpoint
+        from xai_batch.models import build_model, parse_checkpoint
 
         loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         exact_fp32(self.device)  # the map of fp32 gradients, not TF32's
-        self.model = build_resnet18(len(loaded.class_names), loaded.state_dict).to(self.device).eval()
-        self.cam = GradCAM(model=self.model, target_layers=[self.model.layer4[-1]])
+        self.model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict).to(self.device).eval()
+        self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, loaded.arch)],
+                           reshape_transform=reshape_for(loaded.arch))
 
     def __call__(self, image: np.ndarray, top_labels: int) -> GradientOutputs:
         import torch
