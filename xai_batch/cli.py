@@ -448,11 +448,11 @@ def audit(progress: bool, previous: str | None, labels: str | None, label_map: s
             result = run_audit(config, progress=progress)
     except KeyboardInterrupt:
         _echo(f"interrupted: finished images are kept in {config.explain.out}; run the same command to resume",
-                   err=True)
+              err=True)
         raise SystemExit(130) from None
     report, run = result.report, result.report["run"]
     _echo(f"{report['counts']['images']} images: {run['explained']} explained now, {run['reused']} reused from "
-               f"--previous, {run['already_done']} already done")
+          f"--previous, {run['already_done']} already done")
     if report["accuracy"] is not None:
         _echo(f"accuracy {report['accuracy']:.3f} on {report['counts']['labelled']} labelled images")
     _echo("findings: " + ", ".join(f"{kind} {report['counts'][kind]}" for kind in report["findings"]))
@@ -511,7 +511,7 @@ def compact(out: str, part_rows: int, progress: bool) -> None:
     with tqdm(unit="row", desc="compact", disable=not progress, mininterval=0.5) as bar:
         done = compact_manifest(out, part_rows, progress=bar.update)
     _echo(f"{done.rows_after} current rows in {_parts(done.parts_after)} (were {done.rows_before} rows in "
-               f"{_parts(done.parts_before)})")
+          f"{_parts(done.parts_before)})")
 
 
 def _parts(count: int) -> str:
