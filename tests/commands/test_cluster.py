@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -203,6 +204,13 @@ def test_jobs_verbs_and_a_failing_job(head, tmp_path):
     assert stop.returncode == 0 and "had already ended" in stop.stdout
     unknown = run("jobs", "--address", dashboard, "status", "raysubmit_nope")
     assert unknown.returncode == 1 and unknown.stderr.startswith("Error: Ray Jobs API at ")
+
+    unwaited = run("submit", "--address", dashboard, "explain", "/no/such/folder", "--out", str(tmp_path / "o2"),
+                   "--num-samples", "4")
+    assert unwaited.returncode == 0, unwaited.stdout + unwaited.stderr
+    hint = re.search(r"^follow it with: xai-batch (.*)$", unwaited.stdout, re.M).group(1)
+    followed = run(*shlex.split(hint), "--follow")  # the command it prints is one that works
+    assert followed.returncode == 0 and "Invalid value for 'SOURCE'" in followed.stdout, followed.stderr
 
 
 def test_unreachable_cluster_is_a_quick_one_line_error(tmp_path):
