@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from speed import load_pixels, make_checkpoint, make_images, top_set  # noqa: E402
 
 from xai_batch.maths.superpixels import Quickshift  # noqa: E402
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from xai_batch.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from xai_batch.maths import quickshift_segments  # noqa: E402
 from xai_batch.manifest import read_manifest  # noqa: E402
 from xai_batch.reference import seed_batch_predict  # noqa: E402

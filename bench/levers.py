@@ -21,7 +21,8 @@ from torchvision import transforms
 
 from xai_batch.engines import normalise
 from xai_batch.maths import perturb, sample_rows
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from xai_batch.models import build_model
+from xai_batch.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 def timed(run, repeats: int) -> float:

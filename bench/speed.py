@@ -45,11 +45,12 @@ import torch
 from PIL import Image
 
 from xai_batch.engines import OnnxEngine
-from xai_batch.images import open_rgb, preprocess
+from xai_batch.images import open_rgb
 from xai_batch.manifest import read_manifest
 from xai_batch.maths import quickshift_segments
 from xai_batch.maths.superpixels import Quickshift
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
+from xai_batch.models import build_model, save_checkpoint
+from xai_batch.preprocessing import IMAGENET_MEAN, IMAGENET_STD, SEEDS
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import SHAPES, render_scene
 
@@ -129,7 +130,7 @@ def measure_onnx_limit(checkpoint: str, batch_sizes: list[int], min_seconds: flo
 def load_pixels(path: str) -> np.ndarray:
     """An image file as the 224x224 RGB array every method explains."""
     with open(path, "rb") as handle:
-        return preprocess(open_rgb(handle.read()))
+        return SEEDS.frame(open_rgb(handle.read()))
 
 
 def measure_baseline(model: torch.nn.Module, paths: list[str], num_samples: int) -> dict:

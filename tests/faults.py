@@ -19,10 +19,10 @@ def inject() -> None:
 
     decode = stages.decode
 
-    def crashing_decode(source, path, config, done=None):
+    def crashing_decode(source, path, config, preprocessing, done=None):
         if "poison-decode" in path:
             os._exit(1)
-        return decode(source, path, config, done)
+        return decode(source, path, config, preprocessing, done)
 
     def crashing(predict):
         def crashing_predict(self, image, hidden, segments, rows):

@@ -101,7 +101,7 @@ def save_shape_detector(path: str) -> str:
     ``hide_color=0`` does) hands the image to "none". An explanation that is
     right lands on the object.
     """
-    from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
+    from xai_batch.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     model = torchvision.models.resnet18(num_classes=len(SHAPE_CLASSES))
     state = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
@@ -153,15 +153,19 @@ def assert_rows_are_limes(table, source: str, checkpoint: str, num_samples: int)
 
 @functools.cache
 def limes_explanation(path: str, checkpoint: str, seed: int, num_samples: int):
-    """lime's own explanation of the image, with the seed's batch_predict (computed once for every engine)."""
+    """lime's own explanation of the image, with the seed's batch_predict (computed once for every engine),
+    in the checkpoint's preprocessing (the seeds' unless it records its own)."""
     from lime.lime_image import LimeImageExplainer
 
     from xai_batch.images import load_image
+    from xai_batch.models import parse_checkpoint
     from xai_batch.reference import seed_batch_predict
 
+    preprocessing = parse_checkpoint(checkpoint_bytes(checkpoint)).preprocessing
     with open(path, "rb") as handle:
-        image = load_image(handle.read()).pixels
+        image = load_image(handle.read(), preprocessing=preprocessing).pixels
     return LimeImageExplainer(random_state=seed).explain_instance(
-        image, seed_batch_predict(load_model(checkpoint)), top_labels=1, hide_color=0, num_samples=num_samples,
+        image, seed_batch_predict(load_model(checkpoint), preprocessing), top_labels=1, hide_color=0,
+        num_samples=num_samples,
         random_seed=seed,
     )

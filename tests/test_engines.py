@@ -13,13 +13,13 @@ from helpers import checkpoint_bytes, load_model, save_random_model, save_respon
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.engines import TorchEngine, normalise
 from xai_batch.maths import hidden_image, perturb, quickshift_segments, sample_rows
-from xai_batch.images import preprocess
+from xai_batch.preprocessing import SEEDS
 from xai_batch.reference import seed_batch_predict
 
 
 @pytest.fixture(scope="module")
 def case():
-    image = preprocess(Image.fromarray(skimage.data.chelsea()))
+    image = SEEDS.frame(Image.fromarray(skimage.data.chelsea()))
     segments = quickshift_segments(image, Quickshift(), seed=0)
     rows = sample_rows(9, 24, int(segments.max()) + 1)
     return image, hidden_image(image, segments, 0), segments, rows

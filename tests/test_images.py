@@ -2,20 +2,11 @@ import io
 
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
-from torchvision import transforms
 
 from xai_batch.errors import ImageError
-from xai_batch.images import image_seed, load_image, preprocess
+from xai_batch.images import image_seed, load_image
 from xai_batch.sources import discover_images
-
-
-@pytest.mark.parametrize("name", ["chelsea", "astronaut", "coffee", "rocket"])
-def test_preprocess_equals_the_seeds_torchvision_transforms(name):
-    photo = Image.fromarray(getattr(skimage.data, name)())
-    expected = transforms.Compose([transforms.Resize((256, 256)), transforms.CenterCrop(224)])(photo)
-    assert np.array_equal(preprocess(photo), np.asarray(expected))
 
 
 def test_discovery_is_recursive_sorted_relative_and_case_blind(tmp_path):
@@ -126,6 +117,7 @@ def test_a_mask_is_header_checked_like_an_image(tmp_path):
     from hostile import png_claiming
     from xai_batch.config import ExplainConfig
     from xai_batch.distributed.stages import decode
+    from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import locate
 
     (tmp_path / "photos" / "a").mkdir(parents=True)
@@ -134,7 +126,7 @@ def test_a_mask_is_header_checked_like_an_image(tmp_path):
     (tmp_path / "masks" / "a" / "b.png").write_bytes(png_claiming(3000, 2000))
     config = ExplainConfig(str(tmp_path / "photos"), str(tmp_path / "out"), masks=str(tmp_path / "masks"),
                            max_pixels=1_000_000)
-    header, decoded = decode(locate(str(tmp_path / "photos")), "a/b.jpg", config)
+    header, decoded = decode(locate(str(tmp_path / "photos")), "a/b.jpg", config, SEEDS)
     assert decoded is None
     assert header.error == "object mask a/b.png: mask too large: 3000×2000 > limit 1000000 pixels (--max-pixels)"
 

@@ -6,6 +6,8 @@ import torch
 import torchvision
 
 from helpers import checkpoint_bytes, save_random_model
+from xai_batch.config import ExplainConfig, config_hash
+from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.errors import ModelError
 from xai_batch.models import (
     DEFAULT_ARCH,
@@ -87,6 +89,12 @@ def test_cached_imagenet_weights_are_used_with_imagenet_names(tmp_path, monkeypa
     model = resolve_model(None)
     assert model.model_id == "resnet18:IMAGENET1K_V1"
     assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
+    assert model.preprocessing == SEEDS  # the seeds' workflow, unchanged: Resize((256, 256))
+    named = resolve_model("torchvision:resnet18.IMAGENET1K_V1")  # named, its weights come with their transforms
+    assert named.preprocessing == Preprocessing(square=False) == parse_checkpoint(named.checkpoint_bytes).preprocessing
+    config = ExplainConfig(".", "out")
+    assert config_hash(config, model.model_id, "lime", model.preprocessing) == config_hash(config, model.model_id)
+    assert config_hash(config, named.model_id, "lime", named.preprocessing) != config_hash(config, model.model_id)
 
 
 FAMILIES = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "efficientnet_b0", "shufflenet_v2_x0_5"]

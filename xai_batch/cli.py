@@ -27,6 +27,7 @@ from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.labels import BUILTIN_MAPS
 from xai_batch.methods import DEFAULT_METHOD, METHODS
+from xai_batch.preprocessing import MAX_CROP, MAX_RESIZE, MIN_CROP, SEEDS, Preprocessing
 from xai_batch.storage import is_torchvision, redact
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
@@ -217,6 +218,9 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
                      metavar="METHODS", callback=lambda ctx, param, value: _methods(value),
                      help=f"Explanation methods, repeated or a comma list: {', '.join(METHODS)}. They share "
                           "each image's superpixels; one row per image, label and method."),
+        click.option("--target-layer", metavar="PATH", default=None,
+                     help="The layer Grad-CAM explains, a dotted path into the model (layer3.-1, features.10); "
+                          "default: the family's, as pytorch-grad-cam's README gives it (layer4.-1 for ResNets)."),
         click.option("--num-samples", default="1000", show_default=True, type=_SampleCount(),
                      help="Perturbed samples per image and method, or 'auto' (LIME only): in rounds, until the top --num-features "
                           "superpixels and their signs are statistically settled."),
@@ -521,6 +525,23 @@ def _parts(count: int) -> str:
 def _comma_list(value: str) -> tuple[str, ...]:
     """``--by label,correct`` as a tuple; :class:`~xai_batch.analysis.design.Design` says what is valid."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+class _Channels(click.ParamType):
+    """Three numbers, red, green and blue: ``--mean 0.485,0.456,0.406``."""
+
+    name = "R,G,B"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(part) for part in _comma_list(str(value)))
+        except ValueError:
+            numbers = ()
+        if len(numbers) != 3:
+            self.fail(f"{value!r} is not three comma-separated numbers (red, green, blue)", param, ctx)
+        return numbers
 
 
 class _Bands(click.ParamType):
@@ -838,6 +859,16 @@ def jobs_stop(settings: dict, job_id: str) -> None:
                    "maxvit_t (torchvision.models.list_models() has them all). The checkpoint records it.")
 @click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
               help="Start from the architecture's default torchvision ImageNet weights, or from scratch.")
+@click.option("--input-size", default=SEEDS.crop, show_default=True, type=click.IntRange(MIN_CROP, MAX_CROP),
+              help="The model's input: the centre crop's side, in pixels. The checkpoint records this and the "
+                   "three below, and every command preprocesses with them.")
+@click.option("--resize", type=click.IntRange(MIN_CROP, MAX_RESIZE), default=None,
+              help="The side each image is resized to (square, as the seeds' Resize((256, 256))) before the "
+                   "centre crop.  [default: 256 for 224, in that ratio for other sizes]")
+@click.option("--mean", type=_Channels(), default=",".join(map(str, SEEDS.mean)), show_default=True,
+              help="Normalisation's mean, per channel of values in 0..1.")
+@click.option("--std", type=_Channels(), default=",".join(map(str, SEEDS.std)), show_default=True,
+              help="Normalisation's standard deviation, per channel.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and shifts.")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Cross-entropy's label smoothing: keeps the model's probabilities off 0 and 1, "
@@ -867,7 +898,15 @@ def train(data_dir: str, out: str, **options) -> None:
     """
     from xai_batch.commands.train import TrainConfig, train_model
 
-    train_model(TrainConfig(data_dir=data_dir, out=out, **options), report=_echo)
+    crop, resize = options.pop("input_size"), options.pop("resize")
+    resize = resize or round(crop * SEEDS.resize / SEEDS.crop)
+    values = {"crop": crop, "resize": resize, "mean": options.pop("mean"), "std": options.pop("std")}
+    try:
+        preprocessing = Preprocessing(**values)
+    except ValueError as exc:  # each message starts with the field it is about
+        field = str(exc).split()[0]
+        raise ConfigError(str(exc), {"crop": "input_size"}.get(field, field)) from exc
+    train_model(TrainConfig(data_dir=data_dir, out=out, preprocessing=preprocessing, **options), report=_echo)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +21,7 @@ from xai_batch.engines import PRECISIONS, check_engine
 from xai_batch.errors import ConfigError
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.maths.superpixels import Quickshift
+from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
 from xai_batch.storage import is_torchvision, is_uri, locate, redact
 
@@ -37,10 +39,14 @@ LIMITS: dict[str, tuple[int, str]] = {
                                  "num_samples x classes x 4 bytes of predictions, 0.96 GB at 100000 samples, "
                                  "200 superpixels and 1000 classes"),
     "max_samples": (MAX_SAMPLES, "the adaptive rule's most samples an image, held as --num-samples's are"),
-    "batch_size": (4096, "a batch is batch_size x 224 x 224 x 3 x 4 bytes of model input, 2.5 GB at 4096"),
+    "batch_size": (4096, "a batch is batch_size x crop x crop x 3 x 4 bytes of model input, 2.5 GB at 4096 "
+                         "of 224-pixel crops"),
     "top_labels": (20, "each label is a surrogate fit and a manifest row of its own for every image"),
     "max_pixels": (MAX_PIXELS_LIMIT, "a decode needs up to 12 bytes a pixel, 12 GB at a gigapixel"),
 }
+# A module's path in a network as pytorch-grad-cam's README writes it, dots for attributes and -1 for a
+# stage's last block: layer4.-1, features.12, encoder.layers.-1.ln_1.
+LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.(-?[0-9]+|[A-Za-z_][A-Za-z0-9_]*)){0,15}")
 
 
 @dataclass(frozen=True)
@@ -117,10 +123,18 @@ class ExplainConfig:
     verify_content: bool = False
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
     segmentation: Quickshift = field(default_factory=Quickshift)
+    target_layer: str | None = None  # Grad-CAM's layer, a dotted path into the model; None: the family's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))  # a list from JSON is the same choice
         check_methods(self.methods)
+        if self.target_layer is not None:
+            if "gradcam" not in self.methods:
+                raise ConfigError("target_layer is the layer Grad-CAM explains: add gradcam to the methods",
+                                  "target_layer")
+            if not LAYER_PATH.fullmatch(self.target_layer):
+                raise ConfigError(f"target_layer must be a dotted path into the model such as layer4.-1 or "
+                                  f"features.12, got {self.target_layer!r}", "target_layer")
         if self.num_samples == AUTO and self.methods != (LIME,):
             raise ConfigError("num_samples 'auto' is LIME's stopping rule; with other methods give a number",
                               "num_samples")
@@ -173,17 +187,21 @@ class ExplainConfig:
         return dataclasses.asdict(self)
 
 
-def config_hash(config: ExplainConfig, model_id: str, method: str = DEFAULT_METHOD) -> str:
+def config_hash(config: ExplainConfig, model_id: str, method: str = DEFAULT_METHOD,
+                preprocessing: Preprocessing = SEEDS) -> str:
     """Hash of everything that changes the content of a manifest row of ``method``.
 
     Two runs with the same hash and the same image bytes produce the same row,
     whatever the number of actors or the batch size. Each method has its own
     hash (LIME's is what it was before there were methods), so adding a
-    method to a run leaves the rows of the others valid.
+    method to a run leaves the rows of the others valid. The model's
+    preprocessing is hashed when it is not the seeds' (the same weights with
+    torchvision's transforms are another input), so every earlier hash holds.
     """
     material = {
         **({} if method == LIME else {"method": method}),
         "model_id": model_id,
+        **({"preprocessing": preprocessing.to_dict()} if preprocessing != SEEDS else {}),
         "num_samples": config.num_samples,
         **({"max_samples": config.max_samples, "stopping": stopping_rule()} if config.adaptive else {}),
         "top_labels": config.top_labels,
@@ -192,6 +210,7 @@ def config_hash(config: ExplainConfig, model_id: str, method: str = DEFAULT_METH
         "seed": config.seed,
         "precision": config.precision,
         "segmentation": dataclasses.asdict(config.segmentation),
+        **({"target_layer": config.target_layer} if method == "gradcam" and config.target_layer else {}),
         **({"faithfulness": True} if config.faithfulness else {}),
         **({"stability": True} if config.stability else {}),
         **({"masks": redact(config.masks)} if config.masks else {}),  # credentials change no row

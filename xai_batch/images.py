@@ -1,9 +1,10 @@
-"""Finding input images, reading them, and the seed's preprocessing.
+"""Finding input images and reading them into the model's input frame.
 
-Preprocessing reproduces the workflow in CONTEXT.md exactly: EXIF orientation,
-RGB, ``Resize((256, 256))`` (square, not aspect-preserving), ``CenterCrop(224)``.
-It is written with Pillow alone, so CPU workers need not import torch; a test
-checks it against torchvision's transforms pixel for pixel.
+A picture is turned upright (EXIF orientation) and made RGB here; the
+model's preprocessing (:mod:`xai_batch.preprocessing`: the seeds'
+``Resize((256, 256))``, ``CenterCrop(224)`` unless the model says otherwise)
+then gives the array LIME perturbs. Pillow alone, so CPU workers need not
+import torch.
 
 Inputs are whatever users have lying around, so decoding is defensive:
 - Pillow opens only the formats ``IMAGE_EXTENSIONS`` promise (``IMAGE_FORMATS``),
@@ -31,10 +32,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xai_batch.errors import ImageError, one_line
+from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "INPUT_SIZE",
     "DEFAULT_MAX_PIXELS",
     "MAX_PIXELS_LIMIT",
     "IMAGE_FORMATS",
@@ -43,7 +44,6 @@ __all__ = [
     "LoadedImage",
     "load_image",
     "open_rgb",
-    "preprocess",
     "load_object_mask",
     "read_object_mask",
     "MASK_SUFFIXES",
@@ -53,8 +53,6 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's names for what the extensions promise
 MASK_FORMATS = (*IMAGE_FORMATS, "PPM")  # and the generated datasets' .mask.pgm
-RESIZE_TO = 256
-INPUT_SIZE = 224
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: 400 MB decoded (Pillow keeps RGB in 4 bytes a pixel)
 MAX_PIXELS_LIMIT = 1_000_000_000  # the most --max-pixels allows: a gigapixel, 12 GB to decode and convert
 DECODE_BYTES_PER_PIXEL = 12  # decoded, turned upright and converted: three 4-byte copies at the peak
@@ -67,9 +65,9 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # past the ceil
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """One decoded input: the 224x224 RGB array LIME perturbs, and its facts."""
+    """One decoded input: the RGB array LIME perturbs, in the model's frame, and its facts."""
 
-    pixels: np.ndarray  # (224, 224, 3) uint8
+    pixels: np.ndarray  # (crop, crop, 3) uint8
     sha256: str
     width: int  # original width, after EXIF orientation
     height: int
@@ -80,8 +78,8 @@ def decode_memory(max_pixels: int) -> int:
     return max_pixels * DECODE_BYTES_PER_PIXEL
 
 
-def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode file bytes into the preprocessed 224x224 RGB array.
+def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, preprocessing: Preprocessing = SEEDS) -> LoadedImage:
+    """Decode file bytes into the model's input frame (``preprocessing``: the seeds' 224x224 crop by default).
 
     Raises ``ImageError`` with a one-line reason for anything that cannot be
     explained, so the caller can record an error row and go on.
@@ -89,7 +87,7 @@ def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage
     digest = hashlib.sha256(data).hexdigest()
     rgb = open_rgb(data, max_pixels)
     width, height = rgb.size
-    return LoadedImage(pixels=preprocess(rgb), sha256=digest, width=width, height=height)
+    return LoadedImage(pixels=preprocessing.frame(rgb), sha256=digest, width=width, height=height)
 
 
 def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -175,19 +173,11 @@ def _grey_to_8_bits(image: Image.Image) -> np.ndarray:
     return out
 
 
-def preprocess(rgb: Image.Image) -> np.ndarray:
-    """``Resize((256, 256))`` then ``CenterCrop(224)``, as torchvision does on PIL."""
-    resized = rgb.resize((RESIZE_TO, RESIZE_TO), Image.Resampling.BILINEAR)
-    offset = int(round((RESIZE_TO - INPUT_SIZE) / 2.0))
-    box = (offset, offset, offset + INPUT_SIZE, offset + INPUT_SIZE)
-    return np.asarray(resized.crop(box), dtype=np.uint8).copy()
-
-
 MASK_SUFFIXES = (".png", ".mask.pgm")  # a same-named PNG, or what the generated datasets write beside an image
 
 
-def read_object_mask(masks: str, path: str, image: str | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+def read_object_mask(masks: str, path: str, image: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     preprocessing: Preprocessing = SEEDS) -> np.ndarray | None:
     """The object mask of image ``path`` from the folder ``masks``, or None if it has none.
 
     ``a/b.jpg``'s mask is ``masks/a/b.png`` or ``masks/a/b.mask.pgm``. A
@@ -203,20 +193,21 @@ def read_object_mask(masks: str, path: str, image: str | None = None,
         if candidate.target == image or not candidate.is_file():
             continue
         try:
-            return load_object_mask(candidate.read_bytes(), max_pixels)
+            return load_object_mask(candidate.read_bytes(), max_pixels, preprocessing)
         except (OSError, ImageError) as exc:
             raise ImageError(f"object mask {stem + suffix}: {exc}") from exc
     return None
 
 
-def load_object_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A ground-truth object mask (an image; bright is object) in the 224x224 frame LIME saw.
+def load_object_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     preprocessing: Preprocessing = SEEDS) -> np.ndarray:
+    """A ground-truth object mask (an image; bright is object) in the frame LIME saw (``preprocessing``'s).
 
     Opened with the same formats and header check as images.
     """
     with _open_checked(data, MASK_FORMATS, max_pixels, "mask") as mask:
         try:
-            return preprocess(ImageOps.exif_transpose(mask).convert("RGB"))[..., 0] > 127
+            return preprocessing.frame(ImageOps.exif_transpose(mask).convert("RGB"))[..., 0] > 127
         except (OSError, ValueError) as exc:
             raise ImageError(f"unreadable object mask: {one_line(exc)}") from exc
 

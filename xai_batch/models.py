@@ -1,15 +1,21 @@
 """Classifier checkpoints: the format we write, what we accept, torchvision's pretrained weights.
 
 A checkpoint is a file saved with ``torch.save`` holding
-``{"arch": NAME, "state_dict": ..., "class_names": [...], "metrics": [...]}``,
-where NAME is any torchvision classification model (``architectures()``;
-``resnet18`` when a checkpoint does not say), or a bare torchvision
-``resnet18`` state dict. Everything loads with ``weights_only=True``: a
-checkpoint can never run code. ``--checkpoint torchvision:NAME[.WEIGHTS]``
+``{"arch": NAME, "state_dict": ..., "class_names": [...], "metrics": [...],
+"preprocessing": {...}}``, where NAME is any torchvision classification model
+(``architectures()``; ``resnet18`` when a checkpoint does not say) and the
+preprocessing is what the model takes its input with
+(:class:`~xai_batch.preprocessing.Preprocessing`; the seeds' when a checkpoint
+does not say), or a bare torchvision ``resnet18`` state dict. A TorchScript or
+ONNX file with its JSON beside it (:mod:`xai_batch.model_files`) is a model
+too: the replicas get it in our format, the file's bytes inside. Everything
+loads with ``weights_only=True``: a checkpoint can never run code (a model
+file is a program, and is run as one). ``--checkpoint torchvision:NAME[.WEIGHTS]``
 names torchvision's own pretrained weights (``torchvision:resnet50.IMAGENET1K_V2``;
 the architecture's default weights without ``.WEIGHTS``), explained with
-their ImageNet classes; no ``--checkpoint`` is ``torchvision:resnet18.IMAGENET1K_V1``,
-the seeds' model.
+their ImageNet classes and with the preprocessing torchvision gives them
+(``weights.transforms()``); no ``--checkpoint`` is the seeds' model: ResNet18's
+``IMAGENET1K_V1`` weights with the seeds' preprocessing, ``Resize((256, 256))``.
 
 The driver resolves the model once (so a bad checkpoint fails before Ray
 starts) and ships a checkpoint's bytes to every replica; replicas never read the
@@ -33,12 +39,12 @@ from dataclasses import dataclass
 import torch
 
 from xai_batch.errors import ModelError, one_line
+from xai_batch.model_files import check_model_file, file_format, read_sidecar, sidecar_path
+from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.storage import TORCHVISION_PREFIX, is_torchvision, locate
 
 __all__ = [
     "DEFAULT_ARCH",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ModelSource",
     "LoadedCheckpoint",
     "architectures",
@@ -50,10 +56,6 @@ __all__ = [
     "pretrained_weights",
     "weights_path",
 ]
-
-# The normalisation torchvision's ImageNet weights were trained with; our own checkpoints train with it too.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEFAULT_ARCH = "resnet18"
 DOWNLOAD_TIMEOUT_S = 20
@@ -74,6 +76,8 @@ class ModelSource:
     class_names: tuple[str, ...]
     checkpoint_bytes: bytes
     arch: str = DEFAULT_ARCH
+    preprocessing: Preprocessing = SEEDS
+    file_format: str | None = None  # 'onnx' or 'torchscript' for a model file, which has no ``arch``
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +90,10 @@ class LoadedCheckpoint:
     class_names: tuple[str, ...]
     metrics: tuple[dict, ...] = ()
     arch: str = DEFAULT_ARCH
+    preprocessing: Preprocessing = SEEDS
+    file_format: str | None = None  # a model file's: its bytes are ``model_file``, and ``state_dict`` is empty
+    model_file: bytes | None = None
+    outputs: str = "logits"  # or 'probabilities': what a model file answers
 
 
 def architectures() -> tuple[str, ...]:
@@ -103,13 +111,38 @@ def resolve_model(checkpoint: str | None) -> ModelSource:
         weights = pretrained_weights(arch, chosen or None)
         state_dict = parse_checkpoint(_read(weights_path(weights)), name=str(weights), arch=arch).state_dict
         class_names = tuple(weights.meta["categories"])
+        preprocessing = SEEDS if checkpoint is None else Preprocessing.of_torchvision(weights)
         return ModelSource(model_id=f"{arch}:{weights.name}", class_names=class_names, arch=arch,
-                           checkpoint_bytes=checkpoint_payload(arch, state_dict, class_names))
+                           preprocessing=preprocessing,
+                           checkpoint_bytes=checkpoint_payload(arch, state_dict, class_names, (), preprocessing))
     data = _read(checkpoint)
+    fmt = file_format(checkpoint, data)
+    if fmt is not None:
+        return _model_file(checkpoint, data, fmt)
     loaded = parse_checkpoint(data, name=checkpoint)
     digest = hashlib.sha256(data).hexdigest()[:16]
     return ModelSource(model_id=f"{loaded.arch}:{digest}", class_names=loaded.class_names, checkpoint_bytes=data,
-                       arch=loaded.arch)
+                       arch=loaded.arch, preprocessing=loaded.preprocessing)
+
+
+def _model_file(checkpoint: str, data: bytes, fmt: str) -> ModelSource:
+    """A TorchScript or ONNX file and the JSON beside it, checked by running it once, in our format."""
+    beside = sidecar_path(checkpoint)
+    try:
+        described = read_sidecar(locate(beside).read_bytes(), beside)
+    except FileNotFoundError:
+        raise ModelError(f"{checkpoint} is a {fmt} file: say its class names (and preprocessing) in {beside} "
+                         "(README: Your own model)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {beside}: {one_line(exc)}") from exc
+    check_model_file(fmt, data, described, checkpoint)
+    buffer = io.BytesIO()
+    torch.save({"format": fmt, "model_file": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                "class_names": list(described.class_names), "preprocessing": described.preprocessing.to_dict(),
+                "outputs": described.outputs}, buffer)
+    payload = buffer.getvalue()  # the file and its description: a change to either is another model
+    return ModelSource(model_id=f"{fmt}:{hashlib.sha256(payload).hexdigest()[:16]}", class_names=described.class_names,
+                       checkpoint_bytes=payload, preprocessing=described.preprocessing, file_format=fmt)
 
 
 def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
@@ -121,9 +154,22 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"{name} does not load with torch.load(weights_only=True): {one_line(exc, keep='first')}") from exc
+    preprocessing = SEEDS
+    if isinstance(obj, Mapping) and "model_file" in obj:  # a model file in our format (``_model_file``)
+        if check:  # only the driver makes these, from a file it has run: a user's must come as the file itself
+            raise ModelError(f"{name} holds a model file in xai-batch's own wrapping: pass the TorchScript or "
+                             "ONNX file itself, with its JSON beside it")
+        return LoadedCheckpoint({}, tuple(obj["class_names"]), (), DEFAULT_ARCH,
+                                Preprocessing.from_dict(obj["preprocessing"]), str(obj["format"]),
+                                obj["model_file"].numpy().tobytes(), str(obj["outputs"]))
     if isinstance(obj, Mapping) and "state_dict" in obj:
         arch = str(obj.get("arch", DEFAULT_ARCH))
         state_dict, names, metrics = obj["state_dict"], obj.get("class_names"), obj.get("metrics", ())
+        if "preprocessing" in obj:
+            try:
+                preprocessing = Preprocessing.from_dict(obj["preprocessing"])
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{name} records a preprocessing that cannot be used: {one_line(exc)}") from exc
     elif isinstance(obj, Mapping):
         state_dict, names, metrics = obj, None, ()
     else:
@@ -145,7 +191,7 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
             build_model(arch, num_classes).load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
             raise ModelError(f"{name} is not a {arch} state dict: {one_line(exc, limit=300)}") from exc
-    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch)
+    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch, preprocessing)
 
 
 def _head_weight(state_dict) -> torch.Tensor | None:
@@ -191,20 +237,21 @@ def replace_head(model: torch.nn.Module, num_classes: int) -> torch.nn.Module:
 
 
 def checkpoint_payload(arch: str, state_dict: Mapping[str, torch.Tensor], class_names: Sequence[str],
-                       metrics: Sequence[Mapping] = ()) -> bytes:
+                       metrics: Sequence[Mapping] = (), preprocessing: Preprocessing = SEEDS) -> bytes:
     """Our checkpoint format's bytes."""
     buffer = io.BytesIO()
     torch.save({"arch": arch, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-                "class_names": list(class_names), "metrics": [dict(m) for m in metrics]}, buffer)
+                "class_names": list(class_names), "metrics": [dict(m) for m in metrics],
+                "preprocessing": preprocessing.to_dict()}, buffer)
     return buffer.getvalue()
 
 
 def save_checkpoint(
     path: str, model: torch.nn.Module, class_names: Sequence[str], metrics: Sequence[Mapping] = (),
-    arch: str = DEFAULT_ARCH,
+    arch: str = DEFAULT_ARCH, preprocessing: Preprocessing = SEEDS,
 ) -> None:
     """Write our checkpoint format atomically (temporary file, then rename)."""
-    data = checkpoint_payload(arch, model.state_dict(), class_names, metrics)
+    data = checkpoint_payload(arch, model.state_dict(), class_names, metrics, preprocessing)
     with locate(path).atomic_writer() as handle:
         handle.write(data)
 

@@ -14,14 +14,19 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
+from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = ["seed_batch_predict"]
 
 
-def seed_batch_predict(model: torch.nn.Module) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-    """``batch_predict`` as the seed wrote it: (B, 224, 224, 3) uint8 images to softmax probabilities."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def seed_batch_predict(
+    model: torch.nn.Module, preprocessing: Preprocessing = SEEDS
+) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """``batch_predict`` as the seed wrote it: (B, 224, 224, 3) uint8 images to softmax probabilities.
+
+    A model with its own preprocessing gets its own mean and std in the seed's ``Normalize``
+    (and its images are its crop's size)."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(preprocessing.mean, preprocessing.std)])
 
     def batch_predict(images):
         model.eval()

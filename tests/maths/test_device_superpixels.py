@@ -7,7 +7,7 @@ import torch
 from lime.wrappers.scikit_image import SegmentationAlgorithm
 from PIL import Image
 
-from xai_batch.images import preprocess
+from xai_batch.preprocessing import SEEDS
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.maths.device_superpixels import quickshift_on_device
 from xai_batch.synthetic import SHAPES, render_scene
@@ -40,7 +40,7 @@ def photo_crops(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def photos_as_lime_sees_them() -> np.ndarray:
-    return np.stack([preprocess(Image.fromarray(getattr(skimage.data, name)()).convert("RGB")) for name in PHOTOS])
+    return np.stack([SEEDS.frame(Image.fromarray(getattr(skimage.data, name)()).convert("RGB")) for name in PHOTOS])
 
 
 def assert_same_segments(images: np.ndarray, found, params: Quickshift = Quickshift()) -> None:

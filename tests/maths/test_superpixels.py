@@ -5,11 +5,11 @@ from PIL import Image
 
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.maths import quickshift_segments
-from xai_batch.images import preprocess
+from xai_batch.preprocessing import SEEDS
 
 
 def test_segments_are_limes_quickshift():
-    image = preprocess(Image.fromarray(skimage.data.coffee()))
+    image = SEEDS.frame(Image.fromarray(skimage.data.coffee()))
     explainer = LimeImageExplainer(random_state=4)
     explanation = explainer.explain_instance(
         image, lambda b: np.ones((len(b), 2)) / 2, top_labels=1, hide_color=0, num_samples=2, random_seed=4

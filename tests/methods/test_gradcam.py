@@ -89,3 +89,68 @@ def test_attributions_are_the_maps_per_superpixel():
     assert attribution.label == 3 and np.array_equal(attribution.heatmap, heatmap)
     assert list(np.argsort(attribution.weights)) == [0, 1, 2, 3]
     assert attribution.intercept is None and attribution.score is None
+
+
+def test_another_target_layer_is_pytorch_grad_cams_of_that_layer(random_checkpoint):
+    """--target-layer layer3.-1: the map of ResNet18's third stage (14 x 14 before upsampling), not the fourth's."""
+    image = (np.random.default_rng(5).random((224, 224, 3)) * 255).astype(np.uint8)
+    found = GradCam(checkpoint_bytes(random_checkpoint), "cpu", "layer3.-1")(image, 1)
+    model = load_model(random_checkpoint).eval()
+    pixels = normalise(image, torch.device("cpu")).permute(2, 0, 1).unsqueeze(0)
+    for layer, close in ((model.layer3[-1], True), (model.layer4[-1], False)):
+        expected = GradCAM(model=model, target_layers=[layer])(
+            input_tensor=pixels, targets=[ClassifierOutputTarget(found.labels[0])])[0]
+        assert np.allclose(found.maps[0], expected, atol=1e-5, rtol=0) == close
+
+
+def test_a_target_layer_the_model_lacks_is_named_with_what_is_there():
+    from xai_batch.methods.gradcam import target_layer
+    from xai_batch.models import build_model
+
+    model = build_model("resnet18", 2)
+    assert target_layer(model, "resnet18", "layer2.0.conv1") is model.layer2[0].conv1
+    with pytest.raises(ValueError, match=r"^resnet18 has no layer9 \(the model has conv1, bn1, relu, maxpool, "):
+        target_layer(model, "resnet18", "layer9")
+    with pytest.raises(ValueError, match=r"^resnet18 has no layer4.7 \(layer4 has 0, 1\)"):
+        target_layer(model, "resnet18", "layer4.7")
+
+
+def test_the_target_layer_is_a_checked_option_and_part_of_grad_cams_configuration(ray_session, random_checkpoint,
+                                                                                     photos, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+    from xai_batch.config import ExplainConfig, config_hash
+    from xai_batch.images import load_image
+    from xai_batch.manifest import decode_heatmap, read_manifest
+
+    def explain(*extra):
+        return CliRunner().invoke(cli, ["explain", photos, "--out", str(tmp_path / "out"), "--checkpoint",
+                                        random_checkpoint, "--no-progress", *extra])
+
+    for extra, reason in [(["--target-layer", "layer3"], "add gradcam to the methods"),
+                          (["--method", "gradcam", "--target-layer", "layer3..1"], "must be a dotted path"),
+                          (["--method", "gradcam", "--target-layer", "layer9"], "resnet18 has no layer9")]:
+        result = explain(*extra)
+        assert result.exit_code == 2 and "'--target-layer'" in result.output and reason in result.output, result.output
+    assert not (tmp_path / "out").exists()  # refused before any work
+    plain = ExplainConfig(photos, str(tmp_path / "out"), methods=("lime", "gradcam"))
+    chosen = ExplainConfig(photos, str(tmp_path / "out"), methods=("lime", "gradcam"), target_layer="layer3.-1")
+    assert config_hash(plain, "m", "gradcam") != config_hash(chosen, "m", "gradcam")
+    assert config_hash(plain, "m", "lime") == config_hash(chosen, "m", "lime")  # LIME's rows are still good
+
+    # The replicas explain the layer asked for.
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(f"{photos}/coffee.jpg", one / "coffee.jpg")
+    result = CliRunner().invoke(cli, ["explain", str(one), "--out", str(tmp_path / "run"), "--checkpoint",
+                                      random_checkpoint, "--method", "gradcam", "--target-layer", "layer3.-1",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (row,) = read_manifest(str(tmp_path / "run")).to_pylist()
+    pixels = load_image((one / "coffee.jpg").read_bytes()).pixels
+    expected = GradCam(checkpoint_bytes(random_checkpoint), "cpu", "layer3.-1")(pixels, 1).maps[0]
+    heatmap = decode_heatmap(row["heatmap"])
+    assert np.abs(heatmap - expected).max() <= 1 / 510 + 1e-6  # the stored PNG rounds to 1/255

@@ -20,8 +20,10 @@ from xai_batch.analysis.findings import confusion
 from xai_batch.engines import check_engine
 from xai_batch.errors import ConfigError, ImageError, one_line
 from xai_batch.images import DEFAULT_MAX_PIXELS, load_image
+from xai_batch.preprocessing import Preprocessing
 from xai_batch.sources import discover_images
 from xai_batch.labels import check_truth_meets_predictions, folder_label, load_label_map
+from xai_batch.model_files import check_file_runs
 from xai_batch.models import resolve_model
 from xai_batch.distributed.cluster import connected
 from xai_batch.storage import is_uri, locate, write_json
@@ -85,15 +87,16 @@ class _Classifier:
         return {"path": batch["path"], "error": batch["error"], "pred_index": index, "pred_prob": prob}
 
 
-def _decode(batch: dict, source: str, max_pixels: int) -> dict:
-    """Read and preprocess a batch of files; a bad one gets a one-line error and black pixels."""
+def _decode(batch: dict, source: str, max_pixels: int, preprocessing: Preprocessing) -> dict:
+    """Read and preprocess (as the model does) a batch of files; a bad one gets a one-line error and black pixels."""
     pixels, errors = [], []
     for path in batch["path"]:
         try:
-            pixels.append(load_image(locate(source).child(*path.split("/")).read_bytes(), max_pixels).pixels)
+            data = locate(source).child(*path.split("/")).read_bytes()
+            pixels.append(load_image(data, max_pixels, preprocessing).pixels)
             errors.append("")
         except (OSError, ImageError) as exc:
-            pixels.append(np.zeros((224, 224, 3), np.uint8))
+            pixels.append(np.zeros((preprocessing.crop, preprocessing.crop, 3), np.uint8))
             errors.append(one_line(exc))
     return {"path": batch["path"], "pixels": np.stack(pixels), "error": np.array(errors, dtype=object)}
 
@@ -101,6 +104,7 @@ def _decode(batch: dict, source: str, max_pixels: int) -> dict:
 def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResult:
     """Classify every image under ``config.data_dir`` and write ``config.out``."""
     model = resolve_model(config.checkpoint)
+    check_file_runs(model.file_format, config.engine, config.precision, ())
     paths = discover_images(config.data_dir)
     truths = {path: folder_label(path) for path in paths}
     if not paths or None in truths.values():
@@ -118,7 +122,8 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
         threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
         predictions = (
             ray.data.from_items([{"path": path} for path in paths])
-            .map_batches(_decode, fn_kwargs={"source": source, "max_pixels": config.max_pixels}, batch_size=BATCH)
+            .map_batches(_decode, fn_kwargs={"source": source, "max_pixels": config.max_pixels,
+                                             "preprocessing": model.preprocessing}, batch_size=BATCH)
             .map_batches(_Classifier, fn_constructor_args=(model.checkpoint_bytes, config.precision, config.engine, threads),
                          batch_size=BATCH, concurrency=actors, num_gpus=1 if gpus else 0)
             .take_all()

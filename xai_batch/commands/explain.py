@@ -36,6 +36,7 @@ from xai_batch.manifest import (
     reuse_rows, software_versions, write_job_record,
 )
 from xai_batch.methods import METHODS
+from xai_batch.model_files import check_file_runs
 from xai_batch.models import ModelSource, resolve_model
 from xai_batch.storage import join
 
@@ -87,11 +88,14 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     started = time.time()
     inputs = inputs or gather_inputs(config)
     model = inputs.model
+    check_file_runs(model.file_format, config.engine, config.precision, config.methods)
+    if config.target_layer is not None:
+        _check_target_layer(model, config.target_layer)
     if config.top_labels > model.num_classes:
         raise ConfigError(
             f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
         )
-    hashes = {method: config_hash(config, model.model_id, method) for method in config.methods}
+    hashes = {method: config_hash(config, model.model_id, method, model.preprocessing) for method in config.methods}
     context = RowContext(
         model_id=model.model_id,
         class_names=model.class_names,
@@ -102,6 +106,7 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
         adaptive=config.adaptive,
         faithfulness=config.faithfulness,
         stability=config.stability,
+        preprocessing=model.preprocessing,
     )
     run_id = new_run_id()
     with OutputLock(config.out, run_id):  # no other run writes into ``out`` until this one ends
@@ -112,7 +117,8 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                          run_id: str, started: float, progress: bool) -> JobResult:
     """The run itself, while it holds ``out``'s lease: resume, explain, record."""
     model = inputs.model
-    done = resume_state(config.out, {config_hash(config, model.model_id, method) for method in METHODS},
+    done = resume_state(config.out, {config_hash(config, model.model_id, method, model.preprocessing)
+                                     for method in METHODS},
                         config.overwrite)
     paths = inputs.paths
     if not paths:
@@ -123,6 +129,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     record.update(
         config=config.to_dict(),
         model_id=model.model_id,
+        preprocessing=model.preprocessing.to_dict(),
         config_hashes=hashes,
         versions=software_versions(),
         state="running",
@@ -137,7 +144,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
             timings["ray_start_seconds"] = time.time() - started
             checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
             replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}",
-                                config.engine)
+                                config.engine, config.target_layer)
             context = dataclasses.replace(
                 context, engine=", ".join(sorted({replica["engine"] for replica in replicas.placement})))
             record["engine"] = context.engine
@@ -204,6 +211,18 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         reused=counts["reused"],
         unread=counts["unread"],
     )
+
+
+def _check_target_layer(model: ModelSource, path: str) -> None:
+    """Refuse, before Ray starts, a --target-layer the model does not have (the network is built once for it)."""
+    from xai_batch.methods.gradcam import target_layer
+    from xai_batch.models import build_model, parse_checkpoint
+
+    loaded = parse_checkpoint(model.checkpoint_bytes, check=False)
+    try:
+        target_layer(build_model(loaded.arch, len(loaded.class_names)), loaded.arch, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "target_layer") from exc
 
 
 def pipeline_for(stages: str, placement: list[dict]) -> type[Pipeline] | type[ReplicaPipeline]:

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from xai_batch.errors import ConfigError, ImageError, one_line
 from xai_batch.images import load_image
-from xai_batch.manifest.record import load_job_record
+from xai_batch.manifest.record import load_job_record, recorded_preprocessing
+from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest import current_groups, decode_segments
 from xai_batch.methods import DEFAULT_METHOD
 from xai_batch.analysis.overlays import boundaries, heatmap, hide_rest, side_by_side
@@ -89,8 +90,10 @@ def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarr
     raise ConfigError(f"unknown style {style!r}", "style")
 
 
-def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, options: RenderOptions) -> list[dict]:
-    """Draw and write a batch of (row, file name); one index entry each, with an error instead of a file if need be."""
+def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, options: RenderOptions,
+                  preprocessing: Preprocessing) -> list[dict]:
+    """Draw and write a batch of (row, file name), each picture in the model's frame (``preprocessing``'s);
+    one index entry each, with an error instead of a file if need be."""
     entries = []
     for row, name in jobs:
         entry = {"path": row["path"], "method": row["method"], "label": row["explained_index"], "file": name,
@@ -99,7 +102,7 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
             data = source.child(row["path"]).read_bytes()
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
                 raise ImageError("the file changed since it was explained; run explain again")
-            picture = render_row(row, load_image(data).pixels, options)
+            picture = render_row(row, load_image(data, preprocessing=preprocessing).pixels, options)
             with to.child(name).atomic_writer() as stream:
                 stream.write(_encode(picture, name))
         except (OSError, ImageError) as exc:
@@ -149,14 +152,18 @@ def job_source(out: str, source: str | None) -> str:
 
 
 def render_rows(
-    jobs: Iterable[tuple[dict, str]], source: str, to: str, options: RenderOptions,
+    jobs: Iterable[tuple[dict, str]], out: str, source: str | None, to: str, options: RenderOptions,
     address: str | None = None, progress: bool = True, total: int | None = None,
 ) -> list[dict]:
-    """Draw each (row, file name) into ``to`` as Ray tasks; index entries sorted by path, method and label.
+    """Draw each (row, file name) of the run in ``out`` into ``to`` as Ray tasks; index entries sorted by
+    path, method and label.
 
-    ``jobs`` are taken as tasks free up, so only the rows in flight are held;
-    ``total`` is their number, for the progress bar.
+    The pictures are read from ``source`` (default: the run's SOURCE, :func:`job_source`) and put in
+    the frame of the model's preprocessing that job.json records. ``jobs`` are taken as tasks free up,
+    so only the rows in flight are held; ``total`` is their number, for the progress bar.
     """
+    preprocessing = recorded_preprocessing(load_job_record(out))
+    source = job_source(out, source)
     target = locate(to)
     target.make_dirs()
     entries: list[dict] = []
@@ -171,7 +178,7 @@ def render_rows(
         while batch := list(itertools.islice(jobs, ROWS_PER_TASK)):
             if len(pending) >= limit:
                 entries += _collect(pending, bar)
-            pending.append(task.remote(batch, source_ref, to_ref, options))
+            pending.append(task.remote(batch, source_ref, to_ref, options, preprocessing))
         while pending:
             entries += _collect(pending, bar)
         bar.close()
@@ -214,8 +221,7 @@ def run_render(
     groups = current_rows(out, methods)
     jobs = ((row, overlay_name(row["path"], row["explained_index"], options.style, row["method"]))
             for rows in groups for row in rows)
-    entries = render_rows(jobs, job_source(out, source), to, options, address, progress,
-                          total=_count_ok(out, methods))
+    entries = render_rows(jobs, out, source, to, options, address, progress, total=_count_ok(out, methods))
     index = join(to, INDEX)
     write_csv(index, entries, ["path", "method", "label", "file", "error"])
     errors = sum(1 for entry in entries if entry["error"])

@@ -29,7 +29,7 @@ from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.manifest import SCHEMA, current_groups
 from xai_batch.analysis.page import first_folders, folders_are_classes, gallery_rows, report_document, report_html
 from xai_batch.commands.audit import audit_findings, load_audit
-from xai_batch.commands.render import RenderOptions, chosen_methods, job_source, render_rows
+from xai_batch.commands.render import RenderOptions, chosen_methods, render_rows
 from xai_batch.storage import join, locate, redact
 
 __all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]
@@ -102,7 +102,7 @@ def run_report(
     options = RenderOptions(style="boundaries", num_features=num_features)
     pictures = {}
     try:
-        entries = render_rows(jobs, job_source(out, source), folder, options, address, progress) if jobs else []
+        entries = render_rows(jobs, out, source, folder, options, address, progress) if jobs else []
         for entry in entries:
             key = (entry["path"], entry["method"])
             if entry["error"]:

@@ -16,7 +16,7 @@ from xai_batch.analysis.agreement import methods_in
 from xai_batch.errors import ConfigError
 from xai_batch.manifest import SCHEMA
 from xai_batch.labels import prediction_labeller, truth_labeller
-from xai_batch.commands.render import RenderOptions, current_rows, manifest_methods, job_source, render_rows, write_csv
+from xai_batch.commands.render import RenderOptions, current_rows, manifest_methods, render_rows, write_csv
 from xai_batch.analysis.design import Design, annotate, select
 from xai_batch.storage import join
 
@@ -61,7 +61,7 @@ def run_stimuli(
     wanted = {(s.row["path"], s.method, s.row["explained_index"]): f"{s.stimulus_id}.png" for s in stimuli}
     jobs = [(row, wanted[key]) for group in current_rows(out, design.methods) for row in group
             if (key := (row["path"], row["method"], row["explained_index"])) in wanted]
-    rendered = render_rows(jobs, job_source(out, source), to, options, address, progress)
+    rendered = render_rows(jobs, out, source, to, options, address, progress)
     entries = {(entry["path"], entry["method"], entry["label"]): entry for entry in rendered}
     records = []
     for stimulus in stimuli:

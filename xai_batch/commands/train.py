@@ -6,7 +6,9 @@ Fixes the seed notebook's mistakes (CONTEXT.md): the head is the network's own
 cross-entropy (no ``LogSoftmax`` before it); a stratified held-out split
 measures accuracy every epoch; the checkpoint keeps the class names and the
 metrics and is the weights of the epoch with the best validation loss.
-Inputs are preprocessed exactly as ``explain`` preprocesses them.
+Inputs are preprocessed exactly as ``explain`` will preprocess them for this
+model: the config's ``preprocessing`` (the seeds' by default) is what the
+checkpoint records.
 
 With one worker it trains in this process. With more it runs on Ray Train:
 a ``TorchTrainer`` of N workers with DDP, each on its share of the batches,
@@ -30,10 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD
 from xai_batch.distributed.ray_train import train_on_ray, unwrapped
 from xai_batch.errors import ConfigError
-from xai_batch.images import IMAGE_EXTENSIONS, open_rgb, preprocess
+from xai_batch.images import IMAGE_EXTENSIONS, open_rgb
 from xai_batch.models import (
     DEFAULT_ARCH,
     architectures,
@@ -44,6 +45,7 @@ from xai_batch.models import (
     save_checkpoint,
     weights_path,
 )
+from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "class_folders"]
 
@@ -55,7 +57,8 @@ RECALIBRATION_BATCHES = 200  # at most this many training batches re-estimate Ba
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run of torchvision's ``arch``. ``pretrained='imagenet'`` starts from its default weights."""
+    """One training run of torchvision's ``arch``. ``pretrained='imagenet'`` starts from its default weights;
+    ``preprocessing`` is how images become its input (the seeds' by default, whatever the weights)."""
 
     data_dir: str
     out: str
@@ -77,6 +80,7 @@ class TrainConfig:
     max_failures: int = 3  # worker failures Ray Train recovers from, each time from the last checkpoint
     address: str | None = None
     storage: str | None = None  # Ray Train's run folder; default: next to ``out``
+    preprocessing: Preprocessing = SEEDS
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.data_dir):
@@ -146,11 +150,12 @@ def stratified_split(files: dict[str, list[str]], val_fraction: float, seed: int
 class _Images(Dataset):
     """Decoded, preprocessed, normalised images; flips and shifts when augmenting."""
 
-    def __init__(self, items: list[tuple[str, int]], augment: bool) -> None:
+    def __init__(self, items: list[tuple[str, int]], augment: bool, preprocessing: Preprocessing) -> None:
         self.items = items
         self.augment = augment
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.preprocessing = preprocessing
+        self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -158,7 +163,7 @@ class _Images(Dataset):
     def __getitem__(self, index: int):
         path, label = self.items[index]
         with open(path, "rb") as handle:
-            pixels = preprocess(open_rgb(handle.read()))
+            pixels = self.preprocessing.frame(open_rgb(handle.read()))
         if self.augment:
             pixels = _augment(pixels)
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div(255)
@@ -205,7 +210,8 @@ def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -
     else:
         progress = _train_on_ray(config, class_names, train_items, val_items, report)
     model = build_model(config.arch, len(class_names), progress.best_state)
-    save_checkpoint(config.out, model, class_names, progress.metrics, arch=config.arch)
+    save_checkpoint(config.out, model, class_names, progress.metrics, arch=config.arch,
+                    preprocessing=config.preprocessing)
     best_metrics = progress.metrics[progress.best_epoch - 1]
     report(f"saved epoch {progress.best_epoch} (val acc {best_metrics['val_accuracy']:.3f}) to {config.out}")
     return TrainResult(config.out, class_names, progress.best_epoch, best_metrics["val_accuracy"],
@@ -248,13 +254,13 @@ def _train(config: TrainConfig, class_names, train_items, val_items, place, repo
         report(f"resuming after epoch {progress.epoch} from Ray Train's checkpoint")
     model = place.wrap(model.to(place.device))
     workers = config.loader_workers if config.loader_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    train_set = _Images(train_items, config.augment)
+    train_set = _Images(train_items, config.augment, config.preprocessing)
     sampler = torch.utils.data.DistributedSampler(
         train_set, num_replicas=place.world, rank=place.rank, shuffle=True, seed=config.seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
                               worker_init_fn=_seed_worker)
-    val_loader = DataLoader(_Images(val_items[place.rank :: place.world], False), batch_size=config.batch_size,
-                            num_workers=workers)
+    val_set = _Images(val_items[place.rank :: place.world], False, config.preprocessing)
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=workers)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     scheduler = None
     if config.lr_schedule == "cosine":

@@ -3,7 +3,8 @@
 Nightly jobs are trusted only if their output can be checked without reading
 the code that wrote it. Every promise the manifest makes is checked here:
 the schema of every part, exactly one current row per image, method and
-label (or one error row per image and method), decodable PNGs of the right size, one weight per superpixel,
+label (or one error row per image and method), decodable PNGs of the model's input size (job.json's
+preprocessing), one weight per superpixel,
 one configuration, and, given SOURCE, a row for every image and for nothing
 else.
 """
@@ -19,10 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from xai_batch.errors import one_line
-from xai_batch.images import INPUT_SIZE
 from xai_batch.manifest import (
-    ADDED, GROUP_ROWS, MANIFEST_DIR, SCHEMA, current_groups, decode_heatmap, decode_mask, decode_segments, manifest_dataset,
-    new_run_id,
+    ADDED, GROUP_ROWS, MANIFEST_DIR, SCHEMA, current_groups, decode_heatmap, decode_mask, decode_segments,
+    load_job_record, manifest_dataset, new_run_id, recorded_preprocessing,
 )
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.methods import METHODS, get_method
@@ -74,6 +74,7 @@ def verify_manifest(out: str, source: str | None = None, group_rows: int = GROUP
         report.problems = problems.lines()
         return report
     expected = set(discover_images(source)) if source is not None else None
+    crop = recorded_preprocessing(load_job_record(out)).crop
     hashes: dict[str, set] = collections.defaultdict(set)
     for (table,) in current_groups([out], group_rows=group_rows, once=False):
         rows = table.to_pylist()
@@ -89,7 +90,8 @@ def verify_manifest(out: str, source: str | None = None, group_rows: int = GROUP
             for row in group:
                 by_method[row["method"]].append(row)
             for method, rows_of in by_method.items():
-                failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, problems)
+                failed |= _check_method_rows(path if len(by_method) == 1 else f"{path} [{method}]", rows_of, crop,
+                                             problems)
             report.errors += failed
             report.ok += not failed
             if len({row["sha256"] for row in group if row["status"] == "ok"}) > 1:
@@ -148,7 +150,7 @@ def _part_problems(folder: Location) -> list[tuple[str, str]]:
     return found
 
 
-def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bool:
+def _check_method_rows(where: str, group: list[dict], crop: int, problems: _Problems) -> bool:
     """Check one image's current rows of one method; True if they record an error."""
     statuses = {row["status"] for row in group}
     if statuses == {"error"}:
@@ -166,7 +168,7 @@ def _check_method_rows(where: str, group: list[dict], problems: _Problems) -> bo
             copies = [row for row in group if row["explained_index"] == label]
             problems.add("duplicate", f"{where}: {count} rows for label {label}{_copies(copies)}")
     for row in group:
-        _check_ok_row(f"{where} (label {row['explained_index']})", row, problems)
+        _check_ok_row(f"{where} (label {row['explained_index']})", row, crop, problems)
     return False
 
 
@@ -177,7 +179,8 @@ def _copies(rows: list[dict]) -> str:
     return ""
 
 
-def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
+def _check_ok_row(where: str, row: dict, crop: int, problems: _Problems) -> None:
+    """One ok row's promises; its PNGs are ``crop`` x ``crop``, the model's input."""
     num_segments = row["num_segments"]
     if row["error"] is not None:
         problems.add("error", f"{where}: ok row with an error")
@@ -187,24 +190,24 @@ def _check_ok_row(where: str, row: dict, problems: _Problems) -> None:
         problems.add("prediction", f"{where}: pred_index is not the first of topk_index")
     try:
         segments = decode_segments(row["segments"])
-        if segments.shape != (INPUT_SIZE, INPUT_SIZE):
-            problems.add("segments", f"{where}: segments PNG is {segments.shape}, not 224x224")
+        if segments.shape != (crop, crop):
+            problems.add("segments", f"{where}: segments PNG is {segments.shape}, not {crop}x{crop}")
         elif segments.max() >= num_segments or not np.bincount(segments.ravel(), minlength=num_segments).all():
             problems.add("segments", f"{where}: segment ids are not 0..{num_segments - 1}")
     except Exception as exc:
         problems.add("segments", f"{where}: segments PNG does not decode ({exc})")
     try:
         mask = decode_mask(row["mask"])
-        if mask.shape != (INPUT_SIZE, INPUT_SIZE) or mask.max() > 2:
-            problems.add("mask", f"{where}: mask PNG is not 224x224 with values 0, 1, 2")
+        if mask.shape != (crop, crop) or mask.max() > 2:
+            problems.add("mask", f"{where}: mask PNG is not {crop}x{crop} with values 0, 1, 2")
     except Exception as exc:
         problems.add("mask", f"{where}: mask PNG does not decode ({exc})")
     if (row["heatmap"] is not None) != (row["method"] in METHODS and get_method(row["method"]).heatmaps):
         problems.add("heatmap", f"{where}: a heatmap is Grad-CAM's and only Grad-CAM's")
     elif row["heatmap"] is not None:
         try:
-            if decode_heatmap(row["heatmap"]).shape != (INPUT_SIZE, INPUT_SIZE):
-                problems.add("heatmap", f"{where}: heatmap PNG is not 224x224")
+            if decode_heatmap(row["heatmap"]).shape != (crop, crop):
+                problems.add("heatmap", f"{where}: heatmap PNG is not {crop}x{crop}")
         except Exception as exc:
             problems.add("heatmap", f"{where}: heatmap PNG does not decode ({exc})")
 

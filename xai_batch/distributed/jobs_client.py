@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.storage import is_torchvision
+from xai_batch.model_files import sidecar_path
 from xai_batch.distributed.cluster import (
     ClusterUnreachable,
     auth_token,
@@ -57,7 +58,7 @@ def project_root() -> str:
 
 
 def stage_working_dir(staging: str, checkpoint: str | None) -> str | None:
-    """Fill ``staging`` with the code to ship (and a local checkpoint).
+    """Fill ``staging`` with the code to ship (and a local checkpoint, with the JSON beside a model file).
 
     Returns the checkpoint argument as the job must see it: relative to the
     working_dir for a shipped local file, else unchanged (a URI, or None).
@@ -71,6 +72,8 @@ def stage_working_dir(staging: str, checkpoint: str | None) -> str | None:
     folder = os.path.join(staging, STAGED_CHECKPOINTS)
     os.makedirs(folder, exist_ok=True)
     shutil.copy2(checkpoint, os.path.join(folder, os.path.basename(checkpoint)))
+    if os.path.isfile(sidecar_path(checkpoint)):
+        shutil.copy2(sidecar_path(checkpoint), os.path.join(folder, os.path.basename(sidecar_path(checkpoint))))
     return f"{STAGED_CHECKPOINTS}/{os.path.basename(checkpoint)}"
 
 

@@ -253,7 +253,7 @@ class Pipeline(ImageFlow):
         while self.todo and len(self.preparing) < self.max_preparing and len(self.remaining) < self.max_images:
             path = self.todo.popleft()
             header_ref, *payload_refs = self.prepare_task.remote(
-                self.source, path, self.config, self.done.get(path)
+                self.source, path, self.config, self.context.preprocessing, self.done.get(path)
             )
             self.preparing[header_ref] = (path, payload_refs, time.monotonic())
 

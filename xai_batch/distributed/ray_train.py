@@ -77,9 +77,6 @@ class RayTrainPlace:
             ray.train.report(progress.metrics[-1], checkpoint=checkpoint)
 
 
-STATE = "state.pt"
-
-
 def train_on_ray(
     loop: Callable[[RayTrainPlace, Callable[[str], None]], None], *, workers: int, gpus_per_worker: float,
     max_failures: int, address: str | None, storage: str,

@@ -94,7 +94,8 @@ class ReplicaPipeline(ImageFlow):
     def _submit_decodes(self) -> None:
         while self.todo and len(self.decoding) < self.max_decoding and self._held() < self.max_images:
             path = self.todo.popleft()
-            header, decoded = self.decode_task.remote(self.source, path, self.config, self.done.get(path))
+            header, decoded = self.decode_task.remote(self.source, path, self.config, self.context.preprocessing,
+                                                      self.done.get(path))
             self.decoding[header] = (path, decoded)
             self.submitted[path] = time.monotonic()
 

@@ -29,7 +29,8 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int, engine: str = "auto") -> None:
+    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int, engine: str = "auto",
+                 layer: str | None = None) -> None:
         import torch
 
         from xai_batch.engines import make_engine
@@ -39,6 +40,7 @@ class ModelReplica:
         self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
         self._checkpoint_bytes = checkpoint_bytes
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
+        self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
         self._busy: Counter[str] = Counter()  # seconds by stage
         self._working = 0.0
@@ -90,8 +92,8 @@ class ModelReplica:
         """Gradients need PyTorch whatever the engine: each gradient method's pass (a PyTorch copy of the
         model on the engine's device) is built the first time it is asked for."""
         if method not in self._gradient_passes:
-            self._gradient_passes[method] = get_method(method).gradient_pass(self._checkpoint_bytes,
-                                                                             str(self.engine.device))
+            self._gradient_passes[method] = get_method(method).gradient_pass(
+                self._checkpoint_bytes, str(self.engine.device), self._layer)
         return self._gradient_passes[method](prepared.image, top_labels)
 
     def _worked(self, stages: dict[str, float], started: float) -> None:
@@ -118,7 +120,7 @@ class Replicas:
 
     def __init__(
         self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
-        engine: str = "auto",
+        engine: str = "auto", layer: str | None = None,
     ) -> None:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -133,7 +135,7 @@ class Replicas:
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
         node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
         threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
-        self._args = (checkpoint_ref, precision, batch_size, threads, engine)
+        self._args = (checkpoint_ref, precision, batch_size, threads, engine, layer)
         self._actor = ray.remote(ModelReplica)
         self.name = name
         self.started = 0

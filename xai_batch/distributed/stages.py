@@ -40,6 +40,7 @@ from xai_batch.maths.quality import (
     curve_auc, deletion_rows, insertion_rows, random_order, ranking, second_seed, topk_jaccard,
 )
 from xai_batch.images import image_seed, load_image, read_object_mask
+from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest.resume import DoneImage
 from xai_batch.manifest.rows import RowContext, encode_segments, error_row, explanation_row
 from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, get_method, method_seed
@@ -79,25 +80,26 @@ class ImageHeader:
 class PreparedImage:
     """What the model replicas need to evaluate one method's perturbations of one image."""
 
-    image: np.ndarray  # (224, 224, 3) uint8
-    hidden: np.ndarray  # (224, 224, 3) uint8, what hidden superpixels show
-    segments: np.ndarray  # (224, 224) int32, ids 0..S-1
+    image: np.ndarray  # (crop, crop, 3) uint8
+    hidden: np.ndarray  # (crop, crop, 3) uint8, what hidden superpixels show
+    segments: np.ndarray  # (crop, crop) int32, ids 0..S-1
     rows: np.ndarray  # (samples drawn, S) uint8, 1 keeps a superpixel; none for Grad-CAM
-    object_mask: np.ndarray | None = None  # (224, 224) bool ground truth, where --masks has one
+    object_mask: np.ndarray | None = None  # (crop, crop) bool ground truth, where --masks has one
 
 
 @dataclass(frozen=True)
 class DecodedImage:
     """An input as the explanation starts from it: the model's pixels and, with ``--masks``, its object mask."""
 
-    pixels: np.ndarray  # (224, 224, 3) uint8
-    object_mask: np.ndarray | None = None  # (224, 224) bool
+    pixels: np.ndarray  # (crop, crop, 3) uint8
+    object_mask: np.ndarray | None = None  # (crop, crop) bool
 
 
 def decode(
-    source: Location, path: str, config: ExplainConfig, done: DoneImage | None = None
+    source: Location, path: str, config: ExplainConfig, preprocessing: Preprocessing, done: DoneImage | None = None
 ) -> tuple[ImageHeader, DecodedImage | None]:
-    """Read, hash and decode one file: its header, and its pixels unless it failed or has nothing to do.
+    """Read, hash and decode one file: its header, and its pixels (in the model's frame, ``preprocessing``'s)
+    unless it failed or has nothing to do.
 
     ``done`` is what the manifest already holds for the path (files
     unchanged by size and time were passed over before: :func:`unchanged_files`).
@@ -120,9 +122,9 @@ def decode(
     if not todo:
         return ImageHeader(path, sha256=sha256, skipped=True, busy=read_for()), None
     try:
-        loaded = load_image(data, config.max_pixels)
-        object_mask = (read_object_mask(config.masks, path, source.child(path).target, config.max_pixels)
-                       if config.masks else None)
+        loaded = load_image(data, config.max_pixels, preprocessing)
+        object_mask = (read_object_mask(config.masks, path, source.child(path).target, config.max_pixels,
+                                        preprocessing) if config.masks else None)
     except ImageError as exc:
         return ImageHeader(path, sha256=sha256, size=len(data), mtime_ns=mtime_ns, error=str(exc), methods=todo,
                            busy=read_for()), None
@@ -179,7 +181,7 @@ def sample_methods(
 
 
 def prepare(
-    source: Location, path: str, config: ExplainConfig, done: DoneImage | None = None
+    source: Location, path: str, config: ExplainConfig, preprocessing: Preprocessing, done: DoneImage | None = None
 ) -> tuple[ImageHeader | PreparedImage | None, ...]:
     """The workers' stage: decode, segment with lime's quickshift, sample; (header, one payload per method).
 
@@ -187,7 +189,7 @@ def prepare(
     method not to run (see :func:`decode`); a bad file gives a header with
     ``error`` and no payloads.
     """
-    header, decoded = decode(source, path, config, done)
+    header, decoded = decode(source, path, config, preprocessing, done)
     if decoded is None:
         return header, *(None,) * len(config.methods)
     segmenting = time.perf_counter()

@@ -53,8 +53,9 @@ _EXPORTS = {
 class Engine(Protocol):
     """What a model replica runs: all that its callers use.
 
-    ``predict(image, hidden, segments, rows)`` takes the (224, 224, 3) uint8
-    image, the uint8 image hidden superpixels show, the (224, 224) segment ids
+    ``predict(image, hidden, segments, rows)`` takes the (crop, crop, 3) uint8
+    image in the model's frame (its ``preprocessing``), the uint8 image hidden
+    superpixels show, the (crop, crop) segment ids
     and a (B, S) 0/1 matrix, and returns (B, num_classes) float32 softmax
     probabilities, row b for the image with superpixels ``rows[b] == 0`` hidden.
     ``classify(images)`` gives the (N, num_classes) probabilities of N whole
@@ -84,10 +85,13 @@ def check_engine(engine: str, precision: str) -> None:
             raise ConfigError(f"ONNX Runtime runs fp32 only; {precision} needs --engine torch", "engine")
 
 
-def engine_name(requested: str, cuda: bool, precision: str = "fp32") -> str:
-    """The engine a replica runs: 'auto' is ONNX Runtime on CPU in fp32 (where installed), else PyTorch."""
+def engine_name(requested: str, cuda: bool, precision: str = "fp32", file_format: str | None = None) -> str:
+    """The engine a replica runs: 'auto' is ONNX Runtime on CPU in fp32 (where installed), else PyTorch;
+    an ONNX file always ONNX Runtime, a TorchScript file PyTorch."""
     if requested != "auto":
         return requested
+    if file_format is not None:
+        return "onnxruntime" if file_format == "onnx" else "torch"
     if cuda or precision != "fp32":
         return "torch"
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
@@ -97,7 +101,10 @@ def make_engine(requested: str, checkpoint_bytes: bytes, precision: str, batch_s
     """The engine a replica holds, for this process's device."""
     import torch
 
-    if engine_name(requested, torch.cuda.is_available(), precision) == "onnxruntime":
+    from xai_batch.models import parse_checkpoint
+
+    fmt = parse_checkpoint(checkpoint_bytes, check=False).file_format
+    if engine_name(requested, torch.cuda.is_available(), precision, fmt) == "onnxruntime":
         from xai_batch.engines.onnx_engine import NotExportable, OnnxEngine
 
         try:

@@ -55,6 +55,7 @@ class OnnxEngine:
 
         loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
         self.num_classes = len(loaded.class_names)
+        self.preprocessing = loaded.preprocessing
         self.batch_size = min(batch_size, ONNX_BATCH)
         self.device = torch.device("cpu")
         options = onnxruntime.SessionOptions()
@@ -64,17 +65,27 @@ class OnnxEngine:
         self.session = onnxruntime.InferenceSession(
             onnx_model(checkpoint_bytes, loaded), options, providers=["CPUExecutionProvider"])
         self.version = f"onnxruntime {onnxruntime.__version__}"
-        self._buffer = np.empty((self.batch_size, 3, 224, 224), np.float32)
+        self.input_name = self.session.get_inputs()[0].name  # ours is 'input'; a model file's is its own
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None  # a file exported for one size
+        if self.fixed_batch:
+            self.batch_size = self.fixed_batch
+        self.answers_probabilities = loaded.outputs == "probabilities"
+        crop = self.preprocessing.crop
+        self._buffer = np.empty((self.batch_size, 3, crop, crop), np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.session.run(None, {"input": batch})[0]
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        rows = len(batch)
+        if self.fixed_batch and rows < self.fixed_batch:  # a file's fixed batch: the rest of the buffer is padding
+            batch = self._buffer
+        answer = self.session.run(None, {self.input_name: batch})[0][:rows]
+        return answer if self.answers_probabilities else torch.softmax(torch.from_numpy(answer), dim=1).numpy()
 
     def predict(
         self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray
     ) -> np.ndarray:
-        image_n = normalise(image, self.device).permute(2, 0, 1).numpy()  # (3, H, W): the same values as torch's
-        hidden_n = normalise(hidden, self.device).permute(2, 0, 1).numpy()
+        image_n = normalise(image, self.device, self.preprocessing).permute(2, 0, 1).numpy()  # (3, H, W), torch's
+        hidden_n = normalise(hidden, self.device, self.preprocessing).permute(2, 0, 1).numpy()
         out = np.empty((rows.shape[0], self.num_classes), dtype=np.float32)
         for start in range(0, rows.shape[0], self.batch_size):
             chunk = rows[start : start + self.batch_size].astype(bool)
@@ -85,13 +96,13 @@ class OnnxEngine:
         return out
 
     def classify(self, images: np.ndarray) -> np.ndarray:
-        """(N, num_classes) softmax probabilities of N whole (224, 224, 3) uint8 images."""
+        """(N, num_classes) softmax probabilities of N whole (crop, crop, 3) uint8 images."""
         out = np.empty((len(images), self.num_classes), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = self._buffer[: len(chunk)]
             for i, image in enumerate(chunk):
-                batch[i] = normalise(image, self.device).permute(2, 0, 1).numpy()
+                batch[i] = normalise(image, self.device, self.preprocessing).permute(2, 0, 1).numpy()
             out[start : start + len(chunk)] = self._run(batch)
         return out
 
@@ -109,6 +120,8 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
     the same bytes (the export is deterministic), and one that finds the model
     finds its record already there, so a fresh cache raises no false alarm.
     """
+    if loaded.file_format == "onnx":  # a model file runs as it came
+        return loaded.model_file
     versions = f"torch {torch.__version__}, onnxruntime {metadata.version('onnxruntime')}"
     key = hashlib.sha256(checkpoint_bytes + versions.encode()).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XAI_BATCH_CACHE", os.path.expanduser("~/.cache/xai-batch")), "onnx")
@@ -126,7 +139,8 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
           contextlib.redirect_stdout(io.StringIO())):  # the exporter narrates its steps
         exported = os.path.join(scratch, "model.onnx")  # the exporter writes by name; the folder is 0700
         try:
-            torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), exported, dynamo=True, input_names=["input"],
+            crop = loaded.preprocessing.crop  # the input's size; only the batch axis is dynamic
+            torch.onnx.export(model, (torch.zeros(1, 3, crop, crop),), exported, dynamo=True, input_names=["input"],
                               output_names=["logits"], dynamic_shapes=({0: "batch"},), external_data=False)
         except Exception as exc:
             raise NotExportable(f"{loaded.arch} does not export to ONNX: {one_line(exc, keep='first', limit=300)}") from exc

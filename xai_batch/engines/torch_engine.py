@@ -1,18 +1,21 @@
 """The PyTorch engine: the checkpoint's network eager on CPU or CUDA, channels-last, exact in fp32.
 
-``normalise`` is the seed's ``ToTensor`` then ``Normalize``, so in fp32 each
-perturbed input is bit-identical to the one lime would feed the model.
+``normalise`` is the seed's ``ToTensor`` then ``Normalize`` (with the model's
+own mean and std), so in fp32 each perturbed input is bit-identical to the one
+lime would feed the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 
 import numpy as np
 import torch
 
 from xai_batch.maths.perturbation import perturb
-from xai_batch.models import IMAGENET_MEAN, IMAGENET_STD, build_model, parse_checkpoint
+from xai_batch.models import build_model, parse_checkpoint
+from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = ["TorchEngine", "DEVICE_BATCH", "normalise", "exact_fp32"]
 
@@ -36,13 +39,13 @@ def exact_fp32(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def normalise(image: np.ndarray, device: torch.device) -> torch.Tensor:
+def normalise(image: np.ndarray, device: torch.device, preprocessing: Preprocessing = SEEDS) -> torch.Tensor:
     """(H, W, 3) uint8 to normalised float32 (H, W, 3), with ToTensor's and
     Normalize's operations in their order, so every value is bit-identical."""
     pixels = torch.tensor(image, device=device)  # a copy: Ray's arrays are read-only
     scaled = pixels.to(torch.float32).div(255)
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)
-    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32, device=device)
+    mean = torch.as_tensor(preprocessing.mean, dtype=torch.float32, device=device)
+    std = torch.as_tensor(preprocessing.std, dtype=torch.float32, device=device)
     return scaled.sub(mean).div(std)
 
 
@@ -62,11 +65,16 @@ class TorchEngine:
         if precision == "fp32":
             exact_fp32(self.device)
         loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
-        model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
+        if loaded.file_format == "torchscript":
+            model = torch.jit.load(io.BytesIO(loaded.model_file), map_location="cpu").eval()
+        else:
+            model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.precision = precision
         self.batch_size = min(batch_size, DEVICE_BATCH.get(self.device.type, batch_size))
         self.num_classes = len(loaded.class_names)
+        self.preprocessing = loaded.preprocessing
+        self.answers_probabilities = loaded.outputs == "probabilities"
         self.version = f"torch {torch.__version__}"
         self._buffer: torch.Tensor | None = None
 
@@ -86,8 +94,8 @@ class TorchEngine:
         self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray
     ) -> np.ndarray:
         with torch.inference_mode():
-            image_t = normalise(image, self.device)
-            hidden_t = normalise(hidden, self.device)
+            image_t = normalise(image, self.device, self.preprocessing)
+            hidden_t = normalise(hidden, self.device, self.preprocessing)
             segments_t = torch.tensor(segments, dtype=torch.long, device=self.device)
             rows_t = torch.tensor(rows, device=self.device)
             out = np.empty((rows.shape[0], self.num_classes), dtype=np.float32)
@@ -97,17 +105,21 @@ class TorchEngine:
                 batch = perturb(image_t, hidden_t, segments_t, rows_t[start:stop], out=buffer).permute(0, 3, 1, 2)
                 with self._autocast():
                     logits = self.model(batch)
-                probs = torch.softmax(logits.float(), dim=1)
-                out[start:stop] = probs.cpu().numpy()
+                out[start:stop] = self._probabilities(logits).cpu().numpy()
         return out
 
     def classify(self, images: np.ndarray) -> np.ndarray:
-        """(N, num_classes) softmax probabilities of N whole (224, 224, 3) uint8 images: no perturbation."""
+        """(N, num_classes) softmax probabilities of N whole (crop, crop, 3) uint8 images: no perturbation."""
         out = np.empty((len(images), self.num_classes), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = torch.stack([normalise(image, self.device) for image in images[start : start + self.batch_size]])
+                batch = torch.stack([normalise(image, self.device, self.preprocessing)
+                                     for image in images[start : start + self.batch_size]])
                 with self._autocast():
                     logits = self.model(batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
-                out[start : start + len(batch)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                out[start : start + len(batch)] = self._probabilities(logits).cpu().numpy()
         return out
+
+    def _probabilities(self, answer: torch.Tensor) -> torch.Tensor:
+        """Softmax of the logits, or what a model file that answers probabilities gives."""
+        return answer.float() if self.answers_probabilities else torch.softmax(answer.float(), dim=1)

@@ -7,9 +7,10 @@ import platform
 from importlib import metadata
 
 from xai_batch.errors import XaiBatchError
+from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.storage import join, locate, write_json
 
-__all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions"]
+__all__ = ["JOB_FILE", "load_job_record", "write_job_record", "software_versions", "recorded_preprocessing"]
 
 JOB_FILE = "job.json"
 _PACKAGES = ("xai-batch", "torch", "torchvision", "lime", "shap", "grad-cam", "ray", "numpy", "scikit-image", "pyarrow",
@@ -52,3 +53,15 @@ def load_job_record(out: str) -> dict:
         raise XaiBatchError(f"{where.target} is damaged ({len(data)} bytes, not a JSON record; cut short by a crash "
                             "or a full disk?): move it aside to go on, and its run history with it")
     return record
+
+
+def recorded_preprocessing(record: dict) -> Preprocessing:
+    """The model's preprocessing a run's record names: the frame its rows' masks are in and its
+    pictures are redrawn in. A record from before models had their own is the seeds'."""
+    values = record.get("preprocessing")
+    if values is None:
+        return SEEDS
+    try:
+        return Preprocessing.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise XaiBatchError(f"{JOB_FILE} records a preprocessing that cannot be used: {exc}") from exc

@@ -22,6 +22,7 @@ from PIL import Image
 from xai_batch.images import open_stored_png
 from xai_batch.manifest.schema import TOPK
 from xai_batch.methods import METHODS, Attribution, method_seed
+from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = [
     "RowContext", "RowSource", "QUALITY_COLUMNS", "explanation_row", "error_row", "image_rows", "method_rows",
@@ -48,6 +49,7 @@ class RowContext:
     faithfulness: bool = False
     stability: bool = False
     engine: str | None = None  # what ran the model, e.g. 'onnxruntime 1.32.0'
+    preprocessing: Preprocessing = SEEDS  # the model's: how each image became the array explained
 
     @property
     def measures_quality(self) -> bool:

@@ -51,7 +51,7 @@ class Attribution:
     score: float | None = None
     local_pred: float | None = None
     order: tuple[int, ...] | None = None
-    heatmap: np.ndarray | None = None  # (224, 224) float32 in [0, 1]
+    heatmap: np.ndarray | None = None  # (crop, crop) float32 in [0, 1]
 
 
 class PerturbationMethod(abc.ABC):
@@ -111,8 +111,8 @@ class GradientOutputs:
 class GradientMethod(abc.ABC):
     """A method that explains from the model's gradients on the image itself (Grad-CAM).
 
-    ``gradient_pass(checkpoint_bytes, device)`` builds, once per model
-    replica, what the replica calls with a (224, 224, 3) uint8 image and the
+    ``gradient_pass(checkpoint_bytes, device, layer)`` builds, once per model
+    replica, what the replica calls with a (crop, crop, 3) uint8 image and the
     number of labels to explain; it returns :class:`GradientOutputs`.
     ``attribute(rows, segments, outputs, labels, seed, num_samples)`` turns
     those outputs into one :class:`Attribution` per label; there are no
@@ -123,7 +123,10 @@ class GradientMethod(abc.ABC):
     heatmaps = True
 
     @abc.abstractmethod
-    def gradient_pass(self, checkpoint_bytes: bytes, device: str) -> Callable[[np.ndarray, int], GradientOutputs]: ...
+    def gradient_pass(
+        self, checkpoint_bytes: bytes, device: str, layer: str | None = None
+    ) -> Callable[[np.ndarray, int], GradientOutputs]:
+        """``layer`` is the dotted path of the layer to explain; None for the method's default for the family."""
 
     def sample(self, seed: int, num_segments: int, num_samples: int) -> np.ndarray:
         """No sample rows: the replica's gradient pass takes their place."""

@@ -38,15 +38,28 @@ TARGET_LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def target_layer(model, arch: str):
-    """The module Grad-CAM explains for ``arch``'s family (``TARGET_LAYERS``)."""
-    for prefixes, path in TARGET_LAYERS:
-        if arch.startswith(prefixes):
-            layer = model
-            for part in path.split("."):
-                layer = layer[int(part)] if part.lstrip("-").isdigit() else getattr(layer, part)
-            return layer
-    raise ValueError(f"no Grad-CAM target layer is known for {arch}")
+def target_layer(model, arch: str, path: str | None = None):
+    """The module Grad-CAM explains: at ``path`` (``layer3.-1``: dots for attributes, numbers for a stage's
+    blocks), or by default the one for ``arch``'s family (``TARGET_LAYERS``). A ``ValueError`` says which
+    part of a path is not in the model and what is there."""
+    import torch
+
+    if path is None:
+        path = next((path for prefixes, path in TARGET_LAYERS if arch.startswith(prefixes)), None)
+        if path is None:
+            raise ValueError(f"no Grad-CAM target layer is known for {arch}: give one with --target-layer")
+    layer, walked = model, []
+    for part in path.split("."):
+        try:
+            layer = layer[int(part)] if part.lstrip("-").isdigit() else getattr(layer, part)
+        except (AttributeError, IndexError, TypeError, KeyError):
+            children = ", ".join(name for name, _ in layer.named_children()) or "no sub-modules"
+            raise ValueError(f"{arch} has no {'.'.join([*walked, part])} ({'.'.join(walked) or 'the model'} has "
+                             f"{children})") from None
+        walked.append(part)
+    if not isinstance(layer, torch.nn.Module):
+        raise ValueError(f"{path} in {arch} is not a layer")
+    return layer
 
 
 def reshape_for(arch: str):
@@ -69,15 +82,15 @@ def superpixel_means(heatmap: np.ndarray, segments: np.ndarray) -> np.ndarray:
 
 
 class GradCam:
-    """Grad-CAM of the family's target layer (:func:`target_layer`).
+    """Grad-CAM of ``layer`` (a dotted path), by default the family's target layer (:func:`target_layer`).
 
-    Call it with a (224, 224, 3) uint8 image and the number of labels to
+    Call it with a (crop, crop, 3) uint8 image and the number of labels to
     explain; it returns the softmax probabilities (C,) float32 of its forward
     pass, the explained labels (most probable first, ranked as lime ranks
-    them) and one (224, 224) float32 heatmap in [0, 1] per label.
+    them) and one (crop, crop) float32 heatmap in [0, 1] per label.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, device: str | None = None) -> None:
+    def __init__(self, checkpoint_bytes: bytes, device: str | None = None, layer: str | None = None) -> None:
         import torch
         from pytorch_grad_cam import GradCAM
 
@@ -88,7 +101,8 @@ class GradCam:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         exact_fp32(self.device)  # the map of fp32 gradients, not TF32's
         self.model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict).to(self.device).eval()
-        self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, loaded.arch)],
+        self.preprocessing = loaded.preprocessing
+        self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, loaded.arch, layer)],
                            reshape_transform=reshape_for(loaded.arch))
 
     def __call__(self, image: np.ndarray, top_labels: int) -> GradientOutputs:
@@ -96,7 +110,7 @@ class GradCam:
 
         from xai_batch.engines.torch_engine import normalise
 
-        pixels = normalise(image, self.device).permute(2, 0, 1)
+        pixels = normalise(image, self.device, self.preprocessing).permute(2, 0, 1)
         batch = pixels.unsqueeze(0).repeat(top_labels, 1, 1, 1)
         targets = [_Ranked(rank, top_labels) for rank in range(top_labels)]
         heatmaps = self.cam(input_tensor=batch, targets=targets)
@@ -125,8 +139,8 @@ class _Ranked:
 class GradCamMethod(GradientMethod):
     name = "gradcam"
 
-    def gradient_pass(self, checkpoint_bytes: bytes, device: str) -> GradCam:
-        return GradCam(checkpoint_bytes, device)
+    def gradient_pass(self, checkpoint_bytes: bytes, device: str, layer: str | None = None) -> GradCam:
+        return GradCam(checkpoint_bytes, device, layer)
 
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
