@@ -527,10 +527,12 @@ def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-class _Channels(click.ParamType):
-    """Three numbers, red, green and blue: ``--mean 0.485,0.456,0.406``."""
+class _Numbers(click.ParamType):
+    """A comma list of numbers as a tuple: ``--mean 0.485,0.456,0.406`` (``count`` of them), band edges
+    ``0.5,0.8`` (any number; :class:`~xai_batch.analysis.design.Design` checks their order)."""
 
-    name = "R,G,B"
+    def __init__(self, name: str, what: str, count: int | None = None) -> None:
+        self.name, self.what, self.count = name, what, count
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
@@ -538,24 +540,14 @@ class _Channels(click.ParamType):
         try:
             numbers = tuple(float(part) for part in _comma_list(str(value)))
         except ValueError:
-            numbers = ()
-        if len(numbers) != 3:
-            self.fail(f"{value!r} is not three comma-separated numbers (red, green, blue)", param, ctx)
+            numbers = None
+        if numbers is None or (self.count is not None and len(numbers) != self.count):
+            self.fail(f"{value!r} is not {self.what}", param, ctx)
         return numbers
 
 
-class _Bands(click.ParamType):
-    """Confidence band edges, e.g. ``0.5,0.8``; :class:`~xai_batch.analysis.design.Design` checks their order."""
-
-    name = "P,P..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return tuple(float(part) for part in _comma_list(str(value)))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma list of probabilities", param, ctx)
+_CHANNELS = _Numbers("R,G,B", "three comma-separated numbers (red, green, blue)", count=3)
+_BANDS = _Numbers("P,P...", "a comma list of probabilities")
 
 
 _STYLE_HELP = ("boundaries: the seed's lime figure; heatmap: every superpixel by weight; hide-rest: only the "
@@ -612,7 +604,7 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
                    "method (each chosen image shown once per method).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Picks within cells and the presentation order.")
-@click.option("--bands", default="0.5,0.8", show_default=True, type=_Bands(),
+@click.option("--bands", default="0.5,0.8", show_default=True, type=_BANDS,
               help="Edges of the confidence bands of the predicted class's probability.")
 @_labels("each image's first folder (class-per-folder SOURCE)", _PathOrURI(exists=True, dir_okay=False))
 @_label_map()
@@ -865,9 +857,9 @@ def jobs_stop(settings: dict, job_id: str) -> None:
 @click.option("--resize", type=click.IntRange(MIN_CROP, MAX_RESIZE), default=None,
               help="The side each image is resized to (square, as the seeds' Resize((256, 256))) before the "
                    "centre crop.  [default: 256 for 224, in that ratio for other sizes]")
-@click.option("--mean", type=_Channels(), default=",".join(map(str, SEEDS.mean)), show_default=True,
+@click.option("--mean", type=_CHANNELS, default=",".join(map(str, SEEDS.mean)), show_default=True,
               help="Normalisation's mean, per channel of values in 0..1.")
-@click.option("--std", type=_Channels(), default=",".join(map(str, SEEDS.std)), show_default=True,
+@click.option("--std", type=_CHANNELS, default=",".join(map(str, SEEDS.std)), show_default=True,
               help="Normalisation's standard deviation, per channel.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and shifts.")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),

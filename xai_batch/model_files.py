@@ -38,10 +38,11 @@ import numpy as np
 from xai_batch.errors import ConfigError, ModelError, one_line
 from xai_batch.preprocessing import Preprocessing
 
-__all__ = ["ModelFile", "FILE_FORMATS", "OUTPUTS", "file_format", "sidecar_path", "read_sidecar", "check_model_file",
-           "check_file_runs"]
+__all__ = ["ModelFile", "FILE_FORMATS", "FORMAT_NAMES", "OUTPUTS", "file_format", "sidecar_path", "read_sidecar",
+           "check_model_file", "check_file_runs"]
 
 FILE_FORMATS = ("onnx", "torchscript")
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}  # each format as a message names it
 OUTPUTS = ("logits", "probabilities")
 SIDECAR_SUFFIX = ".json"
 MAX_SIDECAR_BYTES = 1 << 20  # class names and a few numbers; anything bigger is not a sidecar
@@ -126,7 +127,7 @@ def check_model_file(fmt: str, data: bytes, described: ModelFile, name: str) -> 
                 answer = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()(torch.zeros(1, 3, crop, crop))
             answer = answer.numpy()
     except Exception as exc:
-        raise ModelError(f"{name} does not run as a {fmt} model on a (N, 3, {crop}, {crop}) input: "
+        raise ModelError(f"{name} does not run as {FORMAT_NAMES[fmt]} model on a (N, 3, {crop}, {crop}) input: "
                          f"{one_line(exc, keep='first', limit=300)}") from exc
     shape = tuple(np.shape(answer))
     if len(shape) != 2 or shape[1] != len(described.class_names):
@@ -145,6 +146,6 @@ def check_file_runs(fmt: str | None, engine: str, precision: str, methods: Seque
     if fmt == "torchscript" and engine == "onnxruntime":
         raise ConfigError("a TorchScript file runs on PyTorch: --engine torch (or auto)", "engine")
     if "gradcam" in methods:
-        raise ConfigError(f"Grad-CAM needs the network's layers, which a {fmt} file does not expose: "
+        raise ConfigError(f"Grad-CAM needs the network's layers, which {FORMAT_NAMES[fmt]} file does not expose: "
                           "explain it with lime or kernelshap, or give a torchvision architecture's checkpoint",
                           "methods")

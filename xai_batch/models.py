@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from xai_batch.errors import ModelError, one_line
-from xai_batch.model_files import check_model_file, file_format, read_sidecar, sidecar_path
+from xai_batch.model_files import FORMAT_NAMES, check_model_file, file_format, read_sidecar, sidecar_path
 from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.storage import TORCHVISION_PREFIX, is_torchvision, locate
 
@@ -131,7 +131,8 @@ def _model_file(checkpoint: str, data: bytes, fmt: str) -> ModelSource:
     try:
         described = read_sidecar(locate(beside).read_bytes(), beside)
     except FileNotFoundError:
-        raise ModelError(f"{checkpoint} is a {fmt} file: say its class names (and preprocessing) in {beside} "
+        raise ModelError(f"{checkpoint} is {FORMAT_NAMES[fmt]} file: say its class names (and preprocessing) "
+                         f"in {beside} "
                          "(README: Your own model)") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {beside}: {one_line(exc)}") from exc

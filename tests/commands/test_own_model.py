@@ -86,11 +86,12 @@ def test_a_model_file_is_refused_with_what_it_cannot_do(ray_session, photos, own
     alone = tmp_path / "alone.onnx"
     alone.write_bytes(open(own_model["onnx"], "rb").read())
     result = _explain(photos, tmp_path / "out", str(alone))
-    assert result.exit_code == 1 and f"say its class names (and preprocessing) in {alone}.json" in result.output
+    assert result.exit_code == 1 and f"is an ONNX file: say its class names (and preprocessing) in {alone}.json" \
+        in result.output
     (tmp_path / "alone.onnx.json").write_text(json.dumps({"class_names": ["a", "b"]}))
     result = _explain(photos, tmp_path / "out", str(alone))
     assert result.exit_code == 1, result.output
-    assert "does not run as a onnx model on a (N, 3, 224, 224) input" in result.output  # it takes 160
+    assert "does not run as an ONNX model on a (N, 3, 224, 224) input" in result.output  # it takes 160
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
