@@ -143,7 +143,7 @@ def test_missing_imagenet_weights_offline(photos, tmp_path, monkeypatch):
 def test_explain_end_to_end(ray_session, shapes_data, shapes_model, tmp_path):
     out = tmp_path / "run"
     result = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", shapes_model,
-                    "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
+                    "--num-samples", "20", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "6 images: 6 explained, 0 errors, 0 already done; 6 rows" in result.output
     table = read_manifest(str(out))
@@ -153,7 +153,7 @@ def test_explain_end_to_end(ray_session, shapes_data, shapes_model, tmp_path):
     assert record["config"]["hide_color"] is None and record["state"] == "completed"
     assert_verified(str(out), shapes_data["holdout"])
     again = invoke("explain", shapes_data["holdout"], "--out", str(out), "--checkpoint", shapes_model,
-                   "--num-samples", "40", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
+                   "--num-samples", "20", "--batch-size", "16", "--hide-color", "mean", "--no-progress")
     assert again.exit_code == 0 and "6 images: 0 explained, 0 errors, 6 already done (6 unread: size and time unchanged); 0 rows" in again.output
     assert read_manifest(str(out), current=False).num_rows == 6
 

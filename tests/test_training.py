@@ -10,6 +10,16 @@ from xai_batch.images import load_image
 from xai_batch.manifest import read_manifest
 from xai_batch.models import parse_checkpoint
 from xai_batch.commands.train import _Local, _recalibrate_batchnorm, class_folders, stratified_split
+from xai_batch.synthetic import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def small_train(tmp_path_factory) -> str:
+    """Six generated images a class (four classes): enough for a run to go through every step of an
+    epoch, a third of the shared training folder's time."""
+    root = str(tmp_path_factory.mktemp("small-train"))
+    generate_dataset(root, per_class=6, seed=0)
+    return root
 
 
 def test_split_is_stratified_seeded_and_disjoint(shapes_data):
@@ -21,12 +31,12 @@ def test_split_is_stratified_seeded_and_disjoint(shapes_data):
     assert sorted(label for _, label in val) == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
 
 
-def test_train_command_writes_the_best_epochs_checkpoint_every_tool_loads(shapes_data, tmp_path):
+def test_train_command_writes_the_best_epochs_checkpoint_every_tool_loads(small_train, shapes_data, tmp_path):
     """Two epochs through the CLI, with the demo's recipe: the record says which epoch was kept
     (the lower validation loss), and the engine loads the checkpoint. Whether the model is any
     good depends on the draw; the demo's test and the Ray Train test check that it learns."""
     out = tmp_path / "m.pt"
-    result = CliRunner().invoke(cli, ["train", shapes_data["train"], "--out", str(out), "--epochs", "2",
+    result = CliRunner().invoke(cli, ["train", small_train, "--out", str(out), "--epochs", "2",
                                       "--pretrained", "none", "--batch-size", "8", "--val-fraction", "0.5",
                                       "--label-smoothing", "0.1", "--lr-schedule", "cosine"])
     assert result.exit_code == 0, result.output
@@ -43,12 +53,12 @@ def test_train_command_writes_the_best_epochs_checkpoint_every_tool_loads(shapes
 
 
 @pytest.mark.parametrize("arch, engine", [("mobilenet_v3_small", "torch"), ("squeezenet1_1", "onnxruntime")])
-def test_train_builds_any_torchvision_architecture_and_every_tool_loads_it(ray_session, shapes_data, arch, engine,
-                                                                           tmp_path):
+def test_train_builds_any_torchvision_architecture_and_every_tool_loads_it(ray_session, small_train, shapes_data,
+                                                                           arch, engine, tmp_path):
     """One epoch of another family: the checkpoint records it; evaluate builds it, and explain's fp32 LIME of
     it is lime's own (test_engines checks both engines' probabilities on each family)."""
     out = tmp_path / "m.pt"
-    result = CliRunner().invoke(cli, ["train", shapes_data["train"], "--out", str(out), "--epochs", "1",
+    result = CliRunner().invoke(cli, ["train", small_train, "--out", str(out), "--epochs", "1",
                                       "--arch", arch, "--pretrained", "none", "--batch-size", "16"])
     assert result.exit_code == 0, result.output
     assert f"training {arch} in this process" in result.output

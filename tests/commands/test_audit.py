@@ -29,7 +29,7 @@ from xai_batch.synthetic import mask_path
 pytestmark = pytest.mark.slow
 
 # Quality is on by default in audits; these tests measure it in tests/commands/test_quality_columns.py.
-SETTINGS = ["--num-samples", "40", "--batch-size", "40", "--no-faithfulness", "--no-stability", "--no-progress"]
+SETTINGS = ["--num-samples", "20", "--batch-size", "20", "--no-faithfulness", "--no-stability", "--no-progress"]
 
 
 def _audit(source, out, checkpoint, *extra):

@@ -250,7 +250,7 @@ def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
         cluster.add_node(num_cpus=1, resources={{"second_node": 1}})
         ray.init(address=cluster.address, logging_level=logging.ERROR)
         result = run_explain(ExplainConfig(source={shapes_data["holdout"]!r}, out={out!r},
-                                           checkpoint={shapes_model!r}, num_samples=64, batch_size=16,
+                                           checkpoint={shapes_model!r}, num_samples=32, batch_size=8,
                                            actors=2), progress=False)
         nodes = {{n["NodeID"]: sorted(n["Resources"]) for n in ray.nodes() if n["Alive"]}}
         print("NODES", json.dumps(nodes))

@@ -31,7 +31,7 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model, wherever
     the stages run: with ``replica`` the segments are the torch port's, checked against lime's own (the
     engine a GPU replica runs; ONNX Runtime's replica rows equal its workers': the test below)."""
-    num_samples = 120
+    num_samples = 60  # two calls of the batch size below, the second short
     config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
                            num_samples=num_samples, seed=42, batch_size=50, engine=engine, stages=stages)
     result = run_explain(config, progress=False)
@@ -47,16 +47,17 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     assert record["runs"][-1]["stages"]["ran_on"] == ("replica" if stages == "auto" else stages)  # auto: on CUDA
 
 
-def _explain(source, out, checkpoint, **options):
-    config = ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7, **options)
+def _explain(source, out, checkpoint, num_samples=96, **options):
+    config = ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=num_samples, seed=7, **options)
     run_explain(config, progress=False)
     assert_verified(out, source)
     return read_manifest(out).to_pylist()
 
 
 def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, three_shapes, shapes_model, tmp_path):
-    one = _explain(three_shapes, str(tmp_path / "one"), shapes_model, actors=1, batch_size=256)
-    two = _explain(three_shapes, str(tmp_path / "two"), shapes_model, actors=2, batch_size=37)
+    # 48 samples an image: one call of all of them, against calls of 17, 17 and 14 spread over two replicas
+    one = _explain(three_shapes, str(tmp_path / "one"), shapes_model, num_samples=48, actors=1, batch_size=256)
+    two = _explain(three_shapes, str(tmp_path / "two"), shapes_model, num_samples=48, actors=2, batch_size=17)
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for column in ("path", "sha256", "status", "seed", "segments", "mask", "pred_index", "explained_index",
@@ -148,8 +149,8 @@ def test_a_listing_of_a_folders_images_explains_into_the_folders_manifest(ray_se
     source = tmp_path / "data"
     shutil.copytree(three_shapes, source)
     (source / "list.txt").write_text("".join(f"{name}\n" for name in sorted(os.listdir(three_shapes))))
-    folder = _explain(str(source), str(tmp_path / "folder"), shapes_model)
-    listed = _explain(str(source / "list.txt"), str(tmp_path / "listed"), shapes_model)
+    folder = _explain(str(source), str(tmp_path / "folder"), shapes_model, num_samples=16)
+    listed = _explain(str(source / "list.txt"), str(tmp_path / "listed"), shapes_model, num_samples=16)
     assert len(folder) == 3
     assert [{k: v for k, v in row.items() if k not in ("run_id", "seconds")} for row in listed] == \
         [{k: v for k, v in row.items() if k not in ("run_id", "seconds")} for row in folder]
@@ -158,12 +159,13 @@ def test_a_listing_of_a_folders_images_explains_into_the_folders_manifest(ray_se
     assert verified.exit_code == 1
     assert "problem: gone.png: image in SOURCE without a row" in verified.output
     assert "row for a file that is not an image in SOURCE" in verified.output
-    rows = _explain_unverified(str(source / "list.txt"), str(tmp_path / "gone"), shapes_model)
+    rows = _explain_unverified(str(source / "list.txt"), str(tmp_path / "gone"), shapes_model, num_samples=16)
     assert [(row["path"], row["status"]) for row in rows] == [("disc.png", "ok"), ("gone.png", "error")]
 
 
-def _explain_unverified(source, out, checkpoint):
-    run_explain(ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=96, seed=7), progress=False)
+def _explain_unverified(source, out, checkpoint, num_samples=96):
+    run_explain(ExplainConfig(source=source, out=out, checkpoint=checkpoint, num_samples=num_samples, seed=7),
+                progress=False)
     return read_manifest(out).to_pylist()
 
 

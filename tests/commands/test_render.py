@@ -27,8 +27,8 @@ def explained(ray_session, three_shapes, shapes_model, tmp_path_factory):
     for name in os.listdir(three_shapes):
         (source / name).write_bytes(open(os.path.join(three_shapes, name), "rb").read())
     out = str(tmp_path_factory.mktemp("render") / "run")
-    run_explain(ExplainConfig(source=str(source), out=out, checkpoint=shapes_model, num_samples=60,
-                              batch_size=60), progress=False)
+    run_explain(ExplainConfig(source=str(source), out=out, checkpoint=shapes_model, num_samples=20,
+                              batch_size=20), progress=False)
     return str(source), out
 
 
@@ -126,8 +126,8 @@ def test_render_without_a_manifest_is_a_usage_error(tmp_path):
 def explained_classes(ray_session, shapes_data, shapes_model, tmp_path_factory):
     """The held-out shapes (a class-per-folder SOURCE, two images a class) explained by the shapes model."""
     out = str(tmp_path_factory.mktemp("stimuli") / "run")
-    run_explain(ExplainConfig(source=shapes_data["holdout"], out=out, checkpoint=shapes_model, num_samples=60,
-                              batch_size=60), progress=False)
+    run_explain(ExplainConfig(source=shapes_data["holdout"], out=out, checkpoint=shapes_model, num_samples=20,
+                              batch_size=20), progress=False)
     return out
 
 

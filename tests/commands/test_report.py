@@ -34,7 +34,7 @@ def audited(ray_session, shapes_data, shapes_model, tmp_path_factory):
     (source / "triangle" / "broken.png").write_bytes(b"not a png at all")
     out = root / "run"
     result = CliRunner().invoke(cli, ["audit", str(source), "--out", str(out), "--checkpoint", shapes_model,
-                                      "--num-samples", "40", "--batch-size", "40", "--no-faithfulness",
+                                      "--num-samples", "20", "--batch-size", "20", "--no-faithfulness",
                                       "--stability", "--no-progress"])
     assert result.exit_code == 0, result.output
     return out
