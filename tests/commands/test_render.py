@@ -89,6 +89,7 @@ def test_a_changed_image_is_an_error_entry_not_a_wrong_picture(explained, tmp_pa
 def test_a_manifest_path_that_leaves_source_is_an_error_entry_not_a_file_read(explained, tmp_path):
     """A manifest from elsewhere may name '../x' or '/etc/x': its rows are error entries, the files unread."""
     from xai_batch.commands.render import RenderOptions, _render_batch
+    from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import locate
 
     source, out = explained
@@ -96,7 +97,7 @@ def test_a_manifest_path_that_leaves_source_is_an_error_entry_not_a_file_read(ex
     [row] = [row for row in read_manifest(out).to_pylist() if row["path"] == sorted(os.listdir(source))[0]]
     hostile = [({**row, "path": path}, f"{number}.png") for number, path in
                enumerate(["../" + tmp_path.name + "/secret.png", str(tmp_path / "secret.png")])]
-    entries = _render_batch(hostile, locate(source), locate(str(tmp_path / "o")), RenderOptions())
+    entries = _render_batch(hostile, locate(source), locate(str(tmp_path / "o")), RenderOptions(), SEEDS)
     assert [entry["file"] for entry in entries] == ["", ""]
     assert all(entry["error"].startswith("path ") and f"is not inside {source}" in entry["error"] for entry in entries)
 
