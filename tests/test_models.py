@@ -138,3 +138,21 @@ def test_torchvision_weights_by_name_explain_with_imagenet_classes(tmp_path, mon
     assert model.model_id == "mobilenet_v3_small:IMAGENET1K_V1" and model.arch == "mobilenet_v3_small"
     assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
     assert parse_checkpoint(model.checkpoint_bytes).arch == "mobilenet_v3_small"  # what replicas get says so
+
+
+@pytest.mark.parametrize("batch", [2, 300])
+def test_an_onnx_file_with_a_fixed_batch_is_checked_at_its_size_and_a_huge_one_refused(batch, tmp_path):
+    """The driver's check runs a fixed-batch file on that many blank images, so the batch is bounded
+    first: a file exported for 300 images (or a million) is a one-line error, not 300 images' memory."""
+    import json
+
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2)).eval()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(model, (torch.zeros(batch, 3, 16, 16),), str(path), dynamo=True, external_data=False)
+    (tmp_path / "fixed.onnx.json").write_text(json.dumps({"class_names": ["a", "b"],
+                                                          "preprocessing": {"resize": 16, "crop": 16}}))
+    if batch <= 256:
+        assert resolve_model(str(path)).class_names == ("a", "b")
+    else:
+        with pytest.raises(ModelError, match="takes a fixed batch of 300 images, more than the 256 a replica runs"):
+            resolve_model(str(path))

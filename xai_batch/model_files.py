@@ -47,6 +47,7 @@ OUTPUTS = ("logits", "probabilities")
 SIDECAR_SUFFIX = ".json"
 MAX_SIDECAR_BYTES = 1 << 20  # class names and a few numbers; anything bigger is not a sidecar
 MAX_CLASSES = 100_000
+MAX_FIXED_BATCH = 256  # a file exported for one batch size: the most images a GPU replica runs at once
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ def check_model_file(fmt: str, data: bytes, described: ModelFile, name: str) -> 
             session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
             batch = session.get_inputs()[0].shape[0]
             rows = batch if isinstance(batch, int) and batch > 0 else 1
+            if rows > MAX_FIXED_BATCH:  # every batch of its replica would hold that many images
+                raise ModelError(f"{name} takes a fixed batch of {rows} images, more than the {MAX_FIXED_BATCH} "
+                                 "a replica runs at once: export it with a dynamic batch axis or a smaller batch")
             answer = session.run(None, {session.get_inputs()[0].name: np.zeros((rows, 3, crop, crop), np.float32)})[0]
         else:
             import torch
@@ -126,6 +130,8 @@ def check_model_file(fmt: str, data: bytes, described: ModelFile, name: str) -> 
             with torch.inference_mode():
                 answer = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()(torch.zeros(1, 3, crop, crop))
             answer = answer.numpy()
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"{name} does not run as {FORMAT_NAMES[fmt]} model on a (N, 3, {crop}, {crop}) input: "
                          f"{one_line(exc, keep='first', limit=300)}") from exc
