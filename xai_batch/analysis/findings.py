@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,26 +101,27 @@ def failed_conditions(conditions: Sequence[FailCondition], report: dict) -> list
     return [str(c) for c in conditions if c.met(report["counts"], report["accuracy"])]
 
 
-def confusion(pairs: Sequence[tuple[str, str]]) -> dict:
-    """Accuracy, per-class accuracy and the confusion matrix of (true, predicted) label pairs.
+def confusion(counts: Mapping[tuple[str, str], int]) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix of images counted by (true, predicted) label.
 
+    Counts, not one pair per image, so a million images cost what their labels do.
     Rows of the matrix are true labels, columns predicted ones; the labels are
     the true ones, sorted, then any predicted label no image truly has.
     """
-    truths = sorted({truth for truth, _ in pairs})
-    labels = truths + sorted({predicted for _, predicted in pairs} - set(truths))
+    truths = sorted({truth for truth, _ in counts})
+    labels = truths + sorted({predicted for _, predicted in counts} - set(truths))
     position = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
-    for truth, predicted in pairs:
-        matrix[position[truth], position[predicted]] += 1
+    for (truth, predicted), count in counts.items():
+        matrix[position[truth], position[predicted]] += count
     per_class = {}
     for label in truths:
         images = int(matrix[position[label]].sum())
         correct = int(matrix[position[label], position[label]])
         per_class[label] = {"images": images, "correct": correct, "accuracy": correct / images}
-    correct = sum(truth == predicted for truth, predicted in pairs)
+    total = int(matrix.sum())
     return {
-        "accuracy": correct / len(pairs) if pairs else None,
+        "accuracy": int(np.trace(matrix)) / total if total else None,
         "per_class": per_class,
         "confusion": {"labels": labels, "matrix": matrix.tolist()},
     }
@@ -254,8 +255,7 @@ class AuditTally:
     def report(self) -> dict:
         """The report of every group added: ``counts`` has every finding, ``findings`` the first listed."""
         findings = {kind: found.first() for kind, found in self.findings.items()}
-        pairs = [pair for pair, count in sorted(self.pairs.items()) for _ in range(count)]
-        counts = {"images": self.images, "explained": self.explained, "labelled": len(pairs),
+        counts = {"images": self.images, "explained": self.explained, "labelled": sum(self.pairs.values()),
                   **{kind: found.count for kind, found in self.findings.items()}}
         methods = [method for method in METHODS if method in self.quality]
         by_method = {method: self.quality[method].summary() for method in methods}
@@ -263,7 +263,7 @@ class AuditTally:
                  "new_images": self.new.count, "removed_images": self.removed.count,
                  "models_before": sorted(self.models_before), "models_now": sorted(self.models_now)} \
             if self.compared else None
-        return {"counts": counts, **confusion(pairs), "findings": findings, "since_previous": since,
+        return {"counts": counts, **confusion(self.pairs), "findings": findings, "since_previous": since,
                 "methods": methods, "quality": by_method[methods[0]] if methods else quality_summary([]),
                 "quality_by_method": by_method, "agreement": self.agreement.report(methods)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,8 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
     check_truth_meets_predictions(set(truths.values()), config.label_map, model.class_names)
     mapping = load_label_map(config.label_map)
     source = config.data_dir if is_uri(config.data_dir) else os.path.abspath(config.data_dir)
+    counts: Counter = Counter()  # images by (true, predicted) label
+    wrong, errors = [], []
     with connected(config.address):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
@@ -126,26 +129,27 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
                                              "preprocessing": model.preprocessing}, batch_size=BATCH)
             .map_batches(_Classifier, fn_constructor_args=(model.checkpoint_bytes, config.precision, config.engine, threads),
                          batch_size=BATCH, concurrency=actors, num_gpus=1 if gpus else 0)
-            .take_all()
         )
-    results = sorted(predictions, key=lambda row: row["path"])
-    errors = [{"path": r["path"], "error": r["error"]} for r in results if r["error"]]
-    pairs, wrong = [], []
-    for r in results:
-        if r["error"]:
-            continue
-        index = int(r["pred_index"])
-        label = mapping(index) if mapping else model.class_names[index]
-        truth = truths[r["path"]]
-        pairs.append((truth, label))
-        if truth != label:
-            wrong.append({"path": r["path"], "true": truth, "predicted": label, "class": model.class_names[index],
-                          "prob": round(float(r["pred_prob"]), 4)})
-    scores = confusion(pairs)
+        # Streamed: the driver keeps counts and the wrong images, never a row per image.
+        for batch in predictions.iter_batches(batch_size=BATCH, batch_format="numpy"):
+            for path, error, index, prob in zip(batch["path"].tolist(), batch["error"].tolist(),
+                                                batch["pred_index"].tolist(), batch["pred_prob"].tolist()):
+                if error:
+                    errors.append({"path": path, "error": error})
+                    continue
+                label = mapping(index) if mapping else model.class_names[index]
+                truth = truths[path]
+                counts[truth, label] += 1
+                if truth != label:
+                    wrong.append({"path": path, "true": truth, "predicted": label,
+                                  "class": model.class_names[index], "prob": round(prob, 4)})
+    wrong.sort(key=lambda entry: entry["path"])
+    errors.sort(key=lambda entry: entry["path"])
+    scores = confusion(counts)
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data_dir": config.data_dir, "model_id": model.model_id, "label_map": config.label_map,
-        "images": len(paths), "evaluated": len(pairs), **scores, "wrong": wrong, "errors": errors,
+        "images": len(paths), "evaluated": sum(counts.values()), **scores, "wrong": wrong, "errors": errors,
     }
     path = write_json(config.out, document)
     return EvaluateResult(path=path, images=len(paths), errors=len(errors), accuracy=scores["accuracy"])
