@@ -22,9 +22,14 @@ PHOTOS = {"cat/chelsea.jpg": "chelsea", "people/astronaut.png": "astronaut", "co
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One real local Ray for the whole session (2 CPUs, as on CI)."""
+    """One real local Ray for the whole session (2 CPUs, as on CI). Its token, where Ray would write a
+    new one readable by all (which the commands then refuse), is written owner-only first, as
+    :func:`~xai_batch.distributed.cluster.connected` does for an embedded Ray."""
     import ray
 
+    from xai_batch.distributed.cluster import _write_private_token
+
+    _write_private_token()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()

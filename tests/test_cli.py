@@ -172,3 +172,60 @@ def test_help_does_not_import_torch_or_ray():
     code = "import sys, xai_batch.cli; print('torch' in sys.modules, 'ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+RAW_SLASH = "s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/r1"  # a secret key with a raw '/'
+AZURE = "abfs://acct.blob.core.windows.net/c/p?client_id=app&client_secret=AzureS3cret&tenant_id=t"
+
+
+def test_a_secret_with_a_slash_or_in_a_query_is_neither_printed_nor_submitted(photos, tmp_path):
+    """Issue 31, finding 1: pyarrow's traceback printed the raw-slash secret; submit passed it and query
+    credentials on; the usage error for SOURCE printed it whole."""
+    results = [invoke("explain", photos, "--out", RAW_SLASH, "--no-progress"),
+               invoke("explain", RAW_SLASH, "--out", str(tmp_path / "o")),
+               invoke("explain", AZURE, "--out", str(tmp_path / "o"))]
+    for result in results:
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+        assert len([line for line in result.output.splitlines() if line.strip()]) <= 3, result.output  # usage, one line
+    for uri, name in ((RAW_SLASH, "SOURCE"), (AZURE, "SOURCE"), (RAW_SLASH.replace("r1", "photos"), "SOURCE")):
+        submitted = invoke("submit", "--address", "http://127.0.0.1:9", "explain", uri, "--out", "s3://b/runs/1")
+        assert submitted.exit_code == 2, submitted.output
+        assert f"Invalid value for '{name}': a URI with credentials in it" in submitted.output, submitted.output
+        results.append(submitted)
+    out_query = invoke("submit", "--address", "http://127.0.0.1:9", "explain", "s3://b/photos", "--out", AZURE)
+    assert out_query.exit_code == 2 and "Invalid value for '--out'" in out_query.output, out_query.output
+    for result in [*results, out_query]:
+        for secret in ("K7MDENG", "wJalr", "AzureS3cret"):
+            assert secret not in result.output, result.output
+
+
+def test_a_bug_s_traceback_and_the_log_are_redacted(tmp_path):
+    """What no command turns into one line still shows no secret: the traceback hook and the log filter."""
+    code = ("import logging, sys\nfrom xai_batch import cli\n"
+            "sys.argv = ['xai-batch', '-v', 'verify', '--help']\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            f"logging.getLogger('x').warning('reading %s', {RAW_SLASH!r})\n"
+            f"raise RuntimeError('bug while reading ' + {RAW_SLASH!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "RuntimeError: bug while reading s3://***@bucket/r1" in done.stderr, done.stderr
+    assert "WARNING x: reading s3://***@bucket/r1" in done.stderr, done.stderr
+    assert "K7MDENG" not in done.stderr and "wJalr" not in done.stderr
+
+
+def test_joining_a_remote_gcs_in_clear_is_refused_before_any_work_unless_insecure(photos, random_checkpoint, tmp_path,
+                                                                                monkeypatch):
+    """Issue 31, finding 15: a command joining another machine's GCS over plain gRPC is refused, naming
+    --insecure, before it reads or writes anything."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 64)
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    out = tmp_path / "out"
+    refused = invoke("explain", photos, "--out", str(out), "--checkpoint", random_checkpoint, "--address",
+                     "192.0.2.7:6379", "--no-progress")
+    assert refused.exit_code == 2 and "is Ray's plain gRPC (no TLS) to another machine" in refused.output
+    assert "--insecure" in refused.output and not out.exists(), refused.output
+    from xai_batch.config import ExplainConfig
+    from xai_batch.distributed.cluster import check_join
+
+    check_join("192.0.2.7:6379", insecure=True)  # the user's word: it goes on (to the reachability check)
+    assert ExplainConfig(photos, str(out), address="192.0.2.7:6379", insecure=True).insecure

@@ -1,3 +1,4 @@
+import hashlib
 import logging
 import shutil
 import stat
@@ -207,3 +208,28 @@ def test_auto_is_onnxruntime_on_cpu_and_torch_on_cuda():
     assert engine_name("auto", cuda=False) == "onnxruntime" and engine_name("auto", cuda=True) == "torch"
     assert engine_name("auto", cuda=False, precision="bf16") == "torch"
     assert engine_name("torch", cuda=False) == "torch"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_cache_folder_others_can_write_into_is_not_used(onnx_caches, random_checkpoint, tmp_path, monkeypatch,
+                                                          caplog, mode):
+    """Issue 31, finding 9: in a group- or world-writable XAI_BATCH_CACHE a planted model with a matching
+    .sha256 was used. Such a folder is not used at all: the checkpoint's own export runs, and nothing is
+    written there."""
+    from xai_batch.engines import onnx_model
+    from xai_batch.models import parse_checkpoint
+
+    entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
+    planted = _entry(onnx_caches["other"]).read_bytes()  # a valid model, another's answers
+    entry.write_bytes(planted)
+    entry.with_name(entry.name + ".sha256").write_bytes(
+        f"{hashlib.sha256(planted).hexdigest()}  {entry.name}\n".encode())
+    (tmp_path / "onnx").chmod(mode)
+    data = checkpoint_bytes(random_checkpoint)
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+        serialized = onnx_model(data, parse_checkpoint(data))
+    assert serialized != planted and serialized == _entry(onnx_caches["random"]).read_bytes()
+    assert f"not using the ONNX export cache {tmp_path / 'onnx'}: others can write into it (mode {mode:04o})" \
+        in caplog.text
+    assert entry.read_bytes() == planted and sorted(p.name for p in (tmp_path / "onnx").iterdir()) == \
+        [entry.name, entry.name + ".sha256"]  # nothing written there either

@@ -164,3 +164,89 @@ def test_16_bit_images_are_converted_in_strips():
     floats = Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), "F")
     grey = np.asarray(open_rgb(_encoded(floats, "TIFF")))[..., 0]
     assert grey[0, 0] == 0 and grey[-1, -1] == 255  # [0, 1] floats scaled by 255
+
+
+def _linked_source(tmp_path):
+    """SOURCE with a good image, a file link out of it and a folder link out of it, and a listing of all three;
+    outside it, a private picture the links reach."""
+    source, outside = tmp_path / "src", tmp_path / "private"
+    source.mkdir()
+    outside.mkdir()
+    (source / "good.png").write_bytes(_encoded(Image.new("RGB", (30, 20), (9, 99, 199)), "PNG"))
+    (outside / "private.png").write_bytes(_encoded(Image.new("RGB", (30, 20), (250, 0, 0)), "PNG"))
+    (source / "link.png").symlink_to(outside / "private.png")
+    (source / "dirlink").symlink_to(outside)
+    (source / "list.txt").write_text("good.png\nlink.png\ndirlink/private.png\n")
+    return source, outside
+
+
+def test_a_listing_cannot_read_through_a_link_out_of_its_folder(tmp_path):
+    """Issue 31, finding 2: a listing naming link.png (to a file outside) or dirlink/private.png (through a
+    linked folder) had the outside file explained and its sha256 written. The read refuses, for decode, masks
+    and render alike; a link that stays inside still reads."""
+    from xai_batch.config import ExplainConfig
+    from xai_batch.distributed.stages import decode
+    from xai_batch.preprocessing import SEEDS
+    from xai_batch.sources import discover_images
+    from xai_batch.storage import OutsideLocation, locate
+
+    source, outside = _linked_source(tmp_path)
+    (source / "inside.png").symlink_to(source / "good.png")
+    listing = str(source / "list.txt")
+    assert discover_images(listing) == ["dirlink/private.png", "good.png", "link.png"]  # the text is inside
+    config = ExplainConfig(listing, str(tmp_path / "out"))
+    for path in ("link.png", "dirlink/private.png"):
+        header, decoded = decode(locate(str(source)), path, config, SEEDS)
+        assert decoded is None and header.sha256 is None, path
+        assert header.error.startswith("cannot read: ") and "leads out of" in header.error, header.error
+        with pytest.raises(OutsideLocation):
+            locate(str(source)).child(path).read_bytes()
+    for path in ("good.png", "inside.png"):
+        header, decoded = decode(locate(str(source)), path, config, SEEDS)
+        assert header.error is None and decoded is not None, header.error
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "good.png").symlink_to(outside / "private.png")
+    masked = ExplainConfig(listing, str(tmp_path / "out"), masks=str(tmp_path / "masks"))
+    header, _ = decode(locate(str(source)), "good.png", masked, SEEDS)
+    assert header.error.startswith("object mask good.png: ") and "leads out of" in header.error, header.error
+
+
+def test_render_cannot_read_through_a_link_out_of_source(tmp_path):
+    from xai_batch.commands.render import RenderOptions, _render_batch
+    from xai_batch.preprocessing import SEEDS
+    from xai_batch.storage import locate
+
+    source, _ = _linked_source(tmp_path)
+    rows = [({"path": path, "method": "lime", "explained_index": 0, "sha256": "0" * 64}, f"{n}.png")
+            for n, path in enumerate(["link.png", "dirlink/private.png"])]
+    entries = _render_batch(rows, locate(str(source)), locate(str(tmp_path / "o")), RenderOptions(), SEEDS)
+    assert [entry["file"] for entry in entries] == ["", ""]
+    assert all("leads out of" in entry["error"] for entry in entries), entries
+
+
+def test_a_file_past_what_its_pixels_can_take_is_not_read(tmp_path):
+    """Issue 31, finding 11: a multi-GB file with a small valid header was read whole. The read stops at
+    what an image within --max-pixels can take: an error row, the file unread."""
+    from xai_batch.config import ExplainConfig
+    from xai_batch.distributed.stages import decode
+    from xai_batch.images import file_bytes
+    from xai_batch.preprocessing import SEEDS
+    from xai_batch.storage import TooLarge, locate
+
+    (tmp_path / "src").mkdir()
+    padded = tmp_path / "src" / "padded.png"
+    padded.write_bytes(_encoded(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"))
+    limit = file_bytes(1000)
+    with open(padded, "r+b") as handle:  # a sparse tail: gigabytes on a real disk, nothing here
+        handle.truncate(limit + 1)
+    config = ExplainConfig(str(tmp_path / "src"), str(tmp_path / "out"), max_pixels=1000)
+    header, decoded = decode(locate(str(tmp_path / "src")), "padded.png", config, SEEDS)
+    assert decoded is None
+    assert header.error == (f"file too large: {limit + 1} bytes, more than an image within --max-pixels 1000 can "
+                            f"take ({limit} bytes)")
+    with pytest.raises(TooLarge):
+        locate(str(tmp_path / "src")).child("padded.png").read_bytes(limit)
+    with open(padded, "r+b") as handle:
+        handle.truncate(limit)
+    header, decoded = decode(locate(str(tmp_path / "src")), "padded.png", config, SEEDS)
+    assert header.error is None and decoded is not None  # at the bound, it is read: Pillow stops at IEND

@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -158,18 +160,24 @@ def test_a_gone_holders_lease_is_taken_over_and_a_live_ones_is_not(tmp_path):
     ended = subprocess.Popen(["true"])
     ended.wait()
     here, now = socket.gethostname(), time.time()
-    for holder, taken in [
-        ({"host": here, "pid": ended.pid, "run_id": "killed", "renewed": now}, True),  # its process is gone
-        ({"host": "elsewhere", "pid": 1, "run_id": "lost", "renewed": now - 2 * STALE_SECONDS}, True),  # not renewed
-        ({"host": "elsewhere", "pid": 1, "run_id": "live", "renewed": now}, False),
+    for holder, age, taken in [
+        ({"host": here, "pid": ended.pid, "run_id": "killed", "renewed": now}, 0, True),  # its process is gone
+        ({"host": "elsewhere", "pid": 1, "run_id": "lost", "renewed": now}, 2 * STALE_SECONDS, True),  # not renewed
+        ({"host": "elsewhere", "pid": 1, "run_id": "live", "renewed": now}, 0, False),
+        # the holder's clock says nothing: a skewed one neither keeps a dead lease nor ages a live one
+        ({"host": "elsewhere", "pid": 1, "run_id": "skewed", "renewed": now + 9e9}, 2 * STALE_SECONDS, True),
+        ({"host": "elsewhere", "pid": 1, "run_id": "live", "renewed": now - 9e9}, 0, False),
+        ({"host": here, "pid": -1, "run_id": "live", "renewed": now}, 0, False),  # -1 is not a process
     ]:
         lease.write_text(json.dumps(holder))
+        written = time.time() - age  # the storage's clock: the file's modification time
+        os.utime(lease, (written, written))
         if taken:
             with OutputLock(str(tmp_path / "out"), "new"):
                 assert json.loads(lease.read_text())["run_id"] == "new"
             assert not lease.exists()
         else:
-            with pytest.raises(OutputInUse, match="run live, process 1 on elsewhere"):
+            with pytest.raises(OutputInUse, match=f"run live, process {holder['pid']} on {holder['host']}"):
                 OutputLock(str(tmp_path / "out"), "new").__enter__()
             assert json.loads(lease.read_text())["run_id"] == "live"  # not ours: left alone
 
@@ -304,3 +312,146 @@ def test_verify_repair_sets_damaged_parts_aside_and_the_manifest_reads_again(tmp
     assert (tmp_path / "damaged" / "part-empty.parquet").read_bytes() == b""  # moved, not deleted
     assert read_manifest(str(tmp_path))["path"].to_pylist() == ["a.png"]
     assert not (tmp_path / ".xai-batch.lock").exists()
+
+
+def test_overwrite_deletes_the_manifests_own_files_and_refuses_anything_else(tmp_path):
+    """Issue 31, finding 3: --overwrite removed a user's _README.md, _drafts/ and .git/ from OUT/manifest.
+    Only part files, temporary files and a stopped compaction's folder are the tool's to delete."""
+    from xai_batch.errors import ConfigError
+    from xai_batch.manifest import resume_state
+
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([_row("a.png")])
+    writer.close()
+    folder = tmp_path / "manifest"
+    (folder / ".tmp-0123abcd-part-x.parquet").write_bytes(b"half a part")
+    (folder / ".compacting-20260101T000000.000000Z-abcdef").mkdir()
+    (folder / ".compacting-20260101T000000.000000Z-abcdef" / "part-x-c00000.parquet").write_bytes(b"x")
+    foreign = {"_README.md": "notes", "_drafts/plan.txt": "draft", ".git/HEAD": "ref: refs/heads/main"}
+    for rel, text in foreign.items():
+        (folder / rel).parent.mkdir(exist_ok=True)
+        (folder / rel).write_text(text)
+    before = sorted(os.listdir(folder))
+    with pytest.raises(ConfigError, match=r"--overwrite deletes only the manifest's own part files, and .* also "
+                                          r"holds \.git/, _README\.md, _drafts/: move what is yours") as refused:
+        resume_state(str(tmp_path), set(), overwrite=True)
+    assert refused.value.param == "out" and sorted(os.listdir(folder)) == before  # nothing deleted
+    for rel in foreign:
+        os.remove(folder / rel)
+    for name in ("_drafts", ".git"):
+        os.rmdir(folder / name)
+    assert len(resume_state(str(tmp_path), set(), overwrite=True)) == 0
+    assert os.listdir(folder) == []
+
+
+def test_of_two_runs_taking_over_one_gone_lease_only_one_gets_it(tmp_path, monkeypatch):
+    """Issue 31, finding 4: two processes taking over a crashed run's lease both got it (1 trial in 30).
+    Here the race is forced: C reads the gone lease, then B takes it over, then C goes on. C must refuse."""
+    from xai_batch.manifest.lock import LOCK_FILE, STALE_SECONDS, OutputInUse, OutputLock
+
+    (tmp_path / "out").mkdir()
+    lease = tmp_path / "out" / LOCK_FILE
+    lease.write_text(json.dumps({"host": "crashed", "pid": 7, "run_id": "crashed", "renewed": 0}))
+    old = time.time() - 2 * STALE_SECONDS
+    os.utime(lease, (old, old))
+    b, c = OutputLock(str(tmp_path / "out"), "b"), OutputLock(str(tmp_path / "out"), "c")
+    read, raced = OutputLock._read, []
+
+    def read_then_b_takes_over(self):
+        held = read(self)
+        if self is c and not raced:
+            raced.append(True)
+            b.__enter__()
+        return held
+
+    monkeypatch.setattr(OutputLock, "_read", read_then_b_takes_over)
+    try:
+        with pytest.raises(OutputInUse, match="run b, process"):
+            c.__enter__()
+        assert json.loads(lease.read_text())["run_id"] == "b"
+        assert sorted(os.listdir(tmp_path / "out")) == [LOCK_FILE]  # no marker or clock file left
+    finally:
+        b.__exit__(None, None, None)
+
+
+def test_a_run_whose_lease_was_taken_over_stops_writing(tmp_path, monkeypatch):
+    """Issue 31, finding 4: a holder whose lease was taken over (a pause past the lease time) was never told
+    and kept writing. Its renewal finds another's lease and stops; its writer writes no part; it does not
+    remove the other's lease."""
+    from xai_batch.manifest import lock
+    from xai_batch.manifest.lock import LOCK_FILE, LeaseLost, OutputLock
+
+    monkeypatch.setattr(lock, "RENEW_SECONDS", 0.05)
+    out = str(tmp_path / "out")
+    held = OutputLock(out, new_run_id()).__enter__()
+    writer = ManifestWriter(out, held.run_id, rows_per_part=1, leased=True)
+    writer.add([_row("a.png")])  # written: the lease is this run's
+    assert held.holds()
+    taker = {"host": "elsewhere", "pid": 9, "run_id": "taker", "renewed": time.time()}
+    (tmp_path / "out" / LOCK_FILE).write_text(json.dumps(taker))  # taken over while this run was paused
+    deadline = time.monotonic() + 10
+    while held.lost is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(LeaseLost, match=r"lost its lease on .*: the lease of run taker \(process 9 on elsewhere\)"):
+        held.check()
+    with pytest.raises(LeaseLost):
+        writer.add([_row("b.png")])
+    assert read_manifest(out).column("path").to_pylist() == ["a.png"]
+    held.__exit__(None, None, None)
+    assert json.loads((tmp_path / "out" / LOCK_FILE).read_text())["run_id"] == "taker"  # left alone
+
+
+def _foreign_parts(folder) -> dict[str, str]:
+    """Hand-edited parts as a hostile or careless user makes them: each name and what is wrong with it."""
+    import pyarrow as pa
+
+    good = read_manifest(str(folder.parent)).slice(0, 1)
+    int_paths = good.set_column(0, "path", pa.array([123456], pa.int64()))
+    text_weights = good.set_column(good.schema.get_field_index("weights"), "weights", pa.array(["[1, 2]"]))
+    future = good.set_column(good.schema.get_field_index("run_id"), pa.field("run_id", pa.string(), nullable=False),
+                             pa.array(["99999999T"]))
+    far = good.set_column(good.schema.get_field_index("run_id"), pa.field("run_id", pa.string(), nullable=False),
+                          pa.array(["29991231T235959.000000Z-abcdef"]))
+    parts = {"part-int-path.parquet": (int_paths, "column 'path' is int64, not string"),
+             "part-text-weights.parquet": (text_weights, "column 'weights' is string, not list<item: double>"),
+             "part-bogus-run.parquet": (future, "run id '99999999T' is not one a run makes"),
+             "part-future-run.parquet": (far, "run id '29991231T235959.000000Z-abcdef' is in the future")}
+    for name, (table, _) in parts.items():
+        pq.write_table(table, folder / name)
+    return {name: problem for name, (_, problem) in parts.items()}
+
+
+def test_a_part_xai_batch_did_not_write_is_named_not_read_and_repair_sets_it_aside(tmp_path):
+    """Issue 31, finding 5: a hand-edited part (path as int64, weights as text, run id 99999999T) was listed by
+    verify but not moved by --repair; explain counted its paths done; report crashed in Arrow's words; the
+    far-future run id kept its row current for ever. Each part is checked where it is read."""
+    from click.testing import CliRunner
+
+    from xai_batch.cli import cli
+    from xai_batch.manifest import ManifestError, current_groups, manifest_counts, resume_state
+
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([_row("a.png")])
+    writer.close()
+    problems = _foreign_parts(tmp_path / "manifest")
+    for name, problem in problems.items():
+        others = [other for other in problems if other != name]
+        for other in others:
+            os.rename(tmp_path / "manifest" / other, tmp_path / other)
+        for read in (lambda: read_manifest(str(tmp_path)), lambda: list(current_groups([str(tmp_path)], group_rows=1)),
+                     lambda: resume_state(str(tmp_path), {None}, False), lambda: manifest_counts(str(tmp_path))):
+            with pytest.raises(ManifestError, match=rf"^manifest part {name} in .* is not one xai-batch wrote "
+                                                     rf"\({re.escape(problem)}\): xai-batch verify --repair"):
+                read()
+        shown = CliRunner().invoke(cli, ["report", str(tmp_path), "--no-progress"])
+        assert shown.exit_code == 1 and "Traceback" not in shown.output and problem in shown.output, shown.output
+        for other in others:
+            os.rename(tmp_path / other, tmp_path / "manifest" / other)
+    listed = CliRunner().invoke(cli, ["verify", str(tmp_path)])
+    assert listed.exit_code == 1
+    for name, problem in problems.items():
+        assert f"problem: {name}: {problem}" in listed.output, listed.output
+    repaired = CliRunner().invoke(cli, ["verify", str(tmp_path), "--repair"])
+    assert repaired.exit_code == 0, repaired.output
+    assert sorted(os.listdir(tmp_path / "damaged")) == sorted(problems)  # moved, not deleted
+    assert read_manifest(str(tmp_path))["path"].to_pylist() == ["a.png"]

@@ -1,4 +1,5 @@
 import argparse
+import re
 import io
 
 import pytest
@@ -156,3 +157,125 @@ def test_an_onnx_file_with_a_fixed_batch_is_checked_at_its_size_and_a_huge_one_r
     else:
         with pytest.raises(ModelError, match="takes a fixed batch of 300 images, more than the 256 a replica runs"):
             resolve_model(str(path))
+
+
+def _torchscript(path) -> str:
+    """A TorchScript file with the JSON beside it that would make it a model."""
+    import json
+
+    class Answer(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))[:, :2]
+
+    torch.jit.save(torch.jit.script(Answer()), str(path))
+    (path.parent / (path.name + ".json")).write_text(json.dumps({"class_names": ["a", "b"]}))
+    return str(path)
+
+
+def test_a_torchscript_file_runs_only_when_named_as_one(tmp_path, monkeypatch):
+    """Issue 31, finding 6: a model.pt with a JSON beside it that happened to be TorchScript was recognised by
+    its content and its code ran at load. It runs only as torchscript:PATH; otherwise it is refused unrun."""
+    path = _torchscript(tmp_path / "model.pt")
+    loads, load = [], torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
+    with pytest.raises(ModelError) as refused:
+        resolve_model(path)
+    assert str(refused.value) == (f"{path} is a TorchScript archive, a program that runs its own code as it loads, so "
+                                  "it is not run unasked: if you trust it as you would its source code, pass "
+                                  f"--checkpoint torchscript:{path}")
+    assert loads == []  # never loaded, so never run
+    model = resolve_model(f"torchscript:{path}")
+    assert model.file_format == "torchscript" and model.class_names == ("a", "b") and len(loads) == 1
+    plain = save_random_model(str(tmp_path / "plain.pt"), num_classes=2)
+    with pytest.raises(ModelError, match="is not a TorchScript archive"):
+        resolve_model(f"torchscript:{plain}")
+
+
+def _onnx_with_external_data(folder, location: str, data: bytes) -> str:
+    """A tiny ONNX classifier (mean colour times a 3x2 weight) whose weight lies in external data at
+    ``location`` (as the file names it), and the JSON beside it."""
+    import json
+
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="weight", data_type=TensorProto.FLOAT, dims=[3, 2])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(data)))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "weight"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "tiny.onnx"
+    path.write_bytes(model.SerializeToString())
+    (folder / "tiny.onnx.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    return str(path)
+
+
+def test_an_onnx_file_reads_external_data_only_from_its_own_folder(tmp_path, monkeypatch):
+    """Issue 31, finding 7: an initializer whose external data pointed at .aws/credentials (relative to the
+    working directory) was accepted and the file's bytes came out as logits. External data is read from the
+    model file's folder only, never through '..', an absolute path or a link out of it."""
+    import numpy as np
+
+    secret = b"aws_secret_access_key = wJalr" * 4  # enough bytes for the 3x2 float weight
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_bytes(secret)
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(home)  # where ONNX Runtime resolves a model's external data when it loads from bytes
+    for location, reason in [(".aws/credentials", "No such file"),
+                             ("../home/.aws/credentials", "outside the model file's folder"),
+                             (str(home / ".aws" / "credentials"), "outside the model file's folder")]:
+        model = _onnx_with_external_data(tmp_path / "models", location, secret[:24])
+        with pytest.raises(ModelError, match=reason) as refused:
+            resolve_model(model)
+        assert "wJalr" not in str(refused.value)
+    (tmp_path / "models" / "escape.bin").symlink_to(home / ".aws" / "credentials")
+    with pytest.raises(ModelError, match="outside the model file.s folder"):  # through the link
+        resolve_model(_onnx_with_external_data(tmp_path / "models", "escape.bin", secret[:24]))
+    weights = np.arange(6, dtype=np.float32)
+    (tmp_path / "models" / "weights.bin").write_bytes(weights.tobytes())  # beside it: read, and carried inline
+    model = resolve_model(_onnx_with_external_data(tmp_path / "models", "weights.bin", weights.tobytes()))
+    from xai_batch.engines.onnx_engine import OnnxEngine
+
+    engine = OnnxEngine(model.checkpoint_bytes, batch_size=2)
+    probabilities = engine.classify(np.full((1, 224, 224, 3), 255, np.uint8))
+    assert probabilities.shape == (1, 2) and np.isfinite(probabilities).all()
+
+
+def _shared_lists(depth: int, width: int = 10) -> list:
+    """Lists nested ``depth`` deep, each holding ``width`` references to the one below: a few hundred bytes
+    pickled, ``width ** depth`` names once anything turns it into text."""
+    level: list = ["name"]
+    for _ in range(depth):
+        level = [level] * width
+    return level
+
+
+@pytest.mark.parametrize("field", ["class_names", "arch", "metrics", "preprocessing"])
+def test_a_checkpoint_of_shared_lists_is_refused_before_anything_reads_it_as_text(field):
+    """Issue 31, finding 8: a 2.5 KB checkpoint whose class_names were nested shared lists took 19 s and
+    2.6 GB before it was refused. Types, counts and sizes are checked before any str()."""
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    bomb = _shared_lists(8)
+    payload = _bytes({"arch": DEFAULT_ARCH, "state_dict": state, "class_names": [str(i) for i in range(10)],
+                      field: bomb if field != "preprocessing" else {"mean": bomb}})
+    with pytest.raises(ModelError, match=r"holds more than 1000000 values or \d+ characters besides its weights"):
+        parse_checkpoint(payload, name="bomb.pt")
+
+
+@pytest.mark.parametrize("names, message", [
+    ("cats", "class_names must be a list of at most 100000 names, got str"),
+    ([["a"], ["b"]], "class name 0 is a list of 1, not a text"),
+    (["a", "x" * 5000], "class name 1 is a str of 5000, not a text of at most 1000 characters"),
+])
+def test_class_names_are_checked_for_type_and_length(names, message):
+    payload = _bytes({"arch": DEFAULT_ARCH, "state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
+                      "class_names": names})
+    with pytest.raises(ModelError, match=re.escape(message)):
+        parse_checkpoint(payload, name="bad.pt")

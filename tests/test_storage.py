@@ -62,3 +62,42 @@ def test_a_path_from_a_listing_or_manifest_cannot_leave_its_folder(tmp_path, pat
     with pytest.raises(OutsideLocation):
         locate(f"file://{tmp_path}").child(path)
     assert locate(str(tmp_path)).child("a/b.png").target == str(tmp_path / "a" / "b.png")
+
+
+SECRET = "wJalrXUtnFEMI/K7MDENG"  # an AWS-style secret key with a raw '/', as half of them have
+
+
+@pytest.mark.parametrize("uri, shown", [
+    (f"s3://AKIAEXAMPLE:{SECRET}@bucket/r1", "s3://***@bucket/r1"),
+    ("s3://AKIAEXAMPLE:wJalr%2FXUtnFEMI@bucket/r1", "s3://***@bucket/r1"),
+    ("s3://p@ss@bucket/photos", "s3://***@bucket/photos"),
+    ("gs://token@b/run", "gs://***@b/run"),
+    ("abfs://acct.blob.core.windows.net/c/p?client_id=app&client_secret=s3cr3t&tenant_id=t",
+     "abfs://acct.blob.core.windows.net/c/p?client_id=app&client_secret=***&tenant_id=t"),
+    ("abfs://c@acct/p?sv=2024&sig=AbC%2Bd&se=2027", "abfs://***@acct/p?sv=2024&sig=***&se=2027"),
+    ("s3://b/p?access_key=AKIA&SECRET_KEY=x&session_token=y&region=eu",
+     "s3://b/p?access_key=***&SECRET_KEY=***&session_token=***&region=eu"),
+])
+def test_every_form_of_credentials_in_a_uri_is_redacted(uri, shown):
+    from xai_batch.storage import carries_credentials, redact
+
+    assert redact(f"Cannot parse URI: '{uri}' (line 3)") == f"Cannot parse URI: '{shown}' (line 3)"
+    assert carries_credentials(uri)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/photos/me@home.png", "s3://bucket/a/b?region=eu-west-1&scheme=https",
+                                 "file:///data/x@y/z.png", "gs://b/run"])
+def test_a_uri_without_credentials_is_shown_as_it_is(uri):
+    from xai_batch.storage import carries_credentials, redact
+
+    assert redact(uri) == uri and not carries_credentials(uri)
+
+
+def test_a_uri_pyarrow_cannot_parse_is_our_error_without_the_secret():
+    from xai_batch.errors import StorageError
+
+    with pytest.raises(StorageError) as raised:
+        locate(f"s3://AKIAEXAMPLE:{SECRET}@bucket/r1")
+    assert "K7MDENG" not in str(raised.value) and "wJalr" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # pyarrow's words are not chained
+    assert isinstance(raised.value, OSError)  # callers passing over unreadable files still do

@@ -13,22 +13,24 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
 
 import click
+import pyarrow
 
 from xai_batch.config import AUTO, PLACEMENTS, ExplainConfig, check_methods
 from xai_batch.engines import ENGINES, PRECISIONS
 from xai_batch.analysis.overlays import STYLES
-from xai_batch.errors import ConfigError, XaiBatchError
+from xai_batch.errors import ConfigError, XaiBatchError, one_line
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.labels import BUILTIN_MAPS
 from xai_batch.methods import DEFAULT_METHOD, METHODS
 from xai_batch.preprocessing import MAX_CROP, MAX_RESIZE, MIN_CROP, SEEDS, Preprocessing
-from xai_batch.storage import is_torchvision, redact
+from xai_batch.storage import TORCHSCRIPT_PREFIX, carries_credentials, checkpoint_file, is_torchvision, redact
 
 __all__ = ["main", "cli", "explain", "explain_options", "explain_config"]
 
@@ -63,6 +65,8 @@ def _reporting_errors(func: Callable) -> Callable:
             raise click.UsageError(f"Invalid value for '{_typed_as(exc.param)}': {message}" if exc.param else message) from exc
         except XaiBatchError as exc:
             raise click.ClickException(redact(str(exc))) from exc
+        except pyarrow.ArrowException as exc:  # storage's own words quote a URI whole, credentials and all
+            raise click.ClickException(redact(one_line(exc, keep="first"))) from None
 
     return wrapper
 
@@ -114,7 +118,8 @@ class _SampleCount(click.ParamType):
 
 class _PathOrURI(click.ParamType):
     """A local path, checked like ``click.Path``, or a URI (s3://, gs://, file://...) checked later;
-    with ``named``, also torchvision's weights by name (``torchvision:resnet50``), resolved later."""
+    with ``named``, also torchvision's weights by name (``torchvision:resnet50``), resolved later, and a
+    TorchScript file the user trusts to run (``torchscript:PATH``), its path checked."""
 
     def __init__(self, named: bool = False, **path_checks) -> None:
         self.path = click.Path(**path_checks)
@@ -125,7 +130,11 @@ class _PathOrURI(click.ParamType):
         return self.name if self.named else None  # torchvision: in lower case, as it is typed
 
     def convert(self, value, param, ctx):
-        if value is None or "://" in str(value) or (self.named and is_torchvision(str(value))):
+        if value is None or (self.named and is_torchvision(str(value))):
+            return value
+        if self.named and str(value).startswith(TORCHSCRIPT_PREFIX):
+            return TORCHSCRIPT_PREFIX + self.convert(str(value).removeprefix(TORCHSCRIPT_PREFIX), param, ctx)
+        if "://" in str(value):
             return value
         return self.path.convert(value, param, ctx)
 
@@ -134,9 +143,15 @@ class _PathOrURI(click.ParamType):
 # number of commands, and a factory takes the one phrase of help that differs between them. The two
 # --address options are two things: a Ray cluster to join, and the Jobs API.
 def _ray_address(when: str = "", otherwise: str = "an embedded local Ray") -> Callable:
-    """--address, the Ray cluster a command joins; ``when`` says if only some settings use it."""
-    return click.option("--address", default=None,
-                        help=f"Ray cluster to join{when} ('auto', host:port). Default: RAY_ADDRESS, else {otherwise}.")
+    """--address, the Ray cluster a command joins (``when`` says if only some settings use it), and
+    --insecure, which lets its token go to another machine's GCS over plain gRPC."""
+    address = click.option("--address", default=None,
+                           help=f"Ray cluster to join{when} ('auto', host:port). Default: RAY_ADDRESS, else "
+                                f"{otherwise}.")
+    insecure = click.option("--insecure", is_flag=True,
+                            help="Send the cluster's token to another machine's GCS over plain gRPC (refused "
+                                 "without it: run on the head, use an SSH tunnel, or RAY_USE_TLS=1).")
+    return lambda func: address(insecure(func))
 
 
 def _progress(what: str = "a progress bar") -> Callable:
@@ -154,9 +169,10 @@ def _methods_shown(how: str = "' explanations,") -> Callable:
 
 _CHECKPOINT = click.option(
     "--checkpoint", type=_PathOrURI(named=True, exists=True, dir_okay=False, readable=True),
-    help="The model: a checkpoint `train` wrote (any torchvision architecture), or a bare ResNet18 state dict, as "
-         "a file or URI; or torchvision's pretrained weights by name, torchvision:NAME[.WEIGHTS] (e.g. "
-         "torchvision:resnet50.IMAGENET1K_V2). Default: torchvision:resnet18.IMAGENET1K_V1.")
+    help="The model: a checkpoint `train` wrote (any torchvision architecture), a bare ResNet18 state dict or an "
+         "ONNX file (with FILE.onnx.json beside it), as a file or URI; torchscript:FILE for a TorchScript file "
+         "you trust to run its own code; or torchvision's pretrained weights by name, torchvision:NAME[.WEIGHTS] "
+         "(e.g. torchvision:resnet50.IMAGENET1K_V2). Default: torchvision:resnet18.IMAGENET1K_V1.")
 _ACTORS = click.option("--actors", type=click.IntRange(min=1), default=None,
                        help="Model replicas. Default: one per GPU, else one.")
 _PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
@@ -251,7 +267,8 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
         click.option("--flush-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Write finished rows at least this often: what a crash can lose."),
         click.option("--overwrite", is_flag=True,
-                     help="Discard results already in --out instead of resuming them."),
+                     help="Discard the results already in --out (the manifest's own part files, nothing else) "
+                          "instead of resuming them."),
         click.option("--faithfulness/--no-faithfulness", default=audit, show_default=True,
                      help="Measure each explanation's deletion and insertion AUC, and a random order's: "
                           "2 (S+1) model passes per label and 2 (S+1) per image, S superpixels."),
@@ -383,6 +400,8 @@ def cli(verbose: int) -> None:
     """Explain a classifier's predictions on every image of a dataset (LIME, KernelSHAP, Grad-CAM), on Ray."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redacting_log)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -576,7 +595,7 @@ def _drawing_options(func: Callable) -> Callable:
 @_drawing_options
 @_reporting_errors
 def render(out: str, style: str, num_features: int, positive_only: bool, blind: bool, methods: tuple[str, ...],
-           to: str | None, source: str | None, address: str | None, progress: bool) -> None:
+           to: str | None, source: str | None, address: str | None, insecure: bool, progress: bool) -> None:
     """Draw PNG overlays of the explanations in OUT, without running the model.
 
     One PNG per image, label and method, named after the image's path, every
@@ -586,7 +605,8 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
     from xai_batch.commands.render import RenderOptions, run_render
 
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
-    result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods)
+    result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods,
+                        insecure=insecure)
     _echo(f"{result.rendered} overlays, {result.errors} errors in {result.to}")
     _echo(f"index: {result.index}")
     if result.errors:
@@ -615,7 +635,7 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
 def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: int, bands: tuple[float, ...],
             labels: str | None, label_map: str | None, style: str, allow_unbalanced: bool, num_features: int,
             positive_only: bool, blind: bool, methods: tuple[str, ...], source: str | None, address: str | None,
-            progress: bool) -> None:
+            insecure: bool, progress: bool) -> None:
     """Pick a balanced, reproducible set of explanations from OUT and render them for a study.
 
     Every cell of the design (true class x right/wrong x confidence band x
@@ -633,7 +653,7 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
     design = Design(by=factors, per_cell=per_cell, seed=seed, bands=bands, methods=methods or (DEFAULT_METHOD,))
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_stimuli(out, to, design, options, labels=labels, label_map=label_map, source=source,
-                         address=address, progress=progress, allow_unbalanced=allow_unbalanced,
+                         address=address, insecure=insecure, progress=progress, allow_unbalanced=allow_unbalanced,
                          every_method=not methods)
     for cell, count in result.short.items():
         _echo(f"warning: cell {cell} has {count} of {per_cell} images", err=True)
@@ -658,7 +678,7 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
 @_progress()
 @_reporting_errors
 def report(out: str, to: str | None, images: str, labels: str | None, label_map: str | None, source: str | None,
-           address: str | None, methods: tuple[str, ...], progress: bool) -> None:
+           address: str | None, insecure: bool, methods: tuple[str, ...], progress: bool) -> None:
     """Write OUT's run as one self-contained HTML page.
 
     The run's summary; accuracy per class and the confusion matrix where true
@@ -673,7 +693,7 @@ def report(out: str, to: str | None, images: str, labels: str | None, label_map:
     from xai_batch.commands.report import run_report
 
     result = run_report(out, to, images, labels=labels, label_map=label_map, source=source, address=address,
-                        methods=methods, progress=progress)
+                        methods=methods, progress=progress, insecure=insecure)
     where = "embedded" if result.pictures is None else f"in {result.pictures}"
     _echo(f"{result.images} images, pictures {where}; {result.errors} could not be drawn")
     _echo(f"report: {result.path}")
@@ -725,18 +745,18 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
     address = dashboard_address(settings["address"])
     for name in (*paths, "checkpoint"):
         value = options.get(name)
-        if value is not None and redact(value) != value:
+        if value is not None and carries_credentials(value):
             raise click.BadParameter(
-                "a URI with credentials in it would be stored in the job's entrypoint, which everyone who can list "
+                "a URI with credentials in it (user information, or a secret in its query) would be stored in the job's entrypoint, which everyone who can list "
                 "the cluster's jobs reads: give the cluster its own credentials (an instance role, a service "
                 "account, AWS_* variables) and leave them out of the URI", param_hint=f"'{_typed_as(name)}'")
     for name in paths:
         if options.get(name) is not None:
             options[name] = _cluster_path(options[name], _typed_as(name), is_local(address), address)
     checkpoint = options.pop("checkpoint")
-    if checkpoint is not None and "://" not in checkpoint and not is_torchvision(checkpoint) \
-            and not os.path.isfile(checkpoint):
-        raise click.BadParameter(f"{checkpoint!r} is not a file", param_hint="'--checkpoint'")
+    stored = checkpoint_file(checkpoint) if checkpoint is not None else None
+    if stored is not None and "://" not in stored and not os.path.isfile(stored):
+        raise click.BadParameter(f"{stored!r} is not a file", param_hint="'--checkpoint'")
     client = JobsClient(address, settings["insecure"])
     submission = client.submit(script, _as_arguments(click.get_current_context().command, options), checkpoint)
     _echo(f"submitted {submission.job_id} to {submission.address}")
@@ -961,5 +981,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _redacting_log(record: logging.LogRecord) -> bool:
+    """A log filter that redacts URIs' credentials from every message, whoever logs it."""
+    record.msg, record.args = redact(record.getMessage()), None
+    return True
+
+
+def _redacted_traceback(kind, value, traceback) -> None:
+    """``sys.excepthook`` for what no command turned into one line (a bug): the traceback, its URIs redacted."""
+    import traceback as tracebacks
+
+    sys.stderr.write(redact("".join(tracebacks.format_exception(kind, value, traceback))))
+
+
 def main() -> None:
+    sys.excepthook = _redacted_traceback
     cli()

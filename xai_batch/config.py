@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xai_batch.engines import PRECISIONS, check_engine
-from xai_batch.errors import ConfigError
+from xai_batch.errors import ConfigError, StorageError
 from xai_batch.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.methods import DEFAULT_METHOD, LIME, METHODS
-from xai_batch.storage import is_torchvision, is_uri, locate, redact
+from xai_batch.storage import checkpoint_file, is_uri, locate, redact
 
 __all__ = ["ExplainConfig", "AUTO", "PLACEMENTS", "config_hash", "check_methods"]
 
@@ -60,10 +60,14 @@ class ExplainConfig:
     ``hide_color`` is an RGB grey level 0..255 painted over hidden superpixels,
     or ``None`` for lime's per-superpixel mean colour. ``actors=None`` means
     one model replica per GPU in the cluster, else one. ``address=None`` starts
-    an embedded local Ray unless ``RAY_ADDRESS`` is set. ``max_pixels`` bounds
+    an embedded local Ray unless ``RAY_ADDRESS`` is set; ``insecure`` sends the
+    cluster's token to another machine's GCS over plain gRPC, refused otherwise
+    (:func:`~xai_batch.distributed.cluster.check_grpc_token_transport`); neither
+    is hashed. ``max_pixels`` bounds
     an input's size, read from its header before decoding. ``flush_seconds``
     bounds how long finished rows wait to be written (what a crash can lose).
-    ``overwrite`` discards results already in ``out`` instead of resuming them.
+    ``overwrite`` discards results already in ``out`` instead of resuming them: the
+    manifest's own part files, and nothing else (:func:`~xai_batch.manifest.discard_manifest`).
     ``faithfulness`` adds each explanation's deletion and insertion AUC, and
     the same for a random order; ``stability`` the top-k overlap with an
     explanation drawn with a second seed; ``masks`` a folder of ground-truth
@@ -111,6 +115,7 @@ class ExplainConfig:
     actors: int | None = None
     precision: Precision = "fp32"
     address: str | None = None
+    insecure: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     flush_seconds: float = 30.0
     overwrite: bool = False
@@ -238,7 +243,15 @@ def check_methods(methods: tuple[str, ...]) -> None:
 
 
 def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
-    """SOURCE a readable folder or listing file, ``out`` not a file, the checkpoint a file: local paths or URIs."""
+    """SOURCE a readable folder or listing file, ``out`` not a file, the checkpoint a file: local paths or URIs
+    (a URI pyarrow cannot use is refused here, by what it is, not by what pyarrow says of it)."""
+    stored = checkpoint_file(checkpoint) if checkpoint is not None else None
+    for value, param in ((source, "source"), (out, "out"), (stored, "checkpoint")):
+        if value is not None and is_uri(value):
+            try:
+                locate(value)
+            except StorageError as exc:
+                raise ConfigError(str(exc), param) from None
     if is_uri(source):
         if not _safely(lambda: locate(source).exists()):
             raise ConfigError(f"SOURCE {source!r} is neither a folder nor a listing file", "source")
@@ -246,8 +259,8 @@ def _check_storage(source: str, out: str, checkpoint: str | None) -> None:
         raise ConfigError(f"SOURCE {source!r} is neither a folder nor a listing file", "source")
     elif not os.access(source, os.R_OK | (os.X_OK if os.path.isdir(source) else 0)):
         raise ConfigError(f"SOURCE {source!r} is not readable", "source")
-    if checkpoint is not None and not is_torchvision(checkpoint) and not _safely(lambda: locate(checkpoint).is_file()):
-        raise ConfigError(f"checkpoint {checkpoint!r} is not a file", "checkpoint")
+    if stored is not None and not _safely(lambda: locate(stored).is_file()):
+        raise ConfigError(f"checkpoint {stored!r} is not a file", "checkpoint")
     if _safely(lambda: locate(out).is_file()):
         raise ConfigError(f"--out {out!r} exists and is not a folder", "out")
 

@@ -7,7 +7,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["XaiBatchError", "ConfigError", "ModelError", "ImageError", "one_line"]
+__all__ = ["XaiBatchError", "ConfigError", "ModelError", "ImageError", "StorageError", "one_line"]
 
 
 class XaiBatchError(Exception):
@@ -28,6 +28,11 @@ class ModelError(XaiBatchError):
 
 class ImageError(XaiBatchError):
     """One input file that cannot be explained; becomes that file's error row."""
+
+
+class StorageError(XaiBatchError, OSError):
+    """A path or URI that cannot be opened or used, its credentials redacted: pyarrow's own errors quote
+    a URI whole, secret included. An ``OSError`` too, so code that passes over unreadable files still does."""
 
 
 def one_line(error: BaseException | str, keep: str = "all", limit: int | None = None) -> str:

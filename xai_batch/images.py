@@ -10,8 +10,9 @@ Inputs are whatever users have lying around, so decoding is defensive:
 - Pillow opens only the formats ``IMAGE_EXTENSIONS`` promise (``IMAGE_FORMATS``),
   whatever a file's name says, so no file reaches a decoder, or an external
   program, that the tool does not mean to run; anything else is "not an image".
-- The size guard (``max_pixels``, at most ``MAX_PIXELS_LIMIT``) is checked on
-  the header, before a single pixel is decoded. Pillow's own
+- A file is read up to what an image within ``max_pixels`` can take
+  (:func:`file_bytes`), no further. The size guard (``max_pixels``, at most
+  ``MAX_PIXELS_LIMIT``) is checked on the header, before a single pixel is decoded. Pillow's own
   decompression-bomb check stays on for the whole process at that ceiling,
   for every other image anything opens.
 - Any mode becomes RGB: 16-bit and float images are scaled to 8 bits a strip
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_PIXELS_LIMIT",
     "IMAGE_FORMATS",
     "decode_memory",
+    "file_bytes",
     "open_stored_png",
     "LoadedImage",
     "load_image",
@@ -56,6 +58,8 @@ MASK_FORMATS = (*IMAGE_FORMATS, "PPM")  # and the generated datasets' .mask.pgm
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: 400 MB decoded (Pillow keeps RGB in 4 bytes a pixel)
 MAX_PIXELS_LIMIT = 1_000_000_000  # the most --max-pixels allows: a gigapixel, 12 GB to decode and convert
 DECODE_BYTES_PER_PIXEL = 12  # decoded, turned upright and converted: three 4-byte copies at the peak
+FILE_BYTES_PER_PIXEL = 8  # the most a file within --max-pixels holds: 16-bit RGBA, stored uncompressed
+FILE_BYTES_SLACK = 16 << 20  # and its metadata (EXIF, ICC profiles, thumbnails)
 STRIP_ROWS = 256  # rows converted to 8 bits at once
 STORED_PNG_PIXELS = 4096 * 4096  # segments, masks and heatmaps are in the model's frame: far smaller
 
@@ -74,8 +78,15 @@ class LoadedImage:
 
 
 def decode_memory(max_pixels: int) -> int:
-    """Bytes one decode may need at its peak: the most an image within ``max_pixels`` takes."""
-    return max_pixels * DECODE_BYTES_PER_PIXEL
+    """Bytes one decode may need at its peak: the file's bytes and the most an image within ``max_pixels`` takes."""
+    return max_pixels * DECODE_BYTES_PER_PIXEL + file_bytes(max_pixels)
+
+
+def file_bytes(max_pixels: int) -> int:
+    """The most bytes an input file is read to: what an image within ``max_pixels`` can take, stored
+    uncompressed at 16 bits a channel with an alpha channel, and its metadata. A larger file is not
+    read (a small valid header on gigabytes of anything would otherwise fill a worker's memory)."""
+    return max_pixels * FILE_BYTES_PER_PIXEL + FILE_BYTES_SLACK
 
 
 def load_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, preprocessing: Preprocessing = SEEDS) -> LoadedImage:
@@ -193,7 +204,7 @@ def read_object_mask(masks: str, path: str, image: str | None = None, max_pixels
         if candidate.target == image or not candidate.is_file():
             continue
         try:
-            return load_object_mask(candidate.read_bytes(), max_pixels, preprocessing)
+            return load_object_mask(candidate.read_bytes(file_bytes(max_pixels)), max_pixels, preprocessing)
         except (OSError, ImageError) as exc:
             raise ImageError(f"object mask {stem + suffix}: {exc}") from exc
     return None

@@ -107,4 +107,10 @@ def _read_csv(spec: str, columns: tuple[str, ...], param: str) -> list[dict]:
     missing = [column for column in columns if column not in (reader.fieldnames or [])]
     if missing:
         raise ConfigError(f"{spec!r} needs the columns {', '.join(columns)} (missing {', '.join(missing)})", param)
-    return list(reader)
+    rows = []
+    for row in reader:
+        empty = [column for column in columns if not (row.get(column) or "").strip()]
+        if empty:  # a short row leaves its last columns None: say which line, not AttributeError
+            raise ConfigError(f"{spec!r}, line {reader.line_num}: no {' or '.join(empty)}", param)
+        rows.append(row)
+    return rows

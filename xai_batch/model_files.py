@@ -1,8 +1,8 @@
 """Models from elsewhere: a TorchScript or an ONNX file, with the JSON beside it.
 
 A network exported by its owners runs as it is: ``--checkpoint model.onnx``
-on ONNX Runtime, ``--checkpoint model.pt`` (a ``torch.jit.save`` archive) on
-PyTorch. What a file cannot say is said in ``FILE.json`` beside it
+on ONNX Runtime, ``--checkpoint torchscript:model.pt`` (a ``torch.jit.save``
+archive) on PyTorch. What a file cannot say is said in ``FILE.json`` beside it
 (``model.onnx.json``)::
 
     {"class_names": ["glioma", "meningioma", "none", "pituitary"],
@@ -16,10 +16,16 @@ the seeds'; ``outputs`` is ``logits`` (softmax applied, the default) or
 ``(N, 3, crop, crop)`` batch, normalised, and returns ``(N, classes)``; the
 driver runs it once on a blank image to check that before any work starts.
 
-Such a file is a program, not weights: a TorchScript archive runs its own
-code, an ONNX graph its operators. Pass only files you trust as you would
-trust their source code. Grad-CAM needs the network's layers, so it takes a
-torchvision architecture's checkpoint, not a file.
+Such a file is a program, not weights. A TorchScript archive runs its own
+code as it loads, so one runs only when the user names it as such
+(``torchscript:PATH``): a file is never recognised as TorchScript by its
+content, and a ``.pt`` that turns out to be one is refused, naming the
+prefix. Pass only files you trust as you would trust their source code. An
+ONNX graph runs ONNX Runtime's operators; its weights may lie in files
+beside it (external data), which are read from the model file's own folder
+only, never through ``..``, an absolute path or a link out of it, and
+travel inside the model (:func:`inline_external_data`). Grad-CAM needs the
+network's layers, so it takes a torchvision architecture's checkpoint, not a file.
 
 This module knows the formats and the JSON; :mod:`xai_batch.models` makes
 them a model like any other. It imports no Ray.
@@ -30,16 +36,17 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from xai_batch.errors import ConfigError, ModelError, one_line
 from xai_batch.preprocessing import Preprocessing
+from xai_batch.storage import Location, OutsideLocation, TooLarge, locate
 
-__all__ = ["ModelFile", "FILE_FORMATS", "FORMAT_NAMES", "OUTPUTS", "file_format", "sidecar_path", "read_sidecar",
-           "check_model_file", "check_file_runs"]
+__all__ = ["ModelFile", "FILE_FORMATS", "FORMAT_NAMES", "OUTPUTS", "is_torchscript_archive", "sidecar_path",
+           "read_sidecar", "inline_external_data", "check_model_file", "check_file_runs"]
 
 FILE_FORMATS = ("onnx", "torchscript")
 FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}  # each format as a message names it
@@ -48,6 +55,7 @@ SIDECAR_SUFFIX = ".json"
 MAX_SIDECAR_BYTES = 1 << 20  # class names and a few numbers; anything bigger is not a sidecar
 MAX_CLASSES = 100_000
 MAX_FIXED_BATCH = 256  # a file exported for one batch size: the most images a GPU replica runs at once
+MAX_ONNX_BYTES = (2 << 30) - (64 << 20)  # a model with its external data inline: under protobuf's 2 GB, with room
 
 
 @dataclass(frozen=True)
@@ -59,19 +67,97 @@ class ModelFile:
     outputs: str = "logits"
 
 
-def file_format(target: str, data: bytes) -> str | None:
-    """'onnx' for a ``.onnx`` file, 'torchscript' for a ``torch.jit.save`` archive, None for anything else
-    (a checkpoint of ours: ``torch.save`` writes a zip too, but without TorchScript's ``code/``)."""
-    if target.lower().endswith(".onnx"):
-        return "onnx"
-    if data[:4] == b"PK\x03\x04":
+def is_torchscript_archive(data: bytes) -> bool:
+    """Whether ``data`` is a ``torch.jit.save`` archive (``torch.save`` writes a zip too, but without
+    TorchScript's ``code/``). Read only to say what a file is, never to decide to run it."""
+    if data[:4] != b"PK\x03\x04":
+        return False
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any("/code/" in name for name in names) and any(name.endswith("/constants.pkl") for name in names)
+
+
+def inline_external_data(data: bytes, where: Location) -> bytes:
+    """An ONNX file's bytes with the external data its tensors name read into them, from ``where``'s folder.
+
+    A tensor may keep its values in another file (``location``, with
+    ``offset`` and ``length``), which ONNX Runtime would open relative to
+    the working directory when it loads a model from bytes, so a file
+    naming ``../../.aws/credentials`` would be read into the weights. Here a
+    location is a path inside the model file's own folder or it is a
+    ``ModelError``; the read refuses a link out of the folder, and the whole
+    model stays under protobuf's 2 GB. A model without external data comes back as it is.
+    """
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise ModelError(f"{where.target} is not an ONNX model: {one_line(exc, keep='first', limit=200)}") from exc
+    external = [tensor for tensor in _tensors(model) if tensor.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return data
+    folder = locate(where.target.rsplit("/", 1)[0] if "/" in where.target else ".")
+    files: dict[str, bytes] = {}
+    budget = MAX_ONNX_BYTES - len(data)
+    for tensor in external:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
         try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except zipfile.BadZipFile:
-            return None
-        if any("/code/" in name for name in names) and any(name.endswith("/constants.pkl") for name in names):
-            return "torchscript"
-    return None
+            if location not in files:
+                files[location] = folder.child(*location.replace("\\", "/").split("/")).read_bytes(max(budget, 0))
+                budget -= len(files[location])
+        except OutsideLocation:
+            raise ModelError(f"{where.target}: tensor {tensor.name!r} reads its data from {location[:200]!r}, outside "
+                             "the model file's folder: an ONNX file's external data must lie beside it") from None
+        except TooLarge:
+            raise ModelError(f"{where.target}: its external data passes {MAX_ONNX_BYTES} bytes, more than a model "
+                             "can hold inline") from None
+        except OSError as exc:
+            raise ModelError(f"{where.target}: tensor {tensor.name!r}'s external data {location[:200]!r}: "
+                             f"{one_line(exc)}") from None
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info.get("length", 0) or 0) or len(files[location]) - offset
+        if offset < 0 or length < 0 or offset + length > len(files[location]):
+            raise ModelError(f"{where.target}: tensor {tensor.name!r} reads bytes {offset}..{offset + length} of "
+                             f"{location[:200]!r}, which has {len(files[location])}")
+        tensor.raw_data = files[location][offset:offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model.SerializeToString()
+
+
+def _tensors(model) -> Iterator:
+    """Every tensor of an ONNX model that can hold data: initializers, sparse ones, and those in node
+    attributes, in every graph, subgraph and function."""
+
+    def of_graph(graph) -> Iterator:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            yield from of_node(node)
+
+    def of_node(node) -> Iterator:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            for sparse in attribute.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                yield from of_graph(attribute.g)
+            for graph in attribute.graphs:
+                yield from of_graph(graph)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from of_node(node)
 
 
 def sidecar_path(target: str) -> str:

@@ -39,9 +39,12 @@ from dataclasses import dataclass
 import torch
 
 from xai_batch.errors import ModelError, one_line
-from xai_batch.model_files import FORMAT_NAMES, check_model_file, file_format, read_sidecar, sidecar_path
+from xai_batch.model_files import (
+    FORMAT_NAMES, MAX_CLASSES, check_model_file, inline_external_data, is_torchscript_archive, read_sidecar,
+    sidecar_path,
+)
 from xai_batch.preprocessing import SEEDS, Preprocessing
-from xai_batch.storage import TORCHVISION_PREFIX, is_torchvision, locate
+from xai_batch.storage import TORCHSCRIPT_PREFIX, TORCHVISION_PREFIX, is_torchvision, locate
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -115,10 +118,20 @@ def resolve_model(checkpoint: str | None) -> ModelSource:
         return ModelSource(model_id=f"{arch}:{weights.name}", class_names=class_names, arch=arch,
                            preprocessing=preprocessing,
                            checkpoint_bytes=checkpoint_payload(arch, state_dict, class_names, (), preprocessing))
+    if checkpoint.startswith(TORCHSCRIPT_PREFIX):  # the user's word that this file's code may run
+        path = checkpoint.removeprefix(TORCHSCRIPT_PREFIX)
+        data = _read(path)
+        if not is_torchscript_archive(data):
+            raise ModelError(f"{path} is not a TorchScript archive (what torch.jit.save writes): pass a checkpoint "
+                             "without the torchscript: prefix")
+        return _model_file(path, data, "torchscript")
     data = _read(checkpoint)
-    fmt = file_format(checkpoint, data)
-    if fmt is not None:
-        return _model_file(checkpoint, data, fmt)
+    if checkpoint.lower().endswith(".onnx"):
+        return _model_file(checkpoint, inline_external_data(data, locate(checkpoint)), "onnx")
+    if is_torchscript_archive(data):
+        raise ModelError(f"{checkpoint} is a TorchScript archive, a program that runs its own code as it loads, so "
+                         f"it is not run unasked: if you trust it as you would its source code, pass --checkpoint "
+                         f"{TORCHSCRIPT_PREFIX}{checkpoint}")
     loaded = parse_checkpoint(data, name=checkpoint)
     digest = hashlib.sha256(data).hexdigest()[:16]
     return ModelSource(model_id=f"{loaded.arch}:{digest}", class_names=loaded.class_names, checkpoint_bytes=data,
@@ -155,6 +168,7 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"{name} does not load with torch.load(weights_only=True): {one_line(exc, keep='first')}") from exc
+    _check_size(obj, name)
     preprocessing = SEEDS
     if isinstance(obj, Mapping) and "model_file" in obj:  # a model file in our format (``_model_file``)
         if check:  # only the driver makes these, from a file it has run: a user's must come as the file itself
@@ -164,13 +178,19 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
                                 Preprocessing.from_dict(obj["preprocessing"]), str(obj["format"]),
                                 obj["model_file"].numpy().tobytes(), str(obj["outputs"]))
     if isinstance(obj, Mapping) and "state_dict" in obj:
-        arch = str(obj.get("arch", DEFAULT_ARCH))
+        arch = obj.get("arch", DEFAULT_ARCH)
+        if not isinstance(arch, str) or not arch.isidentifier():
+            raise ModelError(f"{name} records an architecture that is not a name: {_shown(arch)}")
         state_dict, names, metrics = obj["state_dict"], obj.get("class_names"), obj.get("metrics", ())
+        _check_class_names(names, name)
+        if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, Mapping) for m in metrics):
+            raise ModelError(f"{name} records metrics that are not a list of records: {_shown(metrics)}")
         if "preprocessing" in obj:
             try:
                 preprocessing = Preprocessing.from_dict(obj["preprocessing"])
             except (TypeError, ValueError) as exc:
-                raise ModelError(f"{name} records a preprocessing that cannot be used: {one_line(exc)}") from exc
+                raise ModelError(f"{name} records a preprocessing that cannot be used: {one_line(exc, limit=300)}") \
+                    from exc
     elif isinstance(obj, Mapping):
         state_dict, names, metrics = obj, None, ()
     else:
@@ -193,6 +213,60 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
         except RuntimeError as exc:
             raise ModelError(f"{name} is not a {arch} state dict: {one_line(exc, limit=300)}") from exc
     return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch, preprocessing)
+
+
+MAX_CHECKPOINT_ITEMS = 1_000_000  # values besides the tensors (names, keys, metrics), counted each time reached
+MAX_CHECKPOINT_TEXT = 64 << 20  # characters of text among them, likewise
+MAX_CLASS_NAME = 1000  # characters in one class name
+
+
+def _check_size(obj, name: str) -> None:
+    """Refuse a checkpoint whose values besides its tensors would take more than a few seconds to go
+    through, before anything turns one into text.
+
+    A pickle can share one list between many places: 2.5 KB of lists nested
+    in lists, each sharing the last, are billions of names to ``str()``
+    (19 s and 2.6 GB for one, a hundred times that for one level more).
+    Every value is counted each time it is reached, as ``str()`` would reach
+    it, so the walk stops after ``MAX_CHECKPOINT_ITEMS`` values or
+    ``MAX_CHECKPOINT_TEXT`` characters, however deep the sharing goes.
+    """
+    items, text, stack = 0, 0, [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (str, bytes)):
+            text += len(value)
+        elif isinstance(value, Mapping):
+            items += len(value)
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items += len(value)
+            stack.extend(value)
+        if items > MAX_CHECKPOINT_ITEMS or text > MAX_CHECKPOINT_TEXT:
+            raise ModelError(f"{name} holds more than {MAX_CHECKPOINT_ITEMS} values or {MAX_CHECKPOINT_TEXT} "
+                             "characters besides its weights (lists shared many times over?): not a checkpoint")
+
+
+def _check_class_names(names, name: str) -> None:
+    """Class names, where a checkpoint has them: a list of at most ``MAX_CLASSES`` texts (or numbers), each
+    at most ``MAX_CLASS_NAME`` characters."""
+    if names is None:
+        return
+    if not isinstance(names, (list, tuple)) or len(names) > MAX_CLASSES:
+        raise ModelError(f"{name}: class_names must be a list of at most {MAX_CLASSES} names, got "
+                         f"{type(names).__name__}" + (f" of {len(names)}" if isinstance(names, (list, tuple)) else ""))
+    for index, value in enumerate(names):
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or len(str(value)) > MAX_CLASS_NAME:
+            raise ModelError(f"{name}: class name {index} is {_shown(value)}, not a text of at most "
+                             f"{MAX_CLASS_NAME} characters")
+
+
+def _shown(value) -> str:
+    """A value from a checkpoint as a message shows it: short texts and numbers as they are, else its type."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and len(value) <= 80):
+        return repr(value)
+    return f"a {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, (str, list, tuple, dict)) else "")
 
 
 def _head_weight(state_dict) -> torch.Tensor | None:

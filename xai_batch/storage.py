@@ -20,24 +20,60 @@ import io
 import json
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "OutsideLocation", "TORCHVISION_PREFIX", "locate", "is_uri", "is_torchvision", "join",
-           "redact", "write_json", "read_json"]
+from xai_batch.errors import StorageError, one_line
+
+__all__ = ["Location", "OutsideLocation", "TooLarge", "TORCHVISION_PREFIX", "TORCHSCRIPT_PREFIX", "locate", "is_uri",
+           "is_torchvision", "checkpoint_file", "join", "redact", "carries_credentials", "write_json", "read_json"]
 
 TORCHVISION_PREFIX = "torchvision:"  # a checkpoint named, not stored: torchvision:resnet50.IMAGENET1K_V2
+TORCHSCRIPT_PREFIX = "torchscript:"  # a TorchScript file the user trusts to run its code: torchscript:model.pt
 
-_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # scheme://user:secret@
+# A URI in running text: a scheme, ``://``, then everything up to white space or a quote.
+_URI = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^\s'\"`<>]*)")
+# Query parameters whose value is a secret: Azure's client_secret, a SAS sig, an access_key, a session token.
+_SECRET_PARAMETER = re.compile(r"(?i)([?&;][^=&;#]*(?:secret|key|token|sig|password|passwd|credential)[^=&;#]*=)"
+                               r"[^&;#]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with the credentials of every URI in it (``s3://KEY:SECRET@bucket``, which pyarrow takes)
-    replaced by ``***``: what every record, page and message the tools write or print shows of a URI."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    """``text`` with the credentials of every URI in it replaced by ``***``: what every record, page and
+    message the tools write or print shows of a URI.
+
+    Two places hold a URI's secrets, and pyarrow reads both:
+
+    - its user information, ``s3://KEY:SECRET@bucket``. Secret keys may hold
+      a raw ``/`` (half of AWS's do) or ``@``, so everything from ``://`` to
+      the *last* ``@`` goes, wherever the first ``/`` is. An ``@`` after the
+      first ``/`` with no ``:`` before it (``s3://bucket/photos/me@home.png``)
+      is a path's and stays;
+    - its query: a parameter whose name speaks of a secret, key, token, sig,
+      password or credential (``abfs://...?client_secret=...``) keeps its name,
+      not its value.
+    """
+    return _URI.sub(_redact_uri, text)
+
+
+def _redact_uri(match: re.Match) -> str:
+    scheme, rest = match.group(1), match.group(2)
+    body, mark, query = rest.partition("?")
+    if "@" in body:
+        userinfo = body[: body.rindex("@")]
+        if "@" in body.split("/", 1)[0] or ":" in userinfo:
+            body = "***" + body[len(userinfo):]
+    return scheme + body + (mark + _SECRET_PARAMETER.sub(r"\1***", "&" + query)[1:] if mark else "")
+
+
+def carries_credentials(uri: str) -> bool:
+    """Whether ``uri`` holds a secret :func:`redact` would hide: what ``submit`` refuses to put in a job."""
+    return redact(uri) != uri
 
 
 def _redacted(document):
@@ -52,7 +88,12 @@ def _redacted(document):
 
 
 class OutsideLocation(OSError):
-    """A relative path that would leave the folder it is joined to (``..``, absolute, empty parts)."""
+    """A relative path that would leave the folder it is joined to (``..``, absolute, empty parts, or a
+    symbolic link that leads out of it)."""
+
+
+class TooLarge(OSError):
+    """A file larger than a read allows."""
 
 
 def is_uri(target: str) -> bool:
@@ -62,6 +103,13 @@ def is_uri(target: str) -> bool:
 def is_torchvision(target: str) -> bool:
     """Whether a --checkpoint names torchvision's pretrained weights rather than a file."""
     return target.startswith(TORCHVISION_PREFIX)
+
+
+def checkpoint_file(target: str) -> str | None:
+    """The file or URI a --checkpoint reads: ``torchscript:PATH``'s PATH, None for torchvision's weights by name."""
+    if is_torchvision(target):
+        return None
+    return target.removeprefix(TORCHSCRIPT_PREFIX)
 
 
 def join(base: str, *parts: str) -> str:
@@ -81,6 +129,7 @@ class Location:
     target: str
     filesystem: pafs.FileSystem
     path: str
+    inside: str | None = None  # a child's: the folder it was named in, which its reads may not leave
 
     @property
     def local(self) -> bool:
@@ -97,13 +146,30 @@ class Location:
 
         Paths come from listings and manifests a user may not have made, so one
         that would leave the folder is an ``OutsideLocation`` error, never a
-        file elsewhere.
+        file elsewhere. The text is checked here; what a read reaches through
+        symbolic links is checked when it reads (:meth:`read_bytes`).
         """
         for part in parts:
             names = part.split("/")
             if part.startswith("/") or "\x00" in part or any(name in ("", ".", "..") for name in names):
                 raise OutsideLocation(f"path {part[:80]!r} is not inside {self.target}")
-        return Location(join(self.target, *parts), self.filesystem, "/".join([self.path.rstrip("/"), *parts]))
+        return Location(join(self.target, *parts), self.filesystem, "/".join([self.path.rstrip("/"), *parts]),
+                        self.inside or self.path)
+
+    def within(self, folder: Location) -> str | None:
+        """Where this location lies inside ``folder``: its ``/``-separated path relative to it (``''`` for the
+        folder itself), or None when it is elsewhere. Local paths are compared as they really are (links
+        resolved), so ``out`` and ``./photos/../out`` are one folder."""
+        if type(self.filesystem) is not type(folder.filesystem):
+            return None
+        if self.on_disk:
+            mine, theirs = os.path.realpath(self.path), os.path.realpath(folder.path)
+        else:
+            mine, theirs = self.path.rstrip("/"), folder.path.rstrip("/")
+        if mine == theirs:
+            return ""
+        prefix = theirs.rstrip("/") + "/"
+        return mine[len(prefix):].replace(os.sep, "/") if mine.startswith(prefix) else None
 
     def _info(self) -> pafs.FileInfo:
         return self.filesystem.get_file_info(self.path)
@@ -124,9 +190,23 @@ class Location:
             raise FileNotFoundError(f"no file at {self.target}")
         return int(info.size), int(info.mtime_ns or 0)
 
-    def read_bytes(self) -> bytes:
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """The file's bytes; a ``TooLarge`` error past ``limit`` bytes, read no further.
+
+        A child's read on a local disk opens the file first and then asks
+        where the opened file really is: a symbolic link (of the file, or of
+        a folder on its way) that leads out of the folder it was named in is
+        an ``OutsideLocation`` error, whether the path came from a walk, a
+        listing or a manifest, and nothing can swap the link between the
+        check and the read. Only regular files are read (a FIFO is not waited on).
+        """
+        if self.on_disk and self.inside is not None:
+            return _read_inside(self.path, self.inside, limit)
         with self.filesystem.open_input_stream(self.path) as stream:
-            return stream.read()
+            data = stream.read() if limit is None else stream.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise TooLarge(f"{self.target} is larger than {limit} bytes")
+        return data
 
     def list_files(self) -> list[str]:
         """Files below this folder, as sorted ``/``-separated paths relative to it.
@@ -190,6 +270,30 @@ class Location:
             raise
 
 
+def _read_inside(path: str, inside: str, limit: int | None) -> bytes:
+    """The regular file at ``path`` if it really lies in the folder ``inside``: opened, then located by its
+    descriptor (``/proc/self/fd``; where there is none, by resolving the path just before opening)."""
+    real_root = os.path.realpath(inside)
+    resolved = os.path.realpath(path)
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(descriptor, "rb") as handle:  # closes the descriptor
+        opened = f"/proc/self/fd/{descriptor}"
+        if os.path.islink(opened):
+            resolved = os.readlink(opened)
+        if os.path.commonpath([real_root, resolved]) != real_root:
+            raise OutsideLocation(f"{path} leads out of {inside} through a symbolic link")
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file") if stat.S_ISDIR(status.st_mode) else \
+                OSError(f"{path} is not a regular file")
+        if limit is not None and status.st_size > limit:
+            raise TooLarge(f"{path} is {status.st_size} bytes, more than {limit}")
+        data = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise TooLarge(f"{path} is larger than {limit} bytes")
+    return data
+
+
 def _fsync(path: str) -> None:
     """Flush a local file's (or folder's) data and metadata to the disk."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -200,9 +304,13 @@ def _fsync(path: str) -> None:
 
 
 def locate(target: str) -> Location:
-    """Resolve a local path (made absolute) or a URI to a ``Location``."""
+    """Resolve a local path (made absolute) or a URI to a ``Location``; a URI pyarrow cannot use is a
+    ``StorageError`` that names it without its credentials."""
     if is_uri(target):
-        filesystem, path = pafs.FileSystem.from_uri(target)
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(target)
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise StorageError(f"cannot use {redact(target)!r}: {redact(one_line(exc, keep='first'))}") from None
         return Location(target, filesystem, path)
     absolute = os.path.abspath(target)
     return Location(absolute, pafs.LocalFileSystem(), absolute)

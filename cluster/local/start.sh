@@ -7,8 +7,11 @@
 # The token is RAY_AUTH_TOKEN when set, else the file RAY_AUTH_TOKEN_PATH, else
 # ~/.ray/auth_token (Ray's own order). When that file does not exist this
 # script writes a new random 256-bit token there, readable by its owner only;
-# it never replaces one that exists. `xai-batch submit` and `xai-batch jobs`
-# read the same place; Ray's own CLI also needs RAY_AUTH_MODE=token.
+# it never replaces one that exists, and it refuses to start (exit 2, before
+# Ray) with one that is empty, that belongs to another user, or that its group
+# or others may read or write: chmod 600 it. `xai-batch submit` and
+# `xai-batch jobs` read the same place, and refuse the same files; Ray's own
+# CLI also needs RAY_AUTH_MODE=token.
 #
 # The venv's bin/ goes first on PATH, so Ray jobs that run `python ...` get
 # the venv's Python with xai-batch's pinned dependencies. Ray rewrites a
@@ -29,6 +32,7 @@ if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
     if [ ! -e "$token_file" ]; then
         (
             umask 077
+            set -C  # noclobber: never write through a link or into a file someone made meanwhile
             mkdir -p "$(dirname "$token_file")"
             od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$token_file"
         )
@@ -36,8 +40,17 @@ if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
     elif [ ! -s "$token_file" ]; then
         echo "start.sh: the token file $token_file is empty; remove it to have a new one written" >&2
         exit 2
-    elif [ -n "$(find "$token_file" \( -perm -004 -o -perm -040 \) -print)" ]; then
-        echo "start.sh: warning: others can read the token in $token_file; chmod 600 it" >&2
+    elif [ ! -O "$token_file" ]; then
+        echo "start.sh: the token file $token_file belongs to another user, who can read or replace the" \
+            "cluster's token; refusing to start: copy it to a file of your own, chmod 600 that file and point" \
+            "RAY_AUTH_TOKEN_PATH at it" >&2
+        exit 2
+    elif [ -n "$(find -H "$token_file" -prune \( -perm -040 -o -perm -020 -o -perm -010 \
+                 -o -perm -004 -o -perm -002 -o -perm -001 \) -print)" ]; then  # any bit of 077, as xai-batch
+        echo "start.sh: the token file $token_file is open to its group or others, who could read or replace" \
+            "the cluster's token; refusing to start: chmod 600 $token_file, or remove it to have a new one" \
+            "written (others may have read this one)" >&2
+        exit 2
     fi
 fi
 exec "$RAY" start --head \

@@ -278,3 +278,17 @@ def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
     assert worked[by_resource["head_node"]] > 0 and worked[by_resource["second_node"]] > 0
     assert sum(worked.values()) == 6 * 4
     assert_verified(out, shapes_data["holdout"])
+
+
+def test_a_torchscript_checkpoint_ships_with_its_json_and_keeps_its_prefix(tmp_path):
+    """A job runs a TorchScript file only as the user named it: torchscript:FILE travels as such."""
+    from xai_batch.distributed.jobs_client import stage_working_dir
+
+    (tmp_path / "model.pt").write_bytes(b"archive")
+    (tmp_path / "model.pt.json").write_text('{"class_names": ["a", "b"]}')
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert stage_working_dir(str(staging), f"torchscript:{tmp_path / 'model.pt'}") == "torchscript:checkpoints/model.pt"
+    assert (staging / "checkpoints" / "model.pt").read_bytes() == b"archive"
+    assert (staging / "checkpoints" / "model.pt.json").exists()
+    assert stage_working_dir(str(tmp_path / "again"), "torchvision:resnet50") == "torchvision:resnet50"

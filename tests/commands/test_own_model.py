@@ -42,7 +42,7 @@ def own_model(tmp_path_factory):
     described = json.dumps({"class_names": names, "preprocessing": OWN.to_dict()})
     for path in (onnx, torchscript):
         (root / (path.name + ".json")).write_text(described)
-    return {"checkpoint": str(checkpoint), "onnx": str(onnx), "torchscript": str(torchscript)}
+    return {"checkpoint": str(checkpoint), "onnx": str(onnx), "torchscript": f"torchscript:{torchscript}"}
 
 
 def _explain(photos, out, checkpoint, *extra):

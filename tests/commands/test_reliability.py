@@ -198,9 +198,18 @@ def test_changed_files_are_redone_and_other_configs_refused(ray_session, random_
     clash = explain("--num-samples", "14")
     assert clash.exit_code == 2
     assert "holds results of another configuration" in clash.output and "--overwrite" in clash.output
+    runs_before = len(json.loads((tmp_path / "out" / "job.json").read_text())["runs"])
+    (tmp_path / "out" / "manifest" / "_README.md").write_text("what these runs are")  # issue 31, finding 3
+    refused = explain("--num-samples", "14", "--overwrite")
+    assert refused.exit_code == 2 and "--overwrite deletes only the manifest's own part files" in refused.output
+    assert "_README.md" in refused.output and (tmp_path / "out" / "manifest" / "_README.md").exists()
+    (tmp_path / "out" / "manifest" / "_README.md").rename(tmp_path / "out" / "README.md")  # beside it is fine
     fresh = explain("--num-samples", "14", "--overwrite")
     assert fresh.exit_code == 0 and "3 images: 3 explained" in fresh.output
     assert read_manifest(out, current=False).num_rows == 3
+    runs = json.loads((tmp_path / "out" / "job.json").read_text())["runs"]
+    assert len(runs) == runs_before + 1 and runs[-1]["overwrite"]  # the record keeps the runs before
+    assert (tmp_path / "out" / "README.md").read_text() == "what these runs are"
     assert_verified(out, str(source))
 
 
@@ -349,7 +358,8 @@ def test_decodes_in_flight_are_bounded_by_memory_as_well_as_cpus(ray_session):
     from xai_batch.images import MAX_PIXELS_LIMIT, decode_memory
 
     largest = max(node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"])
-    assert decoding_memory(1_000_000) == decode_memory(1_000_000) == 12_000_000
+    # 12 bytes a pixel decoded, and the file read: at most 8 bytes a pixel and 16 MB of metadata
+    assert decoding_memory(1_000_000) == decode_memory(1_000_000) == 12_000_000 + 8_000_000 + (16 << 20)
     assert decoding_memory(MAX_PIXELS_LIMIT) == min(decode_memory(MAX_PIXELS_LIMIT), int(largest))
     fits = max(1, int(largest // decoding_memory(MAX_PIXELS_LIMIT)))
 

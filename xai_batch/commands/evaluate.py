@@ -20,7 +20,7 @@ import ray
 from xai_batch.analysis.findings import confusion
 from xai_batch.engines import check_engine
 from xai_batch.errors import ConfigError, ImageError, one_line
-from xai_batch.images import DEFAULT_MAX_PIXELS, load_image
+from xai_batch.images import DEFAULT_MAX_PIXELS, file_bytes, load_image
 from xai_batch.preprocessing import Preprocessing
 from xai_batch.sources import discover_images
 from xai_batch.labels import check_truth_meets_predictions, folder_label, load_label_map
@@ -47,6 +47,7 @@ class EvaluateConfig:
     engine: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     address: str | None = None
+    insecure: bool = False  # send the cluster's token to a remote GCS over plain gRPC
 
     def __post_init__(self) -> None:
         if not locate(self.data_dir).is_dir():
@@ -93,7 +94,7 @@ def _decode(batch: dict, source: str, max_pixels: int, preprocessing: Preprocess
     pixels, errors = [], []
     for path in batch["path"]:
         try:
-            data = locate(source).child(*path.split("/")).read_bytes()
+            data = locate(source).child(*path.split("/")).read_bytes(file_bytes(max_pixels))
             pixels.append(load_image(data, max_pixels, preprocessing).pixels)
             errors.append("")
         except (OSError, ImageError) as exc:
@@ -117,7 +118,7 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
     source = config.data_dir if is_uri(config.data_dir) else os.path.abspath(config.data_dir)
     counts: Counter = Counter()  # images by (true, predicted) label
     wrong, errors = [], []
-    with connected(config.address):
+    with connected(config.address, config.insecure):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         gpus = ray.cluster_resources().get("GPU", 0)

@@ -23,13 +23,13 @@ import ray
 from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
-from xai_batch.distributed.cluster import connected
-from xai_batch.distributed.pipeline import Pipeline, describe_failure
+from xai_batch.distributed.cluster import check_join, connected
+from xai_batch.distributed.pipeline import Pipeline, describe_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.distributed.stages import STAGES
 from xai_batch.errors import ConfigError, XaiBatchError
-from xai_batch.sources import discover_images
+from xai_batch.sources import ImagePaths, discover_images
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.manifest import (
     MANIFEST_DIR, DoneIndex, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state,
@@ -67,12 +67,13 @@ class Inputs:
     """What a run reads before any work: the model (checkpoint bytes and class names) and the image paths."""
 
     model: ModelSource
-    paths: list[str]
+    paths: ImagePaths
 
 
 def gather_inputs(config: ExplainConfig) -> Inputs:
-    """Read the checkpoint and list SOURCE: once, for callers that check them before ``run_explain``."""
-    return Inputs(resolve_model(config.checkpoint), discover_images(config.source))
+    """Read the checkpoint and list SOURCE (passing over ``out`` where it lies inside): once, for callers
+    that check them before ``run_explain``."""
+    return Inputs(resolve_model(config.checkpoint), discover_images(config.source, skip=config.out))
 
 
 def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | None = None) -> JobResult:
@@ -86,6 +87,7 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     the model and paths when the caller has read them already.
     """
     started = time.time()
+    check_join(config.address, config.insecure)  # a token that would cross the network in clear: before any work
     inputs = inputs or gather_inputs(config)
     model = inputs.model
     check_file_runs(model.file_format, config.engine, config.precision, config.methods)
@@ -109,14 +111,17 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
         preprocessing=model.preprocessing,
     )
     run_id = new_run_id()
-    with OutputLock(config.out, run_id):  # no other run writes into ``out`` until this one ends
-        return _explain_holding_out(config, inputs, context, hashes, run_id, started, progress)
+    with OutputLock(config.out, run_id) as lease:  # no other run writes into ``out`` until this one ends
+        return _explain_holding_out(config, inputs, context, hashes, lease, started, progress)
 
 
 def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowContext, hashes: dict[str, str],
-                         run_id: str, started: float, progress: bool) -> JobResult:
-    """The run itself, while it holds ``out``'s lease: resume, explain, record."""
+                         lease: OutputLock, started: float, progress: bool) -> JobResult:
+    """The run itself, while it holds ``out``'s lease: resume, explain, record. A run that loses the lease
+    (another took it over) stops at its next part and writes nothing more, ``job.json`` included."""
+    run_id = lease.run_id
     model = inputs.model
+    record = load_job_record(config.out)  # read first: a damaged record stops the run before anything is deleted
     done = resume_state(config.out, {config_hash(config, model.model_id, method, model.preprocessing)
                                      for method in METHODS},
                         config.overwrite)
@@ -125,7 +130,6 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         log.warning("no image files under %s", config.source)
     reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else DoneIndex.of_rows([])
     done = done.merged(reused)  # a copy of a file that changed since is redone like any other
-    record = {} if config.overwrite else load_job_record(config.out)
     record.update(
         config=config.to_dict(),
         model_id=model.model_id,
@@ -134,13 +138,14 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         versions=software_versions(),
         state="running",
     )
-    run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started)}
+    run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started),
+           **({"overwrite": True} if config.overwrite else {})}  # the runs before it keep their record
     record["runs"] = [*record.get("runs", []), run]
     write_job_record(config.out, record)
     counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "unread": 0, "rows": 0}
     timings: dict[str, float] = {}
     try:
-        with connected(config.address):
+        with connected(config.address, config.insecure):
             timings["ray_start_seconds"] = time.time() - started
             checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
             replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}",
@@ -154,7 +159,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
             bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True,
                        mininterval=0.1 if sys.stderr.isatty() else 15)  # a line per 15 s in job logs
             writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
-                config.out, run_id, seconds_per_part=config.flush_seconds
+                config.out, run_id, seconds_per_part=config.flush_seconds, leased=True
             )
             pipeline_class = pipeline_for(config.stages, replicas.placement)
             pipeline = pipeline_class(config, paths, done, reused, replicas, context, writer, bar, counts)
@@ -166,7 +171,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                 try:
                     counts["rows"] = ray.get(writer.close.remote())
                 except ray.exceptions.RayError as exc:  # the last rows could not be written
-                    unwritten = XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}")
+                    unwritten = lost_lease(exc) or XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}")
                 run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
                     run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
@@ -196,8 +201,10 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
             timings={name: round(value, 4) for name, value in timings.items()},
         )
         record["state"] = run["state"]
-        record["counts"] = manifest_counts(config.out)
-        write_job_record(config.out, record)
+        if lease.holds():  # else the output is another run's now: its record is not ours to write
+            record["counts"] = manifest_counts(config.out)
+            write_job_record(config.out, record)
+    lease.check()
     return JobResult(
         out=config.out,
         manifest=join(config.out, MANIFEST_DIR),

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from xai_batch.errors import ConfigError, ImageError, one_line
-from xai_batch.images import load_image
+from xai_batch.images import DEFAULT_MAX_PIXELS, file_bytes, load_image
 from xai_batch.manifest.record import load_job_record, recorded_preprocessing
 from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest import current_groups, decode_segments
@@ -99,7 +99,7 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
         entry = {"path": row["path"], "method": row["method"], "label": row["explained_index"], "file": name,
                  "error": ""}
         try:
-            data = source.child(row["path"]).read_bytes()
+            data = source.child(row["path"]).read_bytes(file_bytes(DEFAULT_MAX_PIXELS))
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
                 raise ImageError("the file changed since it was explained; run explain again")
             picture = render_row(row, load_image(data, preprocessing=preprocessing).pixels, options)
@@ -153,21 +153,22 @@ def job_source(out: str, source: str | None) -> str:
 
 def render_rows(
     jobs: Iterable[tuple[dict, str]], out: str, source: str | None, to: str, options: RenderOptions,
-    address: str | None = None, progress: bool = True, total: int | None = None,
+    address: str | None = None, progress: bool = True, total: int | None = None, insecure: bool = False,
 ) -> list[dict]:
     """Draw each (row, file name) of the run in ``out`` into ``to`` as Ray tasks; index entries sorted by
     path, method and label.
 
     The pictures are read from ``source`` (default: the run's SOURCE, :func:`job_source`) and put in
     the frame of the model's preprocessing that job.json records. ``jobs`` are taken as tasks free up,
-    so only the rows in flight are held; ``total`` is their number, for the progress bar.
+    so only the rows in flight are held; ``total`` is their number, for the progress bar. ``address``
+    and ``insecure`` say which Ray to join, and how (:func:`~xai_batch.distributed.cluster.connected`).
     """
     preprocessing = recorded_preprocessing(load_job_record(out))
     source = job_source(out, source)
     target = locate(to)
     target.make_dirs()
     entries: list[dict] = []
-    with connected(address):
+    with connected(address, insecure):
         task = ray.remote(_render_batch)
         source_ref, to_ref = ray.put(locate(source)), ray.put(target)
         bar = tqdm(total=len(jobs) if total is None else total, unit="img", desc="render", disable=not progress,
@@ -213,7 +214,7 @@ def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
 
 def run_render(
     out: str, to: str | None, options: RenderOptions, source: str | None = None,
-    address: str | None = None, progress: bool = True, methods: tuple[str, ...] = (),
+    address: str | None = None, progress: bool = True, methods: tuple[str, ...] = (), insecure: bool = False,
 ) -> RenderResult:
     """Render every current ``ok`` row of ``methods`` (default all) under ``out`` into ``to``
     (default ``OUT/overlays/STYLE``), every method in the same style."""
@@ -221,7 +222,8 @@ def run_render(
     groups = current_rows(out, methods)
     jobs = ((row, overlay_name(row["path"], row["explained_index"], options.style, row["method"]))
             for rows in groups for row in rows)
-    entries = render_rows(jobs, out, source, to, options, address, progress, total=_count_ok(out, methods))
+    entries = render_rows(jobs, out, source, to, options, address, progress, total=_count_ok(out, methods),
+                          insecure=insecure)
     index = join(to, INDEX)
     write_csv(index, entries, ["path", "method", "label", "file", "error"])
     errors = sum(1 for entry in entries if entry["error"])

@@ -53,7 +53,7 @@ class ReportResult:
 def run_report(
     out: str, to: str | None = None, images: str = "auto", labels: str | None = None,
     label_map: str | None = None, source: str | None = None, address: str | None = None, progress: bool = True,
-    methods: tuple[str, ...] = (),
+    methods: tuple[str, ...] = (), insecure: bool = False,
 ) -> ReportResult:
     """Write the report of the run in ``out`` to ``to`` (default ``OUT/report.html``).
 
@@ -102,7 +102,7 @@ def run_report(
     options = RenderOptions(style="boundaries", num_features=num_features)
     pictures = {}
     try:
-        entries = render_rows(jobs, out, source, folder, options, address, progress) if jobs else []
+        entries = render_rows(jobs, out, source, folder, options, address, progress, insecure=insecure) if jobs else []
         for entry in entries:
             key = (entry["path"], entry["method"])
             if entry["error"]:

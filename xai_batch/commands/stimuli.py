@@ -39,7 +39,7 @@ class StimuliResult:
 def run_stimuli(
     out: str, to: str, design: Design, options: RenderOptions, labels: str | None = None,
     label_map: str | None = None, source: str | None = None, address: str | None = None,
-    progress: bool = True, allow_unbalanced: bool = False, every_method: bool = False,
+    progress: bool = True, allow_unbalanced: bool = False, every_method: bool = False, insecure: bool = False,
 ) -> StimuliResult:
     """Select, render and index the stimuli; refuse an unbalanced design unless ``allow_unbalanced``.
 
@@ -61,7 +61,7 @@ def run_stimuli(
     wanted = {(s.row["path"], s.method, s.row["explained_index"]): f"{s.stimulus_id}.png" for s in stimuli}
     jobs = [(row, wanted[key]) for group in current_rows(out, design.methods) for row in group
             if (key := (row["path"], row["method"], row["explained_index"])) in wanted]
-    rendered = render_rows(jobs, out, source, to, options, address, progress)
+    rendered = render_rows(jobs, out, source, to, options, address, progress, insecure=insecure)
     entries = {(entry["path"], entry["method"], entry["label"]): entry for entry in rendered}
     records = []
     for stimulus in stimuli:

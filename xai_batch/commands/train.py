@@ -79,6 +79,7 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     max_failures: int = 3  # worker failures Ray Train recovers from, each time from the last checkpoint
     address: str | None = None
+    insecure: bool = False  # send the cluster's token to a remote GCS over plain gRPC
     storage: str | None = None  # Ray Train's run folder; default: next to ``out``
     preprocessing: Preprocessing = SEEDS
 
@@ -307,7 +308,8 @@ def _train_on_ray(config: TrainConfig, class_names, train_items, val_items, repo
         _train(config, class_names, absolute, held_out, place, say)
 
     saved, where = train_on_ray(loop, workers=config.workers, gpus_per_worker=config.gpus_per_worker,
-                                max_failures=config.max_failures, address=config.address, storage=storage)
+                                max_failures=config.max_failures, address=config.address, storage=storage,
+                                insecure=config.insecure)
     progress = _Progress(**saved)
     for line in (f"epoch {m['epoch']}: val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.3f}" for m in progress.metrics):
         log.info(line)

@@ -15,15 +15,13 @@ import collections
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from xai_batch.errors import one_line
 from xai_batch.manifest import (
-    ADDED, GROUP_ROWS, MANIFEST_DIR, SCHEMA, current_groups, decode_heatmap, decode_mask, decode_segments,
-    load_job_record, manifest_dataset, new_run_id, recorded_preprocessing,
+    GROUP_ROWS, MANIFEST_DIR, current_groups, decode_heatmap, decode_mask, decode_segments, load_job_record,
+    manifest_dataset, new_run_id, recorded_preprocessing,
 )
+from xai_batch.manifest.reader import part_problem
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.methods import METHODS, get_method
 from xai_batch.sources import discover_images
@@ -31,8 +29,7 @@ from xai_batch.storage import Location, locate
 
 __all__ = ["VerifyReport", "verify_manifest", "repair_manifest", "DAMAGED_DIR"]
 
-DAMAGED_DIR = "damaged"  # where --repair moves unreadable parts
-UNREADABLE = "not a readable Parquet file"
+DAMAGED_DIR = "damaged"  # where --repair moves the parts the manifest cannot use
 
 MAX_LISTED = 20  # problems of one kind listed by name before counting the rest
 
@@ -73,7 +70,7 @@ def verify_manifest(out: str, source: str | None = None, group_rows: int = GROUP
     if problems.by_kind:
         report.problems = problems.lines()
         return report
-    expected = set(discover_images(source)) if source is not None else None
+    expected = set(discover_images(source, skip=out)) if source is not None else None
     crop = recorded_preprocessing(load_job_record(out)).crop
     hashes: dict[str, set] = collections.defaultdict(set)
     for (table,) in current_groups([out], group_rows=group_rows, once=False):
@@ -113,7 +110,8 @@ def verify_manifest(out: str, source: str | None = None, group_rows: int = GROUP
 
 
 def repair_manifest(out: str) -> list[str]:
-    """Move the manifest's unreadable part files into ``OUT/damaged`` (nothing is deleted); their names.
+    """Move the manifest's part files it cannot use (unreadable, or not one xai-batch wrote: another schema,
+    run ids no run made) into ``OUT/damaged`` (nothing is deleted); their names.
 
     Their images then have no rows, so the next run into ``out`` redoes them.
     Holds the output's lease: no run writes meanwhile.
@@ -122,16 +120,15 @@ def repair_manifest(out: str) -> list[str]:
     aside = locate(out).child(DAMAGED_DIR)
     moved = []
     with OutputLock(out, new_run_id()):
-        for name, problem in _part_problems(folder):
-            if problem.startswith(UNREADABLE):
-                aside.make_dirs()
-                folder.child(name).move_to(aside.child(name))
-                moved.append(f"{name} -> {aside.child(name).target}")
+        for name, _ in _part_problems(folder):
+            aside.make_dirs()
+            folder.child(name).move_to(aside.child(name))
+            moved.append(f"{name} -> {aside.child(name).target}")
     return moved
 
 
 def _part_problems(folder: Location) -> list[tuple[str, str]]:
-    """(part file, what is wrong with it) for each part that cannot be read or has another schema."""
+    """(part file, what is wrong with it) for each part the manifest cannot use (:func:`part_problem`)."""
     found = []
     if not folder.is_dir():
         return found
@@ -139,14 +136,9 @@ def _part_problems(folder: Location) -> list[tuple[str, str]]:
         name = info.base_name
         if name.startswith((".", "_")) or info.type != pafs.FileType.File:
             continue
-        try:
-            schema = pq.read_schema(info.path, filesystem=folder.filesystem)
-        except Exception as exc:
-            found.append((name, f"{UNREADABLE} ({one_line(exc, keep='first')})"))
-            continue
-        expected = pa.schema([field for field in SCHEMA if field.name in schema.names or field.name not in ADDED])
-        if not schema.equals(expected):  # a part from before a column was added lacks only it
-            found.append((name, "schema differs from the manifest schema"))
+        problem = part_problem(folder.filesystem, info.path)
+        if problem is not None:
+            found.append((name, problem))
     return found
 
 

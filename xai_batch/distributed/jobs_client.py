@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from xai_batch.errors import XaiBatchError, one_line
-from xai_batch.storage import is_torchvision
+from xai_batch.storage import checkpoint_file
 from xai_batch.model_files import sidecar_path
 from xai_batch.distributed.cluster import (
     ClusterUnreachable,
@@ -29,6 +29,7 @@ from xai_batch.distributed.cluster import (
     check_reachable,
     check_token_transport,
     dashboard_address,
+    has_auth_token,
 )
 
 __all__ = ["JobsClient", "Submission", "stage_working_dir", "project_root", "FINAL_STATES"]
@@ -61,35 +62,40 @@ def stage_working_dir(staging: str, checkpoint: str | None) -> str | None:
     """Fill ``staging`` with the code to ship (and a local checkpoint, with the JSON beside a model file).
 
     Returns the checkpoint argument as the job must see it: relative to the
-    working_dir for a shipped local file, else unchanged (a URI, or None).
+    working_dir for a shipped local file (a ``torchscript:`` prefix kept),
+    else unchanged (a URI, torchvision's weights by name, or None).
     """
     root = project_root()
     for name in SHIPPED:
         shutil.copytree(os.path.join(root, name), os.path.join(staging, name),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if checkpoint is None or "://" in checkpoint or is_torchvision(checkpoint):
+    stored = checkpoint_file(checkpoint) if checkpoint is not None else None
+    if stored is None or "://" in stored:
         return checkpoint
     folder = os.path.join(staging, STAGED_CHECKPOINTS)
     os.makedirs(folder, exist_ok=True)
-    shutil.copy2(checkpoint, os.path.join(folder, os.path.basename(checkpoint)))
-    if os.path.isfile(sidecar_path(checkpoint)):
-        shutil.copy2(sidecar_path(checkpoint), os.path.join(folder, os.path.basename(sidecar_path(checkpoint))))
-    return f"{STAGED_CHECKPOINTS}/{os.path.basename(checkpoint)}"
+    shutil.copy2(stored, os.path.join(folder, os.path.basename(stored)))
+    if os.path.isfile(sidecar_path(stored)):
+        shutil.copy2(sidecar_path(stored), os.path.join(folder, os.path.basename(sidecar_path(stored))))
+    prefix = checkpoint.removesuffix(stored)  # torchscript:, where the user said so
+    return f"{prefix}{STAGED_CHECKPOINTS}/{os.path.basename(stored)}"
 
 
 class JobsClient:
     """Ray's ``JobSubmissionClient`` for one cluster, with errors in one line.
 
-    ``insecure`` allows sending the cluster's token to another machine over
-    plain HTTP (see ``check_token_transport``).
+    The cluster's token (``auth_token``, which refuses a token file others
+    can read) goes only to this client's address, in its requests' headers.
+    ``insecure`` allows sending it to another machine over plain HTTP (see
+    ``check_token_transport``).
     """
 
     def __init__(self, address: str | None, insecure: bool = False) -> None:
         self.address = dashboard_address(address)
-        token = auth_token()
-        if token:
-            check_token_transport(self.address, insecure)
+        if has_auth_token():
+            check_token_transport(self.address, insecure)  # before any connection
         check_reachable(self.address)
+        token = auth_token()  # its file judged before the token is sent
         from ray.job_submission import JobSubmissionClient
 
         headers = {"Authorization": f"Bearer {token}"} if token else None

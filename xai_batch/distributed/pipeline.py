@@ -31,15 +31,17 @@ import ray
 from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.images import decode_memory
 from xai_batch.manifest import RowContext, error_row
+from xai_batch.manifest.lock import LeaseLost
 from xai_batch.maths.convergence import sample_schedule
 from xai_batch.methods import GradientMethod, get_method
 from xai_batch.distributed.stages import (
     ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score, unchanged_files,
 )
-from xai_batch.sources import image_root
+from xai_batch.sources import PathQueue, image_root
 from xai_batch.storage import locate
 
-__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "decoding_memory", "describe_failure"]
+__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "decoding_memory", "describe_failure",
+           "lost_lease"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class ImageFlow:
 
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         self.config = config
-        self.todo = deque(paths)
+        self.todo = PathQueue(paths)
         self.done = done
         self.reused = reused
         self.replicas = replicas
@@ -130,7 +132,8 @@ class ImageFlow:
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as exc:
-                raise XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}") from None
+                raise lost_lease(exc) or XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}") \
+                    from None
 
     def header(self, ref: ray.ObjectRef, path: str) -> ImageHeader:
         """A decoding task's header (a failed task's as an error header), its seconds added to ``busy``."""
@@ -173,7 +176,7 @@ class ImageFlow:
             in_flight[check.remote(self.source, candidates, self.config.methods)] = (number, chunk)
         while in_flight:
             self._passed_over(in_flight, kept)
-        self.todo = deque(path for number in sorted(kept) for path in kept[number])
+        self.todo = PathQueue(path for number in sorted(kept) for path in kept[number])
 
     def _passed_over(self, in_flight: dict, kept: dict[int, list[str]]) -> None:
         """One finished check: its unchanged files counted done, the others kept to do in their order."""
@@ -434,6 +437,12 @@ def _score_from_chunks(
     started = time.perf_counter()
     scored = score(header, rows, extra, np.concatenate(chunks), context, method)
     return (len(scored), 0, {"quality": time.perf_counter() - started}), scored
+
+
+def lost_lease(exc: ray.exceptions.RayError) -> LeaseLost | None:
+    """The :class:`~xai_batch.manifest.lock.LeaseLost` a writer's failure was, if it was that."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, LeaseLost) else None
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -79,7 +79,7 @@ class RayTrainPlace:
 
 def train_on_ray(
     loop: Callable[[RayTrainPlace, Callable[[str], None]], None], *, workers: int, gpus_per_worker: float,
-    max_failures: int, address: str | None, storage: str,
+    max_failures: int, address: str | None, storage: str, insecure: bool = False,
 ) -> tuple[dict, str]:
     """Run ``loop(place, report)`` on ``workers`` Ray Train workers; rank 0 reports on stdout.
 
@@ -99,7 +99,7 @@ def train_on_ray(
 
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})}
-    with connected(address):
+    with connected(address, insecure):
         trainer = TorchTrainer(
             worker_loop,
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,

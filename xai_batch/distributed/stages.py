@@ -39,12 +39,12 @@ from xai_batch.maths.localisation import area_inside, pointing_chance, pointing_
 from xai_batch.maths.quality import (
     curve_auc, deletion_rows, insertion_rows, random_order, ranking, second_seed, topk_jaccard,
 )
-from xai_batch.images import image_seed, load_image, read_object_mask
+from xai_batch.images import file_bytes, image_seed, load_image, read_object_mask
 from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest.resume import DoneImage
 from xai_batch.manifest.rows import RowContext, encode_segments, error_row, explanation_row
 from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, get_method, method_seed
-from xai_batch.storage import Location
+from xai_batch.storage import Location, TooLarge
 
 __all__ = [
     "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files",
@@ -113,8 +113,15 @@ def decode(
         return {"read_decode": time.perf_counter() - started}
 
     try:
-        _, mtime_ns = source.child(path).stat()
-        data = source.child(path).read_bytes()
+        size, mtime_ns = source.child(path).stat()
+        limit = file_bytes(config.max_pixels)
+        if size > limit:
+            raise TooLarge(f"{size} bytes, more than an image within --max-pixels {config.max_pixels} can take "
+                           f"({limit} bytes)")
+        data = source.child(path).read_bytes(limit)
+    except TooLarge as exc:
+        return ImageHeader(path, error=f"file too large: {one_line(exc)}", methods=config.methods,
+                           busy=read_for()), None
     except OSError as exc:
         return ImageHeader(path, error=f"cannot read: {one_line(exc)}", methods=config.methods, busy=read_for()), None
     sha256 = hashlib.sha256(data).hexdigest()

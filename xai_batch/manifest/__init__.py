@@ -12,7 +12,9 @@ from xai_batch.manifest.reader import GROUP_ROWS, ManifestError, current_groups,
 from xai_batch.manifest.record import (
     JOB_FILE, load_job_record, recorded_preprocessing, software_versions, write_job_record,
 )
-from xai_batch.manifest.resume import DoneImage, DoneIndex, manifest_counts, resume_state, reuse_rows
+from xai_batch.manifest.resume import (
+    DoneImage, DoneIndex, discard_manifest, manifest_counts, resume_state, reuse_rows,
+)
 from xai_batch.manifest.rows import (
     QUALITY_COLUMNS, RowContext, decode_heatmap, decode_mask, decode_segments, encode_heatmap, encode_mask,
     encode_segments, error_row, explanation_row, image_rows, method_rows,
@@ -23,7 +25,7 @@ from xai_batch.manifest.writer import ManifestWriter, new_run_id, write_part
 __all__ = [
     "SCHEMA", "ADDED", "MANIFEST_DIR", "TOPK", "QUALITY_COLUMNS", "RowContext", "explanation_row", "error_row", "image_rows", "method_rows",
     "ManifestWriter", "write_part", "new_run_id", "read_manifest", "current_groups", "manifest_dataset", "GROUP_ROWS",
-    "ManifestError", "resume_state", "reuse_rows", "manifest_counts", "DoneIndex", "DoneImage",
+    "ManifestError", "resume_state", "discard_manifest", "reuse_rows", "manifest_counts", "DoneIndex", "DoneImage",
     "JOB_FILE", "load_job_record", "write_job_record", "software_versions", "recorded_preprocessing",
     "encode_segments", "decode_segments", "encode_mask", "decode_mask", "encode_heatmap", "decode_heatmap",
 ]

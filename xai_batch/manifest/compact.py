@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.manifest.reader import current_groups, manifest_dataset
 from xai_batch.manifest.schema import MANIFEST_DIR
-from xai_batch.manifest.writer import new_run_id, write_part
+from xai_batch.manifest.writer import is_own_part, new_run_id, write_part
 from xai_batch.storage import locate
 
 __all__ = ["compact", "Compacted", "PART_ROWS", "COMPACTING"]
@@ -57,7 +57,7 @@ def compact(out: str, part_rows: int = PART_ROWS, progress=None) -> Compacted:
         dataset = manifest_dataset(out)
         if dataset is None:
             return Compacted(0, 0, 0, 0)
-        old = list(dataset.files)
+        old = [path for path in dataset.files if is_own_part(path.rsplit("/", 1)[-1])]  # only ours are deleted
         rows_before = dataset.count_rows()
         staging = folder.child(f"{COMPACTING}{run_id}")
         staging.make_dirs()

@@ -23,12 +23,18 @@ Rows that are the same row twice (path, method, label and run) are read
 once: a compaction stopped between writing its parts and deleting the old
 ones leaves such copies, and the manifest reads as before it.
 
-A part file that cannot be read (cut short by a crash or a full disk) is
-named in a :class:`ManifestError` rather than surfacing as pyarrow's own.
+A part file that cannot be read (cut short by a crash or a full disk), or
+that is not one xai-batch wrote (a column of another type, a run id no run
+has, :func:`part_problem`), is named in a :class:`ManifestError` rather than
+read (pyarrow would cast an ``int64`` path to text and count it done, or fail
+in its own words), and ``verify --repair`` sets it aside. Every part's schema
+is checked where it is read, and every batch's run ids: a run id that sorts
+after every real one would keep its rows current for ever.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import tempfile
@@ -42,15 +48,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from xai_batch.errors import XaiBatchError, one_line
-from xai_batch.manifest.schema import MANIFEST_DIR, SCHEMA
+from xai_batch.manifest.schema import ADDED, MANIFEST_DIR, SCHEMA
 from xai_batch.methods import LIME
 from xai_batch.storage import locate
 
-__all__ = ["read_manifest", "current_groups", "manifest_dataset", "ManifestError", "GROUP_ROWS"]
+__all__ = ["read_manifest", "current_groups", "manifest_dataset", "ManifestError", "GROUP_ROWS", "part_problem",
+           "schema_problem", "run_id_problem"]
 
 GROUP_ROWS = 8192  # rows (all runs) a group holds at most on average: ~50 MB of Arrow with every column
 SCAN_ROWS = 8192  # rows read at a time while spreading a manifest over its groups (~50 MB; ~64 rows a group)
 _KEYS = ("path", "method", "explained_index", "run_id")  # what picking and sorting the current rows need
+RUN_ID = r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{6}$"  # what :func:`~xai_batch.manifest.writer.new_run_id` makes
+RUN_ID_AHEAD = datetime.timedelta(days=1)  # the most a run id may be ahead of this clock (another machine's)
 
 
 class ManifestError(XaiBatchError):
@@ -146,10 +155,8 @@ def _with_keys(columns: Sequence[str]) -> list[str]:
 
 
 def _read(dataset: ds.Dataset, columns: list[str]) -> pa.Table:
-    try:
-        return dataset.to_table(columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ManifestError(_damaged(dataset, exc)) from None
+    """Every part's rows, each part checked (:func:`_checked_parts`)."""
+    return pa.Table.from_batches(list(_batches(dataset, columns)), pa.schema([SCHEMA.field(c) for c in columns]))
 
 
 def _count_rows(dataset: ds.Dataset | None) -> int:
@@ -158,8 +165,53 @@ def _count_rows(dataset: ds.Dataset | None) -> int:
         return 0
     try:
         return dataset.count_rows()
-    except (OSError, pa.ArrowInvalid) as exc:
+    except pa.ArrowException as exc:
         raise ManifestError(_damaged(dataset, exc)) from None
+
+
+def schema_problem(schema: pa.Schema) -> str | None:
+    """What makes a part's schema not the manifest's, or None: a column of another type, or one the
+    manifest has not. A part from before a column was added (``ADDED``) lacks only it."""
+    for field in schema:
+        if field.name not in SCHEMA.names:
+            return f"a column {field.name!r} the manifest has not"
+        if not field.type.equals(SCHEMA.field(field.name).type):
+            return f"column {field.name!r} is {field.type}, not {SCHEMA.field(field.name).type}"
+    missing = [name for name in SCHEMA.names if name not in schema.names and name not in ADDED]
+    return f"no column {missing[0]!r}" if missing else None
+
+
+def run_id_problem(run_ids: pa.Array | pa.ChunkedArray) -> str | None:
+    """What is wrong with a part's run ids, or None: one no run made, or one from the future (a run id that
+    sorts after every real one keeps its rows current for ever)."""
+    if run_ids.null_count:
+        return "a row without a run id"
+    valid = pc.match_substring_regex(run_ids, RUN_ID)
+    if not pc.all(valid).as_py():
+        bad = run_ids.filter(pc.invert(valid))[0].as_py()
+        return f"run id {bad[:40]!r} is not one a run makes"
+    latest = pc.max(run_ids).as_py()
+    ahead = (datetime.datetime.now(datetime.timezone.utc) + RUN_ID_AHEAD).strftime("%Y%m%dT%H%M%S")
+    if latest is not None and latest > ahead:
+        return f"run id {latest!r} is in the future"
+    return None
+
+
+def part_problem(filesystem, path: str) -> str | None:
+    """What makes the part file at ``path`` one the manifest cannot use, or None: unreadable, another schema,
+    or run ids no run made. Reads its footer and its run ids."""
+    try:
+        with filesystem.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            problem = schema_problem(parquet.schema_arrow)
+            if problem is None and "run_id" in parquet.schema_arrow.names:
+                problem = run_id_problem(parquet.read(columns=["run_id"])["run_id"])
+            return problem
+    except pa.ArrowException as exc:
+        return f"{UNREADABLE} ({one_line(exc, keep='first')})"
+
+
+UNREADABLE = "not a readable Parquet file"
 
 
 class _Spread:
@@ -196,7 +248,7 @@ class _Spread:
                         present[group] = range(written, written + len(pieces))
                         written += len(pieces)
                 self.files.append((name, present))
-        except (OSError, pa.ArrowInvalid) as exc:
+        except pa.ArrowException as exc:
             raise ManifestError(_damaged(dataset, exc)) from None
 
     def read(self, group: int, empty: pa.Table) -> pa.Table:
@@ -211,12 +263,31 @@ class _Spread:
 
 
 def _batches(dataset: ds.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The dataset's rows, ``SCAN_ROWS`` at a time, one part after another. (The dataset's own scanner reads
-    parts ahead, and on a manifest of a million rows holds a gigabyte doing so.)"""
+    """The dataset's rows, ``SCAN_ROWS`` at a time, one part after another, each part's schema and each
+    batch's run ids checked first. (The dataset's own scanner reads parts ahead, and on a manifest of a
+    million rows holds a gigabyte doing so.)"""
     options = ds.ParquetFragmentScanOptions(pre_buffer=False)
     for fragment in dataset.get_fragments():
-        yield from fragment.to_batches(schema=dataset.schema, columns=columns, batch_size=SCAN_ROWS, batch_readahead=0,
-                                       fragment_readahead=0, use_threads=False, fragment_scan_options=options)
+        name = fragment.path.rsplit("/", 1)[-1]
+        try:
+            problem = schema_problem(fragment.physical_schema)
+            if problem is not None:
+                raise ManifestError(_foreign(dataset, name, problem))
+            for batch in fragment.to_batches(schema=dataset.schema, columns=columns, batch_size=SCAN_ROWS,
+                                             batch_readahead=0, fragment_readahead=0, use_threads=False,
+                                             fragment_scan_options=options):
+                problem = run_id_problem(batch["run_id"])
+                if problem is not None:
+                    raise ManifestError(_foreign(dataset, name, problem))
+                yield batch
+        except pa.ArrowException as exc:
+            raise ManifestError(_damaged(dataset, exc)) from None
+
+
+def _foreign(dataset: ds.Dataset, name: str, problem: str) -> str:
+    folder = dataset.files[0].rsplit("/", 1)[0]
+    return (f"manifest part {name} in {folder} is not one xai-batch wrote ({problem}): xai-batch verify --repair "
+            "sets it aside")
 
 
 def _damaged(dataset: ds.Dataset, error: BaseException) -> str:
@@ -226,7 +297,7 @@ def _damaged(dataset: ds.Dataset, error: BaseException) -> str:
         try:
             with dataset.filesystem.open_input_file(path) as handle:
                 pq.read_metadata(handle)
-        except (OSError, pa.ArrowInvalid):
+        except pa.ArrowException:
             bad.append(path.rsplit("/", 1)[-1])
     folder = dataset.files[0].rsplit("/", 1)[0] if dataset.files else "the manifest"
     if not bad:

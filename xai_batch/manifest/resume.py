@@ -24,14 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from xai_batch.errors import ConfigError
+from xai_batch.manifest.compact import COMPACTING
 from xai_batch.manifest.reader import current_groups
 from xai_batch.manifest.schema import MANIFEST_DIR, SCHEMA
-from xai_batch.manifest.writer import new_run_id, write_part
+from xai_batch.manifest.writer import TEMPORARY_PREFIX, is_own_part, new_run_id, write_part
 from xai_batch.storage import locate
 
-__all__ = ["resume_state", "reuse_rows", "manifest_counts", "DoneIndex", "DoneImage", "path_keys"]
+__all__ = ["resume_state", "discard_manifest", "reuse_rows", "manifest_counts", "DoneIndex", "DoneImage", "path_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +133,45 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> DoneIndex:
             yield table.filter(pc.equal(table["status"], "ok")).select(_HELD)
 
     done = DoneIndex.of_rows(good_rows())
-    if hashes - compatible:
-        if not overwrite:
-            raise ConfigError(
-                f"{out!r} holds results of another configuration (config_hash "
-                f"{', '.join(sorted(hashes - compatible))}); pass --overwrite to start over, or choose another --out",
-                "out",
-            )
-        locate(out).child(MANIFEST_DIR).delete_dir()
-        return DoneIndex.of_rows([])
+    if hashes - compatible and not overwrite:
+        raise ConfigError(
+            f"{out!r} holds results of another configuration (config_hash "
+            f"{', '.join(sorted(hashes - compatible))}); pass --overwrite to start over, or choose another --out",
+            "out",
+        )
     if overwrite:
-        locate(out).child(MANIFEST_DIR).delete_dir()
+        discard_manifest(out)
         return DoneIndex.of_rows([])
     return done
+
+
+def discard_manifest(out: str) -> None:
+    """Delete the manifest's part files and what xai-batch leaves while writing them (hidden temporary
+    files, a stopped compaction's folder), and nothing else.
+
+    Anything else in the manifest folder (a user's notes, drafts, a ``.git``)
+    is not ours to delete: it is a usage error naming it, before anything
+    is deleted.
+    """
+    folder = locate(out).child(MANIFEST_DIR)
+    entries = folder.filesystem.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True))
+    ours, foreign = [], []
+    for entry in entries:
+        name, is_file = entry.base_name, entry.type == pafs.FileType.File
+        if (is_file and (is_own_part(name) or name.startswith(TEMPORARY_PREFIX))) or \
+                (entry.type == pafs.FileType.Directory and name.startswith(COMPACTING)):
+            ours.append(entry)
+        else:
+            foreign.append(name + ("" if is_file else "/"))
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"--overwrite deletes only the manifest's own part files, and {folder.target} also holds "
+                          f"{shown}: move what is yours out of it, or choose another --out", "out")
+    for entry in ours:
+        if entry.type == pafs.FileType.File:
+            folder.filesystem.delete_file(entry.path)
+        else:
+            folder.filesystem.delete_dir(entry.path)
 
 
 def reuse_rows(out: str, reuse: str, hashes: dict[str, str], paths: list[str]) -> DoneIndex:

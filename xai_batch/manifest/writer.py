@@ -7,6 +7,7 @@ then renamed, so readers never see half a file.
 from __future__ import annotations
 
 import datetime
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -14,10 +15,19 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xai_batch.manifest.lock import confirm_lease
 from xai_batch.manifest.schema import MANIFEST_DIR, SCHEMA
 from xai_batch.storage import Location, locate
 
-__all__ = ["ManifestWriter", "write_part", "new_run_id"]
+__all__ = ["ManifestWriter", "write_part", "new_run_id", "is_own_part", "TEMPORARY_PREFIX"]
+
+OWN_PART = re.compile(r"part-[0-9A-Za-z.-]+\.parquet")  # what runs, reuse and compaction name their parts
+TEMPORARY_PREFIX = ".tmp-"  # a part (or any file) being written: :meth:`~xai_batch.storage.Location.atomic_writer`
+
+
+def is_own_part(name: str) -> bool:
+    """Whether a file name in the manifest folder is one of the part files xai-batch writes."""
+    return OWN_PART.fullmatch(name) is not None
 
 
 def new_run_id() -> str:
@@ -31,12 +41,17 @@ class ManifestWriter:
 
     A part is written when ``rows_per_part`` rows are buffered or
     ``seconds_per_part`` have passed since the last one, so a long job's
-    finished images are on disk long before it ends.
+    finished images are on disk long before it ends. With ``leased``, the
+    run's lease on ``out`` is confirmed before each part
+    (:func:`~xai_batch.manifest.lock.confirm_lease`): a run whose lease was
+    taken over writes nothing more.
     """
 
     def __init__(
-        self, out: str, run_id: str, rows_per_part: int = 256, seconds_per_part: float = 30.0
+        self, out: str, run_id: str, rows_per_part: int = 256, seconds_per_part: float = 30.0, leased: bool = False
     ) -> None:
+        self.out = out
+        self.leased = leased
         self.folder = locate(out).child(MANIFEST_DIR)
         self.folder.make_dirs()
         self.rows_per_part = rows_per_part
@@ -67,6 +82,8 @@ class ManifestWriter:
         if not self._buffer:
             return
         started = time.perf_counter()
+        if self.leased:
+            confirm_lease(self.out, self.run_id)
         write_part(self.folder, f"part-{self.run_id}-{self._parts:05d}.parquet",
                    pa.Table.from_pylist(self._buffer, schema=SCHEMA))
         self.seconds_writing += time.perf_counter() - started
