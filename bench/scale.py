@@ -20,10 +20,14 @@ records its wall time and its peak resident memory (the process's own
 the pipeline's per-image bookkeeping without the model. ``--resume`` adds
 resumed explains over SOURCE listings of files a manifest already holds, done
 and unchanged: how many files the run opened (none: their size and time
-decide), the driver's memory and the time.
+decide), the driver's memory and the time. ``--listings`` reads SOURCE
+listings of N lines (``discover_images``, what a run does before any work)
+and ``--against DIR`` reads them with another checkout's code too, side by
+side, for the memory a change saves.
 
     .venv/bin/python bench/scale.py --rows 100000 1000000 --live 10000 100000 --resume 10000 100000 \
         --work /tmp/scale
+    .venv/bin/python bench/scale.py --rows --listings 100000 1000000 --against /tmp/older-checkout
 """
 
 from __future__ import annotations
@@ -143,15 +147,18 @@ CHILD = {
 }
 
 
-def measure(name: str, **names: str) -> dict:
-    """Run one command in a fresh process; its wall seconds and peak RSS."""
+def measure(name: str, code_from: str | None = None, **names: str) -> dict:
+    """Run one command in a fresh process (with ``code_from``, that checkout's ``xai_batch``); its wall
+    seconds and peak RSS."""
     code = ("import json, os, resource, sys, time\n"
             + "".join(f"{key.upper()} = {value!r}\n" for key, value in names.items())
             + "started = time.perf_counter()\n" + CHILD[name] + "\n"
             "result['seconds'] = round(time.perf_counter() - started, 2)\n"
             "result['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)\n"
             "print('RESULT ' + json.dumps(result, default=str))\n")
-    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    environment = {**os.environ, **({"PYTHONPATH": code_from} if code_from else {})}
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                              cwd=code_from)  # '-c' puts the working folder first on sys.path
     lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
     if finished.returncode or not lines:
         raise SystemExit(f"{name} failed:\n{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}")
@@ -218,6 +225,22 @@ def resume(work: str, images: int) -> dict:
     return measure("resume-live", out=out, source=listing, checkpoint=checkpoint)
 
 
+def listing(work: str, lines: int, against: str | None) -> dict:
+    """Reading a SOURCE listing of ``lines`` paths: the peak RSS and time of ``discover_images``, with this
+    checkout's code and, given ``against``, another's."""
+    path = os.path.join(work, f"listing-{lines}.txt")
+    with open(path, "w") as handle:
+        handle.writelines(f"camera{index % 7}/2026/12/{image_path(index)}\n" for index in range(lines))
+    CHILD["listing"] = ("from xai_batch.sources import discover_images\n"
+                        "result = {'images': len(discover_images(SOURCE))}")
+    CHILD["baseline"] = "import xai_batch.sources\nresult = {}"  # what importing the code alone holds
+    results = {"listing_mb": round(os.path.getsize(path) / 2**20, 1)}
+    for label, code_from in (("this", None), *((("against", against),) if against else ())):
+        results[label] = measure("listing", code_from=code_from, source=path)
+        results[f"{label}_imports_only"] = measure("baseline", code_from=code_from)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
@@ -225,6 +248,10 @@ def main() -> None:
                         help="Explain folders of this many empty files (each an error row).")
     parser.add_argument("--resume", type=int, nargs="*", default=[],
                         help="Resume explains over listings of this many files, done and unchanged.")
+    parser.add_argument("--listings", type=int, nargs="*", default=[],
+                        help="Read SOURCE listings of this many lines (discover_images).")
+    parser.add_argument("--against", metavar="CHECKOUT",
+                        help="With --listings, read them with this checkout's code too, side by side.")
     parser.add_argument("--work", default="/tmp/xai-batch-scale")
     parser.add_argument("--keep", action="store_true", help="Keep the manifests built.")
     parser.add_argument("--built", action="store_true",
@@ -253,6 +280,9 @@ def main() -> None:
     for images in args.live:
         results[f"live-{images}"] = live(args.work, images)
         print("live", images, results[f"live-{images}"], flush=True)
+    for lines in args.listings:
+        results[f"listing-{lines}"] = listing(args.work, lines, args.against)
+        print("listing", lines, results[f"listing-{lines}"], flush=True)
     for images in args.resume:
         results[f"resume-{images}"] = resume(args.work, images)
         print("resume", images, results[f"resume-{images}"], flush=True)
