@@ -148,3 +148,17 @@ def test_an_inventorys_keys_are_relative_to_their_buckets_root(monkeypatch):
     assert image_root("mock://photos/lists/p.parquet") == "mock://photos/lists"  # a path column: its folder's
     with pytest.raises(ConfigError, match="is not a path relative to the listing's folder 'mock://photos/lists/'"):
         discover_images("mock://photos/lists/p.parquet")
+
+
+def test_paths_read_in_blocks_come_out_sorted_and_once():
+    """Blocks are sorted on their own and merged as the paths are taken: repeats within and across blocks
+    count once; blocks already in order are not merged."""
+    from xai_batch.sources import ImagePaths, PathQueue
+
+    shuffled = ImagePaths.of([pa.array(["b/2.png", "a/1.png", "b/2.png"]), pa.array(["a/1.png", "c.png", "a/0.png"])])
+    assert len(shuffled) == 4 and list(shuffled) == ["a/0.png", "a/1.png", "b/2.png", "c.png"]
+    walked = ImagePaths.of([pa.array(["a.png", "b.png"]), pa.array(["c.png"])])
+    assert len(walked) == 3 and walked == ["a.png", "b.png", "c.png"]
+    queue = PathQueue(shuffled)
+    taken = [queue.popleft() for _ in range(len(queue))]
+    assert taken == list(shuffled) and not queue and len(ImagePaths.of([])) == 0

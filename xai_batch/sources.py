@@ -70,25 +70,28 @@ class ImagePaths:
     as the paths are taken (:meth:`__iter__`), Python text a little at a time.
     """
 
-    def __init__(self, blocks: list[pa.Array], count: int) -> None:
+    def __init__(self, blocks: list[pa.Array], count: int, merge: bool) -> None:
         self._blocks = blocks
         self._count = count  # the paths once each, across blocks
+        self._merge = merge  # False where each block's paths all come after the block before's
 
     @classmethod
     def of(cls, chunks: Iterable[pa.Array]) -> ImagePaths:
         """The paths of ``chunks`` (Arrow text arrays), sorted, each once."""
         blocks = [_sorted_once(chunk.cast(pa.large_string())) for chunk in chunks if len(chunk)]
-        merged = cls(blocks, sum(len(block) for block in blocks))
-        if len(blocks) > 1:  # repeats across blocks: counted by one pass of the merge
-            merged._count = sum(1 for _ in merged)
+        if all(before[len(before) - 1].as_py() < after[0].as_py() for before, after in zip(blocks, blocks[1:])):
+            return cls(blocks, sum(len(block) for block in blocks), False)  # a walk, a sorted listing
+        merged = cls(blocks, 0, True)
+        merged._count = sum(1 for _ in merged)  # repeats across blocks: counted by one pass of the merge
         return merged
 
     def __len__(self) -> int:
         return self._count
 
     def __iter__(self) -> Iterator[str]:
-        if len(self._blocks) == 1:
-            yield from _texts(self._blocks[0], READ_ROWS)
+        if not self._merge:
+            for block in self._blocks:
+                yield from _texts(block, READ_ROWS)
             return
         step = max(16, min(READ_ROWS, MERGE_TEXTS // max(1, len(self._blocks))))
         previous = None
