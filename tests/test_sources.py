@@ -124,10 +124,10 @@ def test_an_inventorys_keys_are_relative_to_their_buckets_root(monkeypatch):
 
     store = _object_store(monkeypatch)
 
-    def put(path, table):
+    def put(path, table, statistics=True):
         store.create_dir(path.rsplit("/", 1)[0])
         buffer = stdio.BytesIO()
-        pq.write_table(table, buffer)
+        pq.write_table(table, buffer, write_statistics=statistics, row_group_size=1)
         with store.open_output_stream(path) as stream:
             stream.write(buffer.getvalue())
 
@@ -138,13 +138,19 @@ def test_an_inventorys_keys_are_relative_to_their_buckets_root(monkeypatch):
     put("photos/inventory/data/x.parquet", pa.table({"key": ["cats/a.png", "dogs/b.jpg", "notes.txt"]}))
     put("logs/inventory/y.parquet", pa.table({"bucket": ["photos", "photos"], "key": ["cats/a.png", "dogs/b.jpg"]}))
     put("logs/inventory/z.parquet", pa.table({"bucket": ["photos", "other"], "key": ["cats/a.png", "x.png"]}))
+    put("logs/inventory/plain.parquet", pa.table({"bucket": ["photos", "other"], "key": ["cats/a.png", "x.png"]}),
+        statistics=False)  # no statistics in the footer: the column itself is read
+    put("logs/inventory/plain-one.parquet", pa.table({"bucket": ["photos"] * 2, "key": ["cats/a.png", "dogs/b.jpg"]}),
+        statistics=False)
     put("photos/lists/p.parquet", pa.table({"path": ["../cats/a.png"]}))
     for listing, root in (("mock://photos/inventory/data/x.parquet", "mock://photos"),
-                          ("mock://logs/inventory/y.parquet", "mock://photos")):
+                          ("mock://logs/inventory/y.parquet", "mock://photos"),
+                          ("mock://logs/inventory/plain-one.parquet", "mock://photos")):
         assert image_root(listing) == root
         assert discover_images(listing) == ["cats/a.png", "dogs/b.jpg"]
-    with pytest.raises(ConfigError, match="names objects of 2 buckets"):
-        image_root("mock://logs/inventory/z.parquet")
+    for two in ("z", "plain"):
+        with pytest.raises(ConfigError, match="names objects of 2 buckets"):
+            image_root(f"mock://logs/inventory/{two}.parquet")
     assert image_root("mock://photos/lists/p.parquet") == "mock://photos/lists"  # a path column: its folder's
     with pytest.raises(ConfigError, match="is not a path relative to the listing's folder 'mock://photos/lists/'"):
         discover_images("mock://photos/lists/p.parquet")

@@ -747,9 +747,9 @@ def _submit_job(script: str, settings: dict, options: dict, paths: tuple[str, ..
         value = options.get(name)
         if value is not None and carries_credentials(value):
             raise click.BadParameter(
-                "a URI with credentials in it (user information, or a secret in its query) would be stored in the job's entrypoint, which everyone who can list "
-                "the cluster's jobs reads: give the cluster its own credentials (an instance role, a service "
-                "account, AWS_* variables) and leave them out of the URI", param_hint=f"'{_typed_as(name)}'")
+                "a URI with credentials in it (user information, or a secret in its query) would be stored in the "
+                "job's entrypoint, which everyone who can list the cluster's jobs reads: give the cluster its own "
+                "credentials (an instance role, a service account, AWS_* variables) and leave them out of the URI", param_hint=f"'{_typed_as(name)}'")
     for name in paths:
         if options.get(name) is not None:
             options[name] = _cluster_path(options[name], _typed_as(name), is_local(address), address)

@@ -28,10 +28,11 @@ over; a path listed twice counts once. A listed path that climbs out of its
 folder (``..``), is absolute, or is longer than ``MAX_PATH`` is a usage error
 naming its line.
 
-A listing is read as a stream, ``READ_ROWS`` entries at a time, and the
-paths are kept as one Arrow text array (:class:`ImagePaths`), about the
-paths' own bytes and 8 more each: a hundred million keys of 40 characters
-take 4.8 GB where a Python list of them took 20 GB. Files under ``--out``,
+A listing is read as a stream, a block at a time (``READ_BYTES`` of text,
+``READ_ROWS`` rows of Parquet), checked with Arrow's compute functions, and
+its paths are kept in those blocks (:class:`ImagePaths`), about the paths'
+own bytes and 8 more each: a hundred million keys of 40 characters take
+4.8 GB where a Python list of them took 20 GB. Files under ``--out``,
 where OUT lies inside SOURCE, are passed over (:func:`discover_images`'s
 ``skip``): a nightly run would otherwise explain its own overlays.
 """
@@ -159,10 +160,10 @@ def image_root(source: str) -> str:
     if listing.on_disk or _column(listing, source) != KEY:
         return folder
     scheme, _, rest = source.partition("://")
-    named = _buckets(listing, source)
-    bucket = named or rest.split("/", 1)[0].rsplit("@", 1)[-1]
     authority = rest.split("/", 1)[0]
-    credentials = authority[: authority.rindex("@") + 1] if "@" in authority else ""
+    credentials, _, own_bucket = authority.rpartition("@")
+    bucket = _buckets(listing, source) or own_bucket
+    credentials = f"{credentials}@" if credentials else ""
     query = "?" + source.split("?", 1)[1] if "?" in source else ""
     return f"{scheme}://{credentials}{bucket}{query}" if query else f"{scheme}://{credentials}{bucket}"
 
@@ -233,20 +234,20 @@ def _entries(listing: Location, source: str) -> Iterator[pa.Array]:
                 for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_ROWS, columns=[column]):
                     yield batch.column(0).cast(pa.large_string())
             return
-        text = name.endswith(".csv")
+        is_csv = name.endswith(".csv")  # else one path a line: a CSV of one column no path's text can split
+        named = column if is_csv else "line"
         with listing.filesystem.open_input_stream(listing.path) as stream:
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(column_names=None if text else ["line"], block_size=READ_BYTES),
+                read_options=pacsv.ReadOptions(column_names=None if is_csv else [named], block_size=READ_BYTES),
                 parse_options=pacsv.ParseOptions(
-                    delimiter="," if text else "\x1f", quote_char='"' if text else False, double_quote=text,
+                    delimiter="," if is_csv else "\x1f", quote_char='"' if is_csv else False, double_quote=is_csv,
                     newlines_in_values=False, ignore_empty_lines=True,
-                    invalid_row_handler=lambda row: "skip" if text else "error"),
-                convert_options=pacsv.ConvertOptions(column_types={column if text else "line": pa.large_string()},
-                                                     include_columns=[column if text else "line"],
-                                                     strings_can_be_null=False))
+                    invalid_row_handler=lambda row: "skip" if is_csv else "error"),
+                convert_options=pacsv.ConvertOptions(column_types={named: pa.large_string()},
+                                                     include_columns=[named], strings_can_be_null=False))
             for batch in reader:
-                if text:
+                if is_csv:
                     yield batch.column(0)
                     continue
                 lines = batch.column(0)
@@ -319,19 +320,41 @@ def _column(listing: Location, source: str) -> str:
 
 
 def _buckets(listing: Location, source: str) -> str | None:
-    """The one bucket an inventory's ``bucket`` column names, None if it has none; a usage error for two."""
+    """The one bucket an inventory's ``bucket`` column names, None if it has none; a usage error for two.
+
+    Asked each time the images' folder is (:func:`image_root`), so it reads
+    the footer's statistics (each row group's least and greatest bucket)
+    when every row group has them, and the column itself only when not.
+    """
     if not source.lower().endswith(".parquet"):
         return None  # a CSV inventory's keys are in its listing's bucket
-    named: set[str] = set()
     with listing.filesystem.open_input_file(listing.path) as handle:
         parquet = pq.ParquetFile(handle)
         if "bucket" not in parquet.schema_arrow.names:
             return None
-        for batch in parquet.iter_batches(batch_size=READ_ROWS, columns=["bucket"]):
-            named.update(value for value in pc.unique(batch.column(0)).to_pylist() if value)
-            if len(named) > 1:
-                raise ConfigError(f"listing {source!r} names objects of {len(named)} buckets "
-                                  f"({', '.join(sorted(named)[:2])}): explain one bucket's at a time", "source")
+        named = _footer_buckets(parquet)
+        if named is None:
+            named = set()
+            for batch in parquet.iter_batches(batch_size=READ_ROWS, columns=["bucket"]):
+                named.update(value for value in pc.unique(batch.column(0)).to_pylist() if value)
+                if len(named) > 1:
+                    break
+    if len(named) > 1:
+        raise ConfigError(f"listing {source!r} names objects of {len(named)} buckets "
+                          f"({', '.join(sorted(named)[:2])}): explain one bucket's at a time", "source")
     return named.pop() if named else None
+
+
+def _footer_buckets(parquet: pq.ParquetFile) -> set[str] | None:
+    """The buckets the row groups' statistics name (their least and greatest: one bucket where every row
+    group's are the same), or None where a row group has no statistics of its bucket column."""
+    column = parquet.schema_arrow.get_field_index("bucket")
+    named: set[str] = set()
+    for group in range(parquet.metadata.num_row_groups):
+        statistics = parquet.metadata.row_group(group).column(column).statistics
+        if statistics is None or not statistics.has_min_max:
+            return None
+        named.update(value for value in (statistics.min, statistics.max) if value)
+    return {value.decode() if isinstance(value, bytes) else value for value in named}
 
 

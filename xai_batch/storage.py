@@ -284,8 +284,7 @@ def _read_inside(path: str, inside: str, limit: int | None) -> bytes:
             raise OutsideLocation(f"{path} leads out of {inside} through a symbolic link")
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file") if stat.S_ISDIR(status.st_mode) else \
-                OSError(f"{path} is not a regular file")
+            raise OSError(f"{path} is not a regular file")
         if limit is not None and status.st_size > limit:
             raise TooLarge(f"{path} is {status.st_size} bytes, more than {limit}")
         data = handle.read() if limit is None else handle.read(limit + 1)

@@ -171,7 +171,8 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                 try:
                     counts["rows"] = ray.get(writer.close.remote())
                 except ray.exceptions.RayError as exc:  # the last rows could not be written
-                    unwritten = lost_lease(exc) or XaiBatchError(f"writing the manifest failed: {describe_failure(exc)}")
+                    unwritten = lost_lease(exc) or XaiBatchError(
+                        f"writing the manifest failed: {describe_failure(exc)}")
                 run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
                     run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
