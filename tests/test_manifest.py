@@ -327,13 +327,15 @@ def test_overwrite_deletes_the_manifests_own_files_and_refuses_anything_else(tmp
     (folder / ".tmp-0123abcd-part-x.parquet").write_bytes(b"half a part")
     (folder / ".compacting-20260101T000000.000000Z-abcdef").mkdir()
     (folder / ".compacting-20260101T000000.000000Z-abcdef" / "part-x-c00000.parquet").write_bytes(b"x")
-    foreign = {"_README.md": "notes", "_drafts/plan.txt": "draft", ".git/HEAD": "ref: refs/heads/main"}
+    foreign = {"_README.md": "notes", "NOTES.md": "notes a reader would take for a damaged part",
+               "_drafts/plan.txt": "draft", ".git/HEAD": "ref: refs/heads/main"}
     for rel, text in foreign.items():
         (folder / rel).parent.mkdir(exist_ok=True)
         (folder / rel).write_text(text)
     before = sorted(os.listdir(folder))
     with pytest.raises(ConfigError, match=r"--overwrite deletes only the manifest's own part files, and .* also "
-                                          r"holds \.git/, _README\.md, _drafts/: move what is yours") as refused:
+                                          r"holds \.git/, NOTES\.md, _README\.md, _drafts/: move what is yours") \
+            as refused:
         resume_state(str(tmp_path), set(), overwrite=True)
     assert refused.value.param == "out" and sorted(os.listdir(folder)) == before  # nothing deleted
     for rel in foreign:

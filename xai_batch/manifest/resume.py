@@ -123,8 +123,12 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> DoneIndex:
     a method this run does not ask for may stay. Results of another
     configuration are refused, unless ``overwrite`` says to discard them (it
     discards this configuration's too: the run starts over).
-    Error rows are not "done": a resumed run retries them.
+    Error rows are not "done": a resumed run retries them. With ``overwrite``
+    nothing is read: every part goes (:func:`discard_manifest`).
     """
+    if overwrite:
+        discard_manifest(out)
+        return DoneIndex.of_rows([])
     hashes: set[str] = set()
 
     def good_rows() -> Iterable[pa.Table]:  # indexed a group at a time: no group is kept
@@ -133,15 +137,12 @@ def resume_state(out: str, compatible: set[str], overwrite: bool) -> DoneIndex:
             yield table.filter(pc.equal(table["status"], "ok")).select(_HELD)
 
     done = DoneIndex.of_rows(good_rows())
-    if hashes - compatible and not overwrite:
+    if hashes - compatible:
         raise ConfigError(
             f"{out!r} holds results of another configuration (config_hash "
             f"{', '.join(sorted(hashes - compatible))}); pass --overwrite to start over, or choose another --out",
             "out",
         )
-    if overwrite:
-        discard_manifest(out)
-        return DoneIndex.of_rows([])
     return done
 
 
