@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=100, help="LIME samples (the demo test's 100)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     rows = []
     print(json.dumps(machine()))
     print("| recipe | seed | threads | val accuracy by epoch | held-out accuracy | on object vs random | "

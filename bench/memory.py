@@ -64,7 +64,7 @@ def measure(source: str, out: str, checkpoint: str, num_samples: int) -> dict:
     driver = textwrap.dedent(f"""
         import ray
         from xai_batch import ExplainConfig, run_explain
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
         run_explain(ExplainConfig(source={source!r}, out={out!r}, checkpoint={checkpoint!r},
                                   num_samples={num_samples}, batch_size={num_samples}), progress=False)
     """)

@@ -139,7 +139,7 @@ CHILD = {
              "Thresholds(), 5, findings_to=os.path.join(OUT, 'findings.parquet'))\n"
              "result = {'counts': report['counts'], 'accuracy': report['accuracy']}",
     "report": "from xai_batch.commands.report import run_report\n"
-              "import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+              "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
               "done = run_report(OUT, source=SOURCE, progress=False, images='beside')\n"
               "result = {'gallery': done.images, 'page_bytes': os.path.getsize(done.path)}",
     "compact": "from xai_batch.manifest.compact import compact\n"
@@ -185,7 +185,7 @@ def live(work: str, images: int) -> dict:
     out = os.path.join(work, f"live-{images}")
     shutil.rmtree(out, ignore_errors=True)
     CHILD["live"] = ("from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
-                     "import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+                     "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
                      "job = run_explain(ExplainConfig(source=SOURCE, out=OUT, checkpoint=CHECKPOINT, actors=1), "
                      "progress=False)\nresult = {'errors': job.errors, 'images': job.images}")
     return measure("live", out=out, source=source, checkpoint=checkpoint)
@@ -218,7 +218,7 @@ def resume(work: str, images: int) -> dict:
     build(out, images, ["20260101T000000.000000Z-aaaaaa"], 1.0, salt=3, config_hash=digest, stamps=(sizes, times))
     CHILD["resume-live"] = (
         "from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
-        "import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+        "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "job = run_explain(ExplainConfig(source=SOURCE, out=OUT, checkpoint=CHECKPOINT, actors=1), progress=False)\n"
         "result = {'images': job.images, 'already_done': job.skipped, 'opened': job.images - job.unread, "
         "'explained': job.ok + job.errors}")

@@ -30,7 +30,7 @@ def ray_session():
     from xai_batch.distributed.cluster import _write_private_token
 
     _write_private_token()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
 

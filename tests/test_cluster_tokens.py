@@ -10,10 +10,12 @@ starts Ray.
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -143,16 +145,24 @@ def test_no_token_is_written_when_one_is_named_or_none_is_wanted(token_env, tmp_
 
 
 @pytest.mark.slow
-def test_an_embedded_ray_leaves_no_token_others_can_read(tmp_path):
+def test_an_embedded_ray_is_new_and_leaves_no_token_others_can_read(tmp_path):
     """A real embedded Ray (``connected(None)``) in a fresh home, under the usual umask 022, with which
-    Ray's own new token would be 0644."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE")}
-    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT)
-    code = ("import os, ray\nfrom xai_batch.distributed.cluster import connected\nos.umask(0o022)\n"
-            "with connected(None):\n    print(int(ray.cluster_resources()['CPU']))\n")
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    Ray's own new token would be 0644; and in a Ray temp folder where a past ``ray start`` left the address
+    of a cluster since gone (``ray.init()`` would try to join it, and fail)."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths go under it
+    try:
+        os.mkdir(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as recorded:
+            recorded.write(f"127.0.0.1:{_free_port()}")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE")}
+        env.update(HOME=str(tmp_path), PYTHONPATH=ROOT, RAY_TMPDIR=temp)
+        code = ("import os, ray\nfrom xai_batch.distributed.cluster import connected\nos.umask(0o022)\n"
+                "with connected(None):\n    print(int(ray.cluster_resources()['CPU']))\n")
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0 and int(done.stdout.split()[-1]) >= 1, done.stderr[-3000:]
     written = tmp_path / ".ray" / "auth_token"
     assert stat.S_IMODE(written.stat().st_mode) == 0o600 and re.fullmatch(r"[0-9a-f]{64}", written.read_text())

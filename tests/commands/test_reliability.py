@@ -320,7 +320,7 @@ def test_an_image_that_keeps_crashing_workers_becomes_an_error_row(random_checkp
     driver = textwrap.dedent(f"""
         import logging, ray
         from xai_batch import ExplainConfig, run_explain
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
                  runtime_env={{"worker_process_setup_hook": "faults.inject", "env_vars": {{"PYTHONPATH": {TESTS!r}}}}})
         for stages, source in (("workers", {str(source)!r}), ("replica", {str(replica_source)!r})):
             result = run_explain(ExplainConfig(source=source, out={out!r} + "-" + stages,

@@ -65,8 +65,9 @@ def connected(address: str | None, insecure: bool = False) -> Iterator[None]:
     """Use the Ray this process is already connected to, else connect.
 
     ``address=None`` joins ``RAY_ADDRESS`` when it is set, else starts an
-    embedded local Ray that is shut down on exit; ``"auto"`` or ``host:port``
-    joins a running ``ray start --head``. Joining a cluster sends its token:
+    embedded local Ray that is shut down on exit (never the cluster a past
+    ``ray start`` recorded in Ray's temp folder, which may be long gone);
+    ``"auto"`` or ``host:port`` joins a running ``ray start --head``. Joining a cluster sends its token:
     one bound for another machine over plain gRPC is refused before any
     connection (``check_grpc_token_transport``; ``insecure`` sends it anyway),
     and one from a file others can read or write before Ray starts
@@ -91,7 +92,7 @@ def connected(address: str | None, insecure: bool = False) -> Iterator[None]:
     options: dict = {"logging_level": logging.WARNING}
     if target is None:
         options["include_dashboard"] = False
-    ray.init(address=target, **options)
+    ray.init(address=target or "local", **options)
     try:
         yield
     finally:
