@@ -16,7 +16,15 @@ the same images and checkpoint, measures:
 4. ``xai-batch explain --stages S`` for each S: the marginal time per image,
    the explain phases of a one-image run and an all-image run differenced
    (Ray's start, loading the model and filling the pipeline cancel out),
-   with the all-image run's stage times and replica waiting from job.json.
+   with the all-image run's stage times and replica waiting from job.json;
+5. the replica's stage as a GPU runs it, counted on this CPU: the tensor
+   operations (each one a kernel launch on a device) per image of
+   ``explain_whole`` with lime's maths on the device (segmentation, sampling,
+   surrogate, masks; the model's own excluded) over ``--op-images`` images in
+   calls of ``--per-call``, and from them a *projection* of a GPU's images/s
+   at 1000 samples: launches at 5-10 µs each, beside the model's forwards at
+   the H200's measured bf16 limit (BENCHMARKS.md). A projection, not a
+   measurement: it leaves out the device's arithmetic and memory traffic.
 
     .venv/bin/python bench/per_image.py --images 24 --num-samples 16
 """
@@ -32,9 +40,27 @@ import time
 import numpy as np
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from speed import load_pixels, machine, make_checkpoint, make_images, measure_baseline, run_xai_batch
 from xai_batch.maths.device_superpixels import quickshift_on_device
 from xai_batch.maths.superpixels import Quickshift
+
+H200_BF16_FORWARDS_PER_S = 39_888  # BENCHMARKS.md: ResNet18, bf16 autocast, channels-last, batch 1024
+LAUNCH_SECONDS = (5e-6, 10e-6)  # what eager PyTorch spends launching one operation on a GPU, roughly
+
+
+class OperationCount(TorchDispatchMode):
+    """Counts the tensor operations run while it is active and not ``paused`` (each a launch on a device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operations = 0
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.operations += not self.paused
+        return func(*args, **(kwargs or {}))
 
 
 def quickshift_alone(paths: list[str], batch: int, device: str) -> dict:
@@ -74,6 +100,53 @@ def model_alone(checkpoint: str, paths: list[str], samples: int) -> dict:
     return {"core_seconds_per_image": (time.perf_counter() - started) / len(paths), "engine": engine.version}
 
 
+def replica_operations(checkpoint: str, paths: list[str], samples: int, per_call: int) -> dict:
+    """Tensor operations per image of the replica's stage with lime's maths on the device, the model's
+    excluded, over ``paths`` in calls of ``per_call`` images; quickshift's share counted on its own."""
+    from xai_batch.config import ExplainConfig
+    from xai_batch.distributed.replicas import ModelReplica
+    from xai_batch.distributed.stages import decode, explain_whole
+    from xai_batch.manifest import RowContext
+    from xai_batch.models import resolve_model
+    from xai_batch.storage import locate
+
+    config = ExplainConfig(source=os.path.dirname(paths[0]), out=os.path.dirname(paths[0]) + "-unused",
+                           checkpoint=checkpoint, num_samples=samples, seed=0)
+    model = resolve_model(checkpoint)
+    context = RowContext(model_id=model.model_id, class_names=model.class_names, config_hashes={"lime": "-"},
+                         num_samples=samples, top_labels=1, num_features=config.num_features,
+                         preprocessing=model.preprocessing)
+    replica = ModelReplica(model.checkpoint_bytes, "fp32", config.batch_size, torch.get_num_threads(), "torch")
+    source = locate(os.path.dirname(paths[0]))
+    counter = OperationCount()
+
+    def predict(payload, rows):  # the model's own operations are not the stage's
+        counter.paused = True
+        try:
+            return replica._predict(payload, rows)
+        finally:
+            counter.paused = False
+
+    images = [decode(source, os.path.basename(path), config, model.preprocessing) for path in paths]
+    started, failed = time.perf_counter(), 0
+    with counter:
+        for start in range(0, len(images), per_call):
+            done = explain_whole(images[start : start + per_call], config, context, predict, replica._gradients,
+                                 "cpu", on_device=True)
+            failed += sum(not ok for _, _, ok in done.outcomes)
+    seconds = time.perf_counter() - started
+    with OperationCount() as segmenting:
+        quickshift_on_device(np.stack([pixels.pixels for _, pixels in images[:2]]), config.segmentation)
+    per_image = counter.operations / len(images)
+    model_seconds = 1000 / H200_BF16_FORWARDS_PER_S
+    projected = [1 / (model_seconds + per_image * launch) for launch in LAUNCH_SECONDS]
+    return {"images": len(images), "per_call": per_call, "failed": failed,
+            "operations_per_image": round(per_image, 1), "quickshift_operations_per_call": segmenting.operations,
+            "cpu_seconds_per_image": seconds / len(images),
+            "projection_h200_images_per_s_at_1000_samples": [round(rate, 1) for rate in projected],
+            "projection_share_of_forward_limit": [round(rate * model_seconds, 3) for rate in projected]}
+
+
 def marginal(paths: list[str], work: str, checkpoint: str, samples: int, stages: str, extra: list[str]) -> dict:
     """The seconds per image an all-image run adds over a one-image run, and its job.json stage times."""
     single = os.path.join(work, "single")
@@ -96,6 +169,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000, help="the model's outputs (ImageNet: 1000)")
     parser.add_argument("--stages", nargs="+", default=["workers", "replica"])
     parser.add_argument("--batch", type=int, default=4, help="images per quickshift_on_device call")
+    parser.add_argument("--op-images", type=int, default=64, help="images whose replica operations are counted "
+                        "(0: none)")
+    parser.add_argument("--per-call", type=int, default=32, help="images a replica call takes, as on CUDA")
     parser.add_argument("--xai-batch-args", default="", help="extra options for xai-batch explain")
     parser.add_argument("--json", help="write every figure here too")
     args = parser.parse_args()
@@ -122,6 +198,10 @@ def main() -> None:
                                 args.xai_batch_args.split())
         print(f"  xai-batch --stages {stages}: {runs[stages]}", flush=True)
     results["xai_batch"] = runs
+    if args.op_images:
+        op_paths = make_images(os.path.join(work, "op-images"), args.op_images)
+        results["replica_operations"] = replica_operations(checkpoint, op_paths, args.num_samples, args.per_call)
+        print(f"  the replica's stage, lime's maths on the device: {results['replica_operations']}", flush=True)
 
     lime_per_image = results["lime_loop"]["seconds"] / args.images
     quickshift = results["quickshift"]["lime_seconds_per_image"]

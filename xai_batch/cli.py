@@ -258,8 +258,10 @@ def _explain_option_list(on_cluster: bool, audit: bool = False) -> list[Callable
         _ENGINE,
         click.option("--stages", type=click.Choice(PLACEMENTS), default="auto", show_default=True,
                      help="Where the work after decoding runs: workers (CPU tasks segment and fit, the replicas "
-                          "run the model), replica (the replicas do all of it on their device), auto (replica "
-                          "on CUDA, workers on CPUs). The rows are the same."),
+                          "run the model), replica (the replicas do all of it, lime's maths on their device on "
+                          "CUDA), auto (workers on CPUs, measured faster there; replica on CUDA, where the "
+                          "workers measured 0.25 of the GPU's limit and the replica is projected, not yet "
+                          "measured, near it). The rows are the same."),
         click.option("--verify-content", is_flag=True,
                      help="On a resume, read and hash every file; by default a file whose size and modification "
                           "time are those its rows recorded is passed over unread."),

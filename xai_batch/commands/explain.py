@@ -27,7 +27,7 @@ from xai_batch.distributed.cluster import check_join, connected
 from xai_batch.distributed.pipeline import Pipeline, describe_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
-from xai_batch.distributed.stages import STAGES
+from xai_batch.distributed.stages import STAGES, maths_on_device
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.sources import ImagePaths, discover_images
 from xai_batch.manifest.lock import OutputLock
@@ -176,7 +176,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                 run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
                     run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
-                                                 pipeline.ran_on, pipeline.settled)
+                                                 pipeline.ran_on, pipeline.settled, pipeline.segmented_per_call())
                 except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
                     log.warning("no stage times: a replica or the writer is gone")
                 replicas.shutdown()
@@ -234,22 +234,25 @@ def _check_target_layer(model: ModelSource, path: str) -> None:
 
 
 def pipeline_for(stages: str, placement: list[dict]) -> type[Pipeline] | type[ReplicaPipeline]:
-    """Where the work after decoding runs: as asked, or for ``auto`` in the replicas when they are all on
-    CUDA, else in CPU tasks (on CPUs scikit-image's quickshift is faster than the torch port: BENCHMARKS.md)."""
+    """Where the work after decoding runs: as asked, or for ``auto`` in the replicas when they all run lime's
+    maths on their device (CUDA: ``maths_on_device``), else in CPU tasks, which measured faster on CPUs
+    (BENCHMARKS.md). On CUDA the choice rests on a projection: see the README's "Where the stages run"."""
     if stages == "auto":
-        stages = "replica" if all(replica["device"].startswith("cuda") for replica in placement) else "workers"
+        stages = "replica" if all(maths_on_device(replica["device"]) for replica in placement) else "workers"
     return ReplicaPipeline if stages == "replica" else Pipeline
 
 
 def _stage_times(busy: Mapping[str, float], replicas: list[tuple[dict[str, float], float, float]], writing: float,
-                 ran_on: str, settled: int) -> dict:
+                 ran_on: str, settled: int, segmented_per_call: float | None) -> dict:
     """job.json's account of where the time went: busy seconds by stage, and each replica's share waiting.
 
     The stages' seconds are summed over images (on several workers at once
     they can exceed the run's wall time): the tasks' and the replicas' own.
     A replica that waits most of the time is held up by the work before it.
     ``ran_on`` says where the stages after decoding ran; ``settled`` counts
-    the pixels whose quickshift parent the replicas settled on the CPU.
+    the pixels whose quickshift parent the replicas settled on the CPU, and
+    ``segmented_per_call`` how many images they segmented in one device call
+    (None where lime's quickshift segmented them one by one).
     """
     total = Counter(busy)
     for stages, _, _ in replicas:
@@ -257,7 +260,8 @@ def _stage_times(busy: Mapping[str, float], replicas: list[tuple[dict[str, float
     total["writing"] = writing
     waiting = [round(1 - working / alive, 4) if alive > 0 else 0.0 for _, working, alive in replicas]
     return {"busy_seconds": {stage: round(total.get(stage, 0.0), 4) for stage in STAGES},
-            "replica_waiting": waiting, "ran_on": ran_on, "settled_pixels": settled}
+            "replica_waiting": waiting, "ran_on": ran_on, "settled_pixels": settled,
+            "images_per_device_call": segmented_per_call}
 
 
 def _iso(timestamp: float) -> str:

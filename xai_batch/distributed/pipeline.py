@@ -213,6 +213,11 @@ class Pipeline(ImageFlow):
     ran_on = "workers"
     settled = 0  # lime's own quickshift runs in the tasks: no pixel is settled
 
+    @staticmethod
+    def segmented_per_call() -> None:
+        """Lime's own quickshift segments each image in its task: no image is segmented on a device."""
+        return None
+
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
         self.prepare_task = self.decoding_task(prepare, num_returns=1 + len(config.methods))

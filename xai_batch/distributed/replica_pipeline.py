@@ -1,11 +1,13 @@
 """The replica's stage on Ray: CPU tasks decode, the model replicas explain whole images.
 
 With ``--stages replica`` the only CPU tasks are ``decode`` (read, hash,
-decode: :func:`~xai_batch.distributed.stages.decode`); every later step of an
-image (quickshift, sampling, the model, the surrogate, masks, quality) runs in
-a model replica, on its device, through
-:func:`~xai_batch.distributed.stages.explain_whole`. The driver sends each
-replica up to ``IMAGES_PER_CALL`` decoded images a call and keeps
+decode: :func:`~xai_batch.distributed.stages.decode`, and for a GPU replica
+quickshift's Lab conversion, its CPU part); every later step of an image
+(quickshift, sampling, the model, the surrogate, masks, quality) runs in a
+model replica through :func:`~xai_batch.distributed.stages.explain_whole`,
+lime's maths on its device where that is CUDA. The driver sends each
+replica up to :func:`images_per_call` decoded images a call (a GPU's
+quickshift costs the same launches for one image as for 32) and keeps
 ``CALLS_PER_REPLICA`` calls in flight on each, so neither Ray's hand-offs nor
 the Python between images leave the device idle; the replica's rows go from
 it to the writer actor without passing through the driver. The images held
@@ -30,14 +32,34 @@ from dataclasses import dataclass
 import ray
 
 from xai_batch.distributed.pipeline import CALLS_PER_REPLICA, TASK_RETRIES, ImageFlow, describe_failure
-from xai_batch.distributed.stages import ImageHeader, decode
+from xai_batch.distributed.stages import ImageHeader, decode, maths_on_device
 from xai_batch.manifest import error_row
+from xai_batch.maths.device_superpixels import memory_per_image
+from xai_batch.maths.superpixels import Quickshift
 
-__all__ = ["ReplicaPipeline", "IMAGES_PER_CALL"]
+__all__ = ["ReplicaPipeline", "images_per_call"]
 
 log = logging.getLogger(__name__)
 
-IMAGES_PER_CALL = 4  # quickshift runs on the call's images at once
+IMAGES_PER_CPU_CALL = 4  # enough to keep a CPU replica's calls overlapping the decodes
+IMAGES_PER_DEVICE_CALL = (32, 64)  # quickshift's ~1,900 launches a call: ~60 an image at 32, ~30 at 64
+DEVICE_MEMORY_SHARE = 0.25  # of a GPU's memory, what a call's quickshift may take; the model keeps the rest
+
+
+def images_per_call(placement: list[dict], crop: int, params: Quickshift) -> int:
+    """The images the driver sends a replica in one call.
+
+    Where the replicas segment on their device (CUDA), as many as a quarter
+    of the smallest GPU's memory holds at ``crop`` (``memory_per_image``),
+    from 32 to 64, so quickshift's fixed cost a call is shared by many: 64 at
+    224x224 on a GPU of 32 GB or more, never fewer than 32 (3.8 GB at
+    224x224). Elsewhere ``IMAGES_PER_CPU_CALL``.
+    """
+    if not all(maths_on_device(placed["device"]) for placed in placement):
+        return IMAGES_PER_CPU_CALL
+    memory = min(placed.get("device_memory") or 0 for placed in placement)
+    fits = int(memory * DEVICE_MEMORY_SHARE // memory_per_image(crop, crop, params))
+    return max(IMAGES_PER_DEVICE_CALL[0], min(fits, IMAGES_PER_DEVICE_CALL[1]))
 
 
 @dataclass
@@ -59,7 +81,9 @@ class ReplicaPipeline(ImageFlow):
         self.config_ref = ray.put(config)
         self.decode_task = self.decoding_task(decode, num_returns=2)
         self.max_decoding = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.max_images = IMAGES_PER_CALL * (CALLS_PER_REPLICA * len(replicas) + 1)
+        self.per_call = images_per_call(replicas.placement, self.context.preprocessing.crop, config.segmentation)
+        self.lab = all(maths_on_device(placed["device"]) for placed in replicas.placement)  # the decoding tasks
+        self.max_images = self.per_call * (CALLS_PER_REPLICA * len(replicas) + 1)
         self.decoding: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # header -> (path, decoded image)
         self.decoded: deque[tuple[ImageHeader, ray.ObjectRef]] = deque()  # waiting for a call
         self.resend: deque[_Call] = deque()  # calls lost with a replica, to send again first
@@ -68,11 +92,18 @@ class ReplicaPipeline(ImageFlow):
         self.submitted: dict[str, float] = {}  # path -> when its decode task was sent
         self.crashes: Counter[str] = Counter()  # path -> replicas that died while explaining it
         self.settled = 0  # pixels whose quickshift parent a replica settled on the CPU
+        self.device_calls: Counter[int] = Counter()  # images segmented together on a device -> calls
         self.images_by_node: dict[str, int] = {}
 
     def by_node(self) -> dict:
         """For job.json: how many images each node's replicas explained."""
         return {"images_by_node": self.images_by_node}
+
+    def segmented_per_call(self) -> float | None:
+        """For job.json: the mean number of images a replica segmented in one device call; None where none
+        did (on a CPU, lime's own quickshift segments them one by one)."""
+        calls = sum(self.device_calls.values())
+        return round(sum(n * c for n, c in self.device_calls.items()) / calls, 2) if calls else None
 
     def run(self) -> None:
         self.pass_over_unchanged()
@@ -95,7 +126,7 @@ class ReplicaPipeline(ImageFlow):
         while self.todo and len(self.decoding) < self.max_decoding and self._held() < self.max_images:
             path = self.todo.popleft()
             header, decoded = self.decode_task.remote(self.source, path, self.config, self.context.preprocessing,
-                                                      self.done.get(path))
+                                                      self.done.get(path), self.lab)
             self.decoding[header] = (path, decoded)
             self.submitted[path] = time.monotonic()
 
@@ -108,9 +139,9 @@ class ReplicaPipeline(ImageFlow):
                 return
             if self.resend:
                 call = self.resend.popleft()
-            elif (len(self.decoded) >= IMAGES_PER_CALL or not self.in_flight[replica]
+            elif (len(self.decoded) >= self.per_call or not self.in_flight[replica]
                   or not (self.todo or self.decoding)):
-                call = _Call([self.decoded.popleft() for _ in range(min(IMAGES_PER_CALL, len(self.decoded)))])
+                call = _Call([self.decoded.popleft() for _ in range(min(self.per_call, len(self.decoded)))])
             else:
                 return
             headers = [header for header, _ in call.images]
@@ -135,7 +166,7 @@ class ReplicaPipeline(ImageFlow):
     def _explained(self, ref: ray.ObjectRef) -> None:
         call = self.calls[ref]
         try:
-            outcomes, settled = ray.get(ref)  # the rows go from the replica to the writer, not through here
+            outcomes, settled, segmented = ray.get(ref)  # the rows go from the replica to the writer, not through here
         except ray.exceptions.RayActorError:
             self._replica_died(call.replica)
             return
@@ -145,6 +176,8 @@ class ReplicaPipeline(ImageFlow):
             return
         self._forget(ref)
         self.settled += settled
+        if segmented:
+            self.device_calls[segmented] += 1
         now = time.monotonic()
         self.write(call.rows, [now - self.submitted[path] if ok else None for path, _, ok in outcomes], each=True)
         failed = {path for path, _, ok in outcomes if not ok}

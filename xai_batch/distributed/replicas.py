@@ -46,9 +46,14 @@ class ModelReplica:
         self._working = 0.0
 
     def describe(self) -> dict:
-        """Where this replica runs: device, node, process, threads."""
+        """Where this replica runs: device (and a GPU's memory, in bytes), node, process, threads."""
+        import torch
+
+        device = self.engine.device
+        memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
         return {
-            "device": str(self.engine.device),
+            "device": str(device),
+            "device_memory": memory,
             "engine": self.engine.version,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
@@ -74,7 +79,8 @@ class ModelReplica:
         return 1, outputs
 
     def explain(self, config, context, headers, *decoded):
-        """((outcomes, pixels settled), rows per image and method): decoded images explained whole.
+        """((outcomes, pixels settled, images segmented together on the device), rows per image and method):
+        decoded images explained whole (:func:`~xai_batch.distributed.stages.explain_whole`).
 
         Called with ``num_returns=2``: the driver waits on the outcomes and
         hands the rows to the writer without fetching them.
@@ -83,7 +89,7 @@ class ModelReplica:
         done = explain_whole(list(zip(headers, decoded)), config, context, self._predict, self._gradients,
                              str(self.engine.device))
         self._worked(done.busy, started)
-        return (done.outcomes, done.settled), done.rows
+        return (done.outcomes, done.settled, done.segmented_on_device), done.rows
 
     def _predict(self, prepared, rows):
         return self.engine.predict(prepared.image, prepared.hidden, prepared.segments, rows)

@@ -49,6 +49,7 @@ from xai_batch.storage import Location, TooLarge
 __all__ = [
     "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files",
     "sample_methods", "prepare", "enough_samples", "finish", "quality_rows", "score", "explain_whole",
+    "maths_on_device",
 ]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
@@ -93,13 +94,16 @@ class DecodedImage:
 
     pixels: np.ndarray  # (crop, crop, 3) uint8
     object_mask: np.ndarray | None = None  # (crop, crop) bool
+    lab: np.ndarray | None = None  # (crop, crop, 3) float64: quickshift's Lab, for a replica that segments on its device
 
 
 def decode(
-    source: Location, path: str, config: ExplainConfig, preprocessing: Preprocessing, done: DoneImage | None = None
+    source: Location, path: str, config: ExplainConfig, preprocessing: Preprocessing, done: DoneImage | None = None,
+    lab: bool = False,
 ) -> tuple[ImageHeader, DecodedImage | None]:
     """Read, hash and decode one file: its header, and its pixels (in the model's frame, ``preprocessing``'s)
-    unless it failed or has nothing to do.
+    unless it failed or has nothing to do; with ``lab``, also quickshift's Lab of them
+    (:func:`~xai_batch.maths.device_superpixels.lab_scaled`), the CPU's part of a device's segmentation.
 
     ``done`` is what the manifest already holds for the path (files
     unchanged by size and time were passed over before: :func:`unchanged_files`).
@@ -135,9 +139,17 @@ def decode(
     except ImageError as exc:
         return ImageHeader(path, sha256=sha256, size=len(data), mtime_ns=mtime_ns, error=str(exc), methods=todo,
                            busy=read_for()), None
+    busy = read_for()
+    converted = None
+    if lab:
+        from xai_batch.maths.device_superpixels import lab_scaled
+
+        converting = time.perf_counter()
+        converted = lab_scaled(loaded.pixels, config.segmentation)
+        busy["segmentation"] = time.perf_counter() - converting
     header = ImageHeader(path, loaded.sha256, loaded.width, loaded.height, image_seed(config.seed, loaded.sha256),
-                         methods=todo, size=len(data), mtime_ns=mtime_ns, busy=read_for())
-    return header, DecodedImage(loaded.pixels, object_mask)
+                         methods=todo, size=len(data), mtime_ns=mtime_ns, busy=busy)
+    return header, DecodedImage(loaded.pixels, object_mask, converted)
 
 
 def unchanged_files(source: Location, candidates: Sequence[tuple[str, DoneImage]], methods: Sequence[str]) -> list[str]:
@@ -225,7 +237,7 @@ def enough_samples(prepared: PreparedImage, probs: np.ndarray, context: RowConte
 
 def finish(
     header: ImageHeader, prepared: PreparedImage, outputs, context: RowContext, method: str = DEFAULT_METHOD,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> list[dict]:
     """One method's attributions per explained label, as manifest rows.
 
@@ -233,8 +245,9 @@ def finish(
     a perturbation method (n, num_classes), row i the output on sample row i,
     the labels explained the ``top_labels`` most probable on the original
     image (row 0), in decreasing order, as lime chooses them; for a gradient
-    method its pass's :class:`~xai_batch.methods.GradientOutputs`. ``device``
-    is where the method may fit (see :meth:`~xai_batch.methods.PerturbationMethod.attribute`).
+    method its pass's :class:`~xai_batch.methods.GradientOutputs`. ``device``,
+    where given, is where the method may fit (see
+    :meth:`~xai_batch.methods.PerturbationMethod.attribute`).
     """
     explainer = get_method(method)
     seed = method_seed(header.seed, method)
@@ -300,7 +313,7 @@ def quality_rows(
 
 def score(
     header: ImageHeader, rows: list[dict], extra: PreparedImage, probs: np.ndarray, context: RowContext,
-    method: str = DEFAULT_METHOD, device: str = "cpu",
+    method: str = DEFAULT_METHOD, device: str | None = None,
 ) -> list[dict]:
     """The manifest rows with their quality measures, from the model's outputs on ``quality_rows``."""
     num_segments = header.num_segments
@@ -335,49 +348,77 @@ class WholeImages:
     rows: tuple[list[dict], ...]  # one method's manifest rows on one image: its explanation, or its error row
     busy: dict[str, float]  # seconds by stage
     settled: int  # pixels whose quickshift parent was settled on the CPU
+    segmented_on_device: int  # images segmented together in one device call; 0: by lime's own, one by one
+
+
+def maths_on_device(device: str) -> bool:
+    """Whether the replica's stage runs lime's maths on ``device`` (quickshift's torch port, many images a
+    call, and the surrogate's) rather than lime's own code: on CUDA only. On a CPU the ports are the same
+    arithmetic on the same cores as scikit-image's Cython and scikit-learn, only slower."""
+    return device.startswith("cuda")
 
 
 def explain_whole(
     images: Sequence[tuple[ImageHeader, DecodedImage]], config: ExplainConfig, context: RowContext,
     predict: Callable[[PreparedImage, np.ndarray], np.ndarray],
-    gradients: Callable[[str, PreparedImage, int], object], device: str = "cpu",
+    gradients: Callable[[str, PreparedImage, int], object], device: str = "cpu", on_device: bool | None = None,
 ) -> WholeImages:
-    """The replica's stage: explain decoded images whole, every step after decoding on ``device``.
+    """The replica's stage: explain decoded images whole, every step after decoding in the replica.
 
-    Quickshift for all the images at once (:func:`~xai_batch.maths.device_superpixels.quickshift_on_device`,
-    lime's labels by construction), then per image each method's sample
-    rows, the model's outputs through ``predict(payload, rows)`` in the
-    workers' chunks of ``batch_size`` (so every forward batch is the same
-    as theirs), ``auto``'s rounds, the surrogate (on a CUDA device there,
-    within 1e-9 of lime's; elsewhere lime's own), the masks and the quality
-    measures; ``gradients(method, payload, top_labels)`` is a gradient
-    method's pass. A failure on one image becomes that method's error row.
+    With ``on_device`` (by default :func:`maths_on_device`) quickshift for
+    all the images at once on ``device``
+    (:func:`~xai_batch.maths.device_superpixels.quickshift_on_device`, lime's
+    labels by construction; from their Lab where ``decode`` gave it) and the
+    surrogate there (within 1e-9 of lime's);
+    without, lime's own code for both, image by image. Per image: each
+    method's sample rows, the model's outputs through ``predict(payload,
+    rows)`` in the workers' chunks of ``batch_size`` (so every forward batch
+    is the same as theirs), ``auto``'s rounds, the surrogate, the masks and
+    the quality measures; ``gradients(method, payload, top_labels)`` is a
+    gradient method's pass.
+    The next image's sample rows are drawn in a second thread while the
+    device works on this one. A failure on one image becomes that method's
+    error row.
     """
-    from xai_batch.maths.device_superpixels import quickshift_on_device
-
     busy: Counter[str] = Counter()
     started = time.perf_counter()
-    segmented = quickshift_on_device(np.stack([decoded.pixels for _, decoded in images]), config.segmentation, device)
-    segments = segmented.segments.cpu().numpy()
+    on_device = maths_on_device(device) if on_device is None else on_device
+    fit_on = device if on_device else None
+    pixels = np.stack([decoded.pixels for _, decoded in images])
+    if on_device:
+        from xai_batch.maths.device_superpixels import quickshift_on_device
+
+        labs = [decoded.lab for _, decoded in images]
+        segmented = quickshift_on_device(pixels, config.segmentation, device,
+                                         labs=labs if all(lab is not None for lab in labs) else None)
+        segments, settled_pixels = segmented.segments.cpu().numpy(), sum(segmented.settled)
+    else:
+        segments = [quickshift_segments(image, config.segmentation, header.seed)
+                    for image, (header, _) in zip(pixels, images)]
+        settled_pixels = 0
     busy["segmentation"] = time.perf_counter() - started
     outcomes, rows = [], []
-    for (header, decoded), image_segments in zip(images, segments):
-        header, payloads = sample_methods(header, decoded, image_segments, config)
-        busy["sampling"] += header.busy["sampling"]
-        for method, payload in zip(header.methods, payloads):
-            try:
-                method_rows, ok = _explain_method(header, payload, method, config, context, predict, gradients,
-                                                  device, busy), True
-            except Exception as exc:  # noqa: BLE001 - the image's error row, as a failed task's in the workers' stage
-                reason = one_line(f"{type(exc).__name__}: {exc}", keep="last")
-                method_rows, ok = [error_row(header, context, method, f"explaining failed: {reason}")], False
-            outcomes.append((header.path, method, ok))
-            rows.append(method_rows)
-    return WholeImages(tuple(outcomes), tuple(rows), dict(busy), sum(segmented.settled))
+    with ThreadPoolExecutor(1) as sampler:
+        ahead = [sampler.submit(sample_methods, header, decoded, image_segments, config)
+                 for (header, decoded), image_segments in zip(images, segments)]
+        for sampled in ahead:
+            header, payloads = sampled.result()
+            busy["sampling"] += header.busy["sampling"]
+            for method, payload in zip(header.methods, payloads):
+                try:
+                    method_rows, ok = _explain_method(header, payload, method, config, context, predict, gradients,
+                                                      fit_on, busy), True
+                except Exception as exc:  # noqa: BLE001 - the image's error row, as a failed task's in the workers'
+                    reason = one_line(f"{type(exc).__name__}: {exc}", keep="last")
+                    method_rows, ok = [error_row(header, context, method, f"explaining failed: {reason}")], False
+                outcomes.append((header.path, method, ok))
+                rows.append(method_rows)
+    return WholeImages(tuple(outcomes), tuple(rows), dict(busy), settled_pixels, len(images) if on_device else 0)
 
 
-def _explain_method(header, payload, method, config, context, predict, gradients, device, busy) -> list[dict]:
-    """One method's rows on one image, the model's work through ``predict`` or ``gradients``."""
+def _explain_method(header, payload, method, config, context, predict, gradients, fit_on, busy) -> list[dict]:
+    """One method's rows on one image, the model's work through ``predict`` or ``gradients``, the fits on
+    ``fit_on`` (a device, or None for lime's own code)."""
     explainer = get_method(method)
     started = time.perf_counter()
     if isinstance(explainer, GradientMethod):
@@ -386,7 +427,7 @@ def _explain_method(header, payload, method, config, context, predict, gradients
     else:
         outputs = _model_outputs(payload, config, context, predict, busy)
     fitting = time.perf_counter()
-    rows = finish(header, payload, outputs, context, method, device)
+    rows = finish(header, payload, outputs, context, method, fit_on)
     busy["surrogate"] += time.perf_counter() - fitting
     if not context.measures_quality:
         return rows
@@ -397,7 +438,7 @@ def _explain_method(header, payload, method, config, context, predict, gradients
         return rows
     probs = _predicted(predict, extra, 0, len(extra.rows), config.batch_size, busy)
     measuring = time.perf_counter()
-    rows = score(header, rows, extra, probs, context, method, device)
+    rows = score(header, rows, extra, probs, context, method, fit_on)
     busy["quality"] += time.perf_counter() - measuring
     return rows
 

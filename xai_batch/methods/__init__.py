@@ -64,9 +64,9 @@ class PerturbationMethod(abc.ABC):
     fits the method's surrogate or solver to ``outputs``, the (n, C)
     probabilities on the first n ``rows``, returning one :class:`Attribution`
     per label in ``labels``. ``seed`` and ``num_samples`` are what ``sample``
-    drew with; ``device`` is the torch device the caller runs on, where a
-    method may fit (LIME does on CUDA; on the CPU every method runs its
-    reference's own code).
+    drew with; ``device``, where given, is a torch device the method may fit
+    on (LIME does, in the replica's stage on CUDA); without one every method
+    runs its reference's own code on the CPU.
 
     Both kinds answer ``combine`` (the replicas' outputs as ``attribute``
     takes them), ``explained`` (the probabilities on the image and the labels
@@ -83,7 +83,7 @@ class PerturbationMethod(abc.ABC):
     @abc.abstractmethod
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
-        num_samples: int, device: str = "cpu",
+        num_samples: int, device: str | None = None,
     ) -> list[Attribution]: ...
 
     def combine(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -135,7 +135,7 @@ class GradientMethod(abc.ABC):
     @abc.abstractmethod
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
-        num_samples: int, device: str = "cpu",
+        num_samples: int, device: str | None = None,
     ) -> list[Attribution]: ...
 
     def combine(self, chunks: Sequence[GradientOutputs]) -> GradientOutputs:

@@ -144,7 +144,7 @@ class GradCamMethod(GradientMethod):
 
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,
-        num_samples: int, device: str = "cpu",
+        num_samples: int, device: str | None = None,
     ) -> list[Attribution]:
         """Each label's heatmap averaged per superpixel."""
         return [

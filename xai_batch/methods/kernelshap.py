@@ -108,7 +108,7 @@ class KernelShapMethod(PerturbationMethod):
 
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
-        num_samples: int, device: str = "cpu",
+        num_samples: int, device: str | None = None,
     ) -> list[Attribution]:
         """shap's values and base value for each label, all labels in one shap run (shap solves each alone)."""
         values, base = shapley_values(rows, np.asarray(outputs[:, labels], dtype=np.float64), seed, num_samples)

@@ -21,16 +21,16 @@ class LimeMethod(PerturbationMethod):
 
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: np.ndarray, labels: list[int], seed: int,
-        num_samples: int, device: str = "cpu",
+        num_samples: int, device: str | None = None,
     ) -> list[Attribution]:
         """lime's surrogate per label, fitted on the first ``len(outputs)`` rows.
 
-        On the CPU lime's own ``LimeBase``, one label at a time (exact); on a
-        CUDA device all labels at once there, within 1e-9 of it
-        (:func:`~xai_batch.maths.device_surrogate.fit_surrogates_on_device`).
+        Without ``device`` lime's own ``LimeBase``, one label at a time
+        (exact); on a torch ``device`` all labels at once there, within 1e-9
+        of it (:func:`~xai_batch.maths.device_surrogate.fit_surrogates_on_device`).
         """
         used = np.asarray(rows[: len(outputs)], dtype=np.int64)
-        if device.startswith("cuda"):
+        if device is not None:
             from xai_batch.maths.device_surrogate import fit_surrogates_on_device
 
             surrogates = fit_surrogates_on_device(used, outputs, labels, device)
