@@ -105,7 +105,8 @@ def replica_operations(checkpoint: str, paths: list[str], samples: int, per_call
     excluded, over ``paths`` in calls of ``per_call`` images; quickshift's share counted on its own."""
     from xai_batch.config import ExplainConfig
     from xai_batch.distributed.replicas import ModelReplica
-    from xai_batch.distributed.stages import decode, explain_whole
+    from xai_batch.explaining.steps import decode
+    from xai_batch.explaining.whole import explain_whole
     from xai_batch.manifest import RowContext
     from xai_batch.models import resolve_model
     from xai_batch.storage import locate

@@ -15,14 +15,14 @@ MAGENTA = (255, 0, 255)
 
 def inject() -> None:
     import xai_batch.engines as engine
-    import xai_batch.distributed.stages as stages
+    import xai_batch.explaining.steps as steps
 
-    decode = stages.decode
+    decode = steps.decode
 
-    def crashing_decode(source, path, config, preprocessing, done=None):
+    def crashing_decode(source, path, *args, **kwargs):
         if "poison-decode" in path:
             os._exit(1)
-        return decode(source, path, config, preprocessing, done)
+        return decode(source, path, *args, **kwargs)
 
     def crashing(predict):
         def crashing_predict(self, image, hidden, segments, rows):
@@ -32,6 +32,6 @@ def inject() -> None:
 
         return crashing_predict
 
-    stages.decode = crashing_decode  # the workers' prepare decodes through it too
+    steps.decode = crashing_decode  # the workers' prepare decodes through it too
     for kind in (engine.TorchEngine, engine.OnnxEngine):  # whichever engine the replica runs
         kind.predict = crashing(kind.predict)

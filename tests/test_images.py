@@ -116,7 +116,7 @@ def test_a_mask_is_header_checked_like_an_image(tmp_path):
     names the mask and its size."""
     from hostile import png_claiming
     from xai_batch.config import ExplainConfig
-    from xai_batch.distributed.stages import decode
+    from xai_batch.explaining.steps import decode
     from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import locate
 
@@ -185,7 +185,7 @@ def test_a_listing_cannot_read_through_a_link_out_of_its_folder(tmp_path):
     linked folder) had the outside file explained and its sha256 written. The read refuses, for decode, masks
     and render alike; a link that stays inside still reads."""
     from xai_batch.config import ExplainConfig
-    from xai_batch.distributed.stages import decode
+    from xai_batch.explaining.steps import decode
     from xai_batch.preprocessing import SEEDS
     from xai_batch.sources import discover_images
     from xai_batch.storage import OutsideLocation, locate
@@ -228,7 +228,7 @@ def test_a_file_past_what_its_pixels_can_take_is_not_read(tmp_path):
     """Issue 31, finding 11: a multi-GB file with a small valid header was read whole. The read stops at
     what an image within --max-pixels can take: an error row, the file unread."""
     from xai_batch.config import ExplainConfig
-    from xai_batch.distributed.stages import decode
+    from xai_batch.explaining.steps import decode
     from xai_batch.images import file_bytes
     from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import TooLarge, locate

@@ -203,7 +203,7 @@ def test_job_json_says_where_the_time_went(ray_session, three_shapes, shapes_mod
     """Busy seconds by stage and the replica's share waiting, on one image, moving the right way: more
     samples (and the faithfulness curves) grow the model's share, --faithfulness gives the quality
     stage its work."""
-    from xai_batch.distributed.stages import STAGES
+    from xai_batch.explaining.steps import STAGES
 
     one = tmp_path / "one"
     one.mkdir()

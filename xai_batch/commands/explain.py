@@ -27,7 +27,8 @@ from xai_batch.distributed.cluster import check_join, connected
 from xai_batch.distributed.pipeline import Pipeline, describe_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
-from xai_batch.distributed.stages import STAGES, maths_on_device
+from xai_batch.explaining.steps import STAGES
+from xai_batch.explaining.whole import maths_on_device
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.sources import ImagePaths, discover_images
 from xai_batch.manifest.lock import OutputLock

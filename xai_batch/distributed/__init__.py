@@ -1,8 +1,10 @@
-"""Ray plumbing: connecting to a cluster, the model replicas, the explain pipeline and the per-image
-stages it runs as tasks, the Jobs API client, and Ray Train.
+"""Ray plumbing: connecting to a cluster, the model replicas, the two executors of the per-image plan
+(``pipeline`` for ``--stages workers``, ``replica_pipeline`` for ``--stages replica``), the Jobs API
+client, and Ray Train.
 
-Nothing in here decides what an explanation is (the maths and the methods
-do) or what a command writes (the commands do); it moves that work onto Ray
-tasks and actors. May import everything below the commands; nothing here is
-imported by the maths, methods, engines or manifest.
+Nothing in here decides what an explanation is or what comes next for an
+image (:mod:`xai_batch.explaining`, the maths and the methods do) or what a
+command writes (the commands do); it moves that work onto Ray tasks and
+actors. May import everything below the commands; nothing here is imported
+by the explaining steps, maths, methods, engines or manifest.
 """

@@ -4,8 +4,10 @@ Three kinds of work run on Ray, pipelined: ``prepare`` tasks (decode, quickshift
 each method's sample rows) on CPUs; calls on the model replicas (one chunk of
 ``batch_size`` sample rows each for a perturbation method, so the chunks of a
 single image spread over every replica; one gradient pass for a gradient
-method); ``finish`` tasks (surrogate or solver, masks, rows) on CPUs, one per
-image and method. The driver only passes object references between them:
+method); ``advance`` tasks on CPUs, which take the model's outputs and say
+what comes next by the per-image plan (:mod:`xai_batch.explaining.plan`):
+more samples, the quality measures' rows, or the final rows (surrogate or
+solver, masks, measures). The driver only passes object references between them:
 workers read the image bytes, image arrays go from the prepare task to the
 replicas through Ray's object store, model outputs from the replicas to the
 finish task, and rows from the finish task to a writer actor that writes the
@@ -25,18 +27,14 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
-import numpy as np
 import ray
 
 from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.images import decode_memory
 from xai_batch.manifest import RowContext, error_row
 from xai_batch.manifest.lock import LeaseLost
-from xai_batch.maths.convergence import sample_schedule
-from xai_batch.methods import GradientMethod, get_method
-from xai_batch.distributed.stages import (
-    ImageHeader, PreparedImage, enough_samples, finish, prepare, quality_rows, score, unchanged_files,
-)
+from xai_batch.explaining.plan import Advanced, Finished, GradientPass, Outputs, Phase, advance, first_step, gathered
+from xai_batch.explaining.steps import ImageHeader, PreparedImage, prepare, unchanged_files
 from xai_batch.sources import PathQueue, image_root
 from xai_batch.storage import locate
 
@@ -53,18 +51,17 @@ TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
 
 @dataclass
 class _Image:
-    """One method's work on an image, between the prepare task and the finish task."""
+    """One method's work on an image, from the prepare task to its final rows."""
 
     method: str
     header: ImageHeader
-    payload: ray.ObjectRef
+    payload: ray.ObjectRef  # the phase's: the image's sample rows, then the quality measures'
     submitted: float
-    chunks: list  # per chunk: the ref of its probabilities once predicted, else None
-    drawn: int = 0  # the sample rows in the payload
+    chunks: list  # per chunk of the phase: the ref of its outputs once the replica answered, else None
     pending: int = 0
-    round: int = 0  # index into the pipeline's sample schedule
     crashes: int = 0
-    rows: ray.ObjectRef | None = None  # the finished rows, while their quality is measured
+    phase: Phase = Phase.EXPLAIN
+    rows: ray.ObjectRef | None = None  # the explanation's rows, while their quality is measured
 
 
 @dataclass
@@ -221,12 +218,10 @@ class Pipeline(ImageFlow):
     def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
         super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
         self.prepare_task = self.decoding_task(prepare, num_returns=1 + len(config.methods))
-        self.finish_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_finish_from_chunks)
-        self.score_task = ray.remote(num_returns=2, max_retries=TASK_RETRIES)(_score_from_chunks)
+        self.advance_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_advance_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_images = max(2, 2 * len(replicas))  # prepared, awaiting model or surrogate
         self.max_preparing = max(1, cpus)
-        self.schedule = sample_schedule(config.max_samples) if config.adaptive else [config.num_samples]
         self.preparing: dict[ray.ObjectRef, tuple[str, list[ray.ObjectRef], float]] = {}
         self.images: dict[tuple[str, str], _Image] = {}  # (path, method) -> its work in progress
         self.remaining: dict[str, int] = {}  # path -> methods not yet recorded
@@ -234,7 +229,8 @@ class Pipeline(ImageFlow):
         self.chunk_queue: deque[_Chunk] = deque()
         self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
         self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
-        self.finishing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef | None]] = {}  # counts -> (key, rows, extra)
+        # advance tasks: their step -> (the image's key, their rows, their quality payload)
+        self.advancing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef]] = {}
         self.chunks_by_node: dict[str, int] = {}
 
     def by_node(self) -> dict:
@@ -247,15 +243,15 @@ class Pipeline(ImageFlow):
             self.check_writes()
             self._submit_prepares()
             self._dispatch_chunks()
-            waiting = [*self.preparing, *self.running, *self.finishing]
+            waiting = [*self.preparing, *self.running, *self.advancing]
             ready, _ = ray.wait(waiting, num_returns=1)
             for ref in ready:
                 if ref in self.preparing:
                     self._prepared(ref)
                 elif ref in self.running:
                     self._predicted(ref)
-                elif ref in self.finishing:
-                    self._finished(ref)
+                elif ref in self.advancing:
+                    self._advanced(ref)
 
     def _submit_prepares(self) -> None:
         while self.todo and len(self.preparing) < self.max_preparing and len(self.remaining) < self.max_images:
@@ -295,29 +291,19 @@ class Pipeline(ImageFlow):
                 continue
             payload = payloads[self.config.methods.index(method)]
             drawn = header.drawn[header.methods.index(method)]
-            self.images[path, method] = image = _Image(method, header, payload, submitted, [], drawn)
-            self._queue_work((path, method), image)
+            self.images[path, method] = image = _Image(method, header, payload, submitted, [])
+            self._queue((path, method), image, first_step(method, drawn, self.context))
 
-    def _queue_work(self, key: tuple[str, str], image: _Image) -> None:
-        """Queue the model work one method needs on one image: the one place the kinds are told apart.
-
-        A gradient method's is one pass on the image (the replica's
-        ``gradients``); a perturbation method's, its sample rows in chunks
-        (the replica's ``predict``), a round at a time.
-        """
-        if isinstance(get_method(image.method), GradientMethod):
+    def _queue(self, key: tuple[str, str], image: _Image, step: Outputs | GradientPass) -> None:
+        """Queue the model work the plan's ``step`` asks for: a gradient pass (the replica's ``gradients``),
+        or the phase payload's rows [start, stop) in chunks of ``batch_size`` (the replica's ``predict``)."""
+        if isinstance(step, GradientPass):
             self.chunk_queue.append(_Chunk(key, 0, 0, 0, gradient_method=image.method))
             image.chunks.append(None)
             image.pending += 1
-        else:
-            self._queue_round(key, image, 0)
-
-    def _queue_round(self, key: tuple[str, str], image: _Image, start: int, stop_all: int | None = None) -> None:
-        """Queue the chunks of the payload's rows [start, stop_all): by default, to the current round's count."""
-        if stop_all is None:  # all the rows drawn, or with ``auto`` up to this round's count
-            stop_all = self.schedule[image.round] if self.config.adaptive else image.drawn
-        for begin in range(start, stop_all, self.config.batch_size):
-            stop = min(begin + self.config.batch_size, stop_all)
+            return
+        for begin in range(step.start, step.stop, self.config.batch_size):
+            stop = min(begin + self.config.batch_size, step.stop)
             self.chunk_queue.append(_Chunk(key, len(image.chunks), begin, stop))
             image.chunks.append(None)
             image.pending += 1
@@ -341,14 +327,10 @@ class Pipeline(ImageFlow):
             return
         image.chunks[chunk.index] = probs
         image.pending -= 1
-        if image.pending == 0 and image.rows is None:
-            counts, rows, extra = self.finish_task.remote(image.header, image.payload, self.context_ref, image.method,
-                                                          *image.chunks)
-            self.finishing[counts] = (chunk.key, rows, extra)
-        elif image.pending == 0:
-            counts, rows = self.score_task.remote(image.header, image.rows, image.payload, self.context_ref,
-                                                  image.method, *image.chunks)
-            self.finishing[counts] = (chunk.key, rows, None)
+        if image.pending == 0:
+            step, rows, quality = self.advance_task.remote(image.header, image.payload, self.context_ref,
+                                                           image.method, image.phase, image.rows, *image.chunks)
+            self.advancing[step] = (chunk.key, rows, quality)
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica, resend its calls, charge the one it was running."""
@@ -373,25 +355,23 @@ class Pipeline(ImageFlow):
         if image is not None:
             self._record(key, [error_row(image.header, self.context, image.method, reason)], ok=False)
 
-    def _finished(self, ref: ray.ObjectRef) -> None:
-        key, rows, extra = self.finishing.pop(ref)
+    def _advanced(self, ref: ray.ObjectRef) -> None:
+        """An advance task's step: queue the model work it asks for, or record the final rows."""
+        key, rows, quality = self.advancing.pop(ref)
         image = self.images[key]
         try:
-            count, extra_rows, busy = ray.get(ref)  # the rows go from the task to the writer, not through here
+            step, busy = ray.get(ref)  # the rows go from the task to the writer, not through here
         except ray.exceptions.RayError as exc:
             self._fail(key, f"explaining failed: {describe_failure(exc)}")
             return
         self.busy.update(busy)
-        if count == 0:  # not settled yet: draw the next round of samples
-            image.round += 1
-            self._queue_round(key, image, self.schedule[image.round - 1])
+        if isinstance(step, Finished):
+            del self.images[key]
+            self._record(key, rows, ok=True, seconds=time.monotonic() - image.submitted)
             return
-        if extra_rows:  # explained; now the model's outputs on the quality measures' rows
-            image.rows, image.payload, image.chunks = rows, extra, []
-            self._queue_round(key, image, 0, extra_rows)
-            return
-        del self.images[key]
-        self._record(key, rows, ok=True, seconds=time.monotonic() - image.submitted)
+        if step.phase is not image.phase:  # explained; now the model's outputs on the quality measures' rows
+            image.phase, image.rows, image.payload, image.chunks = step.phase, rows, quality, []
+        self._queue(key, image, step)
 
     def _record(
         self, key: tuple[str, str], rows: list[dict] | ray.ObjectRef, ok: bool, seconds: float | None = None
@@ -409,39 +389,20 @@ class Pipeline(ImageFlow):
         self.failed.discard(path)
 
 
-def _finish_from_chunks(
-    header: ImageHeader, prepared, context: RowContext, method: str, *chunks
-) -> tuple[tuple[int, int, dict], list[dict] | None, PreparedImage | None]:
-    """``finish`` on the chunks' outputs, which Ray hands over as arguments.
+def _advance_from_chunks(
+    header: ImageHeader, payload: PreparedImage, context: RowContext, method: str, phase: Phase,
+    rows: list[dict] | None, *chunks,
+) -> tuple[tuple[Outputs | Finished, dict], list[dict] | None, PreparedImage | None]:
+    """The plan's :func:`~xai_batch.explaining.plan.advance` on the chunks' outputs, which Ray hands over as
+    arguments, with lime's own code for the fits.
 
-    Returns ((row count, quality rows, seconds by stage), rows, quality
-    payload) as three objects: the driver waits on the counts, the writer
-    (or ``score``) takes the rows, the replicas the payload. A row count of
-    0 asks for more samples: ``auto`` found the explanation not settled yet.
-    Quality rows > 0 ask for the model's outputs on the payload's rows
-    before ``score``.
+    Returns ((next step, seconds by stage), rows, quality payload) as three
+    objects: the driver waits on the step, the writer (or the next advance)
+    takes the rows, the replicas the quality payload.
     """
-    started = time.perf_counter()
-    outputs = get_method(method).combine(chunks)
-    if not enough_samples(prepared, outputs, context):
-        return (0, 0, {"surrogate": time.perf_counter() - started}), None, None
-    rows = finish(header, prepared, outputs, context, method)
-    fitted = time.perf_counter()
-    if not context.measures_quality:
-        return (len(rows), 0, {"surrogate": fitted - started}), rows, None
-    extra = quality_rows(header, prepared, rows, context, method)
-    busy = {"surrogate": fitted - started, "quality": time.perf_counter() - fitted}
-    return (len(rows), len(extra.rows), busy), rows, extra
-
-
-def _score_from_chunks(
-    header: ImageHeader, rows: list[dict], extra: PreparedImage, context: RowContext, method: str,
-    *chunks: np.ndarray,
-) -> tuple[tuple[int, int, dict], list[dict]]:
-    """``score`` on the outputs for the quality rows: ((row count, 0, seconds), the rows with their measures)."""
-    started = time.perf_counter()
-    scored = score(header, rows, extra, np.concatenate(chunks), context, method)
-    return (len(scored), 0, {"quality": time.perf_counter() - started}), scored
+    advanced: Advanced = advance(header, payload, gathered(method, phase, list(chunks)), context, method, phase,
+                                 rows)
+    return (advanced.step, advanced.busy), advanced.rows, advanced.quality
 
 
 def lost_lease(exc: ray.exceptions.RayError) -> LeaseLost | None:

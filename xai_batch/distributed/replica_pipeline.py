@@ -1,10 +1,10 @@
 """The replica's stage on Ray: CPU tasks decode, the model replicas explain whole images.
 
 With ``--stages replica`` the only CPU tasks are ``decode`` (read, hash,
-decode: :func:`~xai_batch.distributed.stages.decode`, and for a GPU replica
+decode: :func:`~xai_batch.explaining.steps.decode`, and for a GPU replica
 quickshift's Lab conversion, its CPU part); every later step of an image
 (quickshift, sampling, the model, the surrogate, masks, quality) runs in a
-model replica through :func:`~xai_batch.distributed.stages.explain_whole`,
+model replica through :func:`~xai_batch.explaining.whole.explain_whole`,
 lime's maths on its device where that is CUDA. The driver sends each
 replica up to :func:`images_per_call` decoded images a call (a GPU's
 quickshift costs the same launches for one image as for 32) and keeps
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import ray
 
 from xai_batch.distributed.pipeline import CALLS_PER_REPLICA, TASK_RETRIES, ImageFlow, describe_failure
-from xai_batch.distributed.stages import ImageHeader, decode, maths_on_device
+from xai_batch.explaining.steps import ImageHeader, decode
+from xai_batch.explaining.whole import maths_on_device
 from xai_batch.manifest import error_row
 from xai_batch.maths.device_superpixels import memory_per_image
 from xai_batch.maths.superpixels import Quickshift

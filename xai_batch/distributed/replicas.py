@@ -9,7 +9,7 @@ from collections import Counter
 
 import ray
 
-from xai_batch.distributed.stages import explain_whole
+from xai_batch.explaining.whole import explain_whole
 from xai_batch.methods import get_method
 
 __all__ = ["ModelReplica", "Replicas"]
@@ -80,7 +80,7 @@ class ModelReplica:
 
     def explain(self, config, context, headers, *decoded):
         """((outcomes, pixels settled, images segmented together on the device), rows per image and method):
-        decoded images explained whole (:func:`~xai_batch.distributed.stages.explain_whole`).
+        decoded images explained whole (:func:`~xai_batch.explaining.whole.explain_whole`).
 
         Called with ``num_returns=2``: the driver waits on the outcomes and
         hands the rows to the writer without fetching them.

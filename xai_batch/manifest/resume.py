@@ -11,7 +11,7 @@ digest of the path, and per method the file's sha256, size and modification
 time, ~110 bytes an image, so resuming into a million-image output holds
 ~110 MB, not gigabytes. The size and time let a resumed run pass over a file
 it finds unchanged on that evidence, without reading it
-(:func:`xai_batch.distributed.stages.decode`).
+(:func:`xai_batch.explaining.steps.decode`).
 """
 
 from __future__ import annotations

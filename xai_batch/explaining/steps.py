@@ -1,20 +1,17 @@
-"""The stages of explaining one image, around the model work, wherever they run.
+"""The steps of explaining one image, around the model work, wherever they run.
 
-In the workers' stage (``--stages workers``) CPU tasks do all but the model:
-``prepare`` reads and decodes a file (``decode``), segments it once with
-lime's quickshift and draws each method's sample rows on those superpixels
-(``sample_methods``); ``finish`` turns one method's model outputs into its
-attributions (:mod:`xai_batch.methods`) and builds the manifest rows. When
-the job measures the explanations' quality, ``quality_rows`` then gives the
-rows those measures need the model's outputs on (deletion and insertion
-curves, a second explanation), and ``score`` adds the measures to the
-manifest rows. In the replica's stage (``--stages replica``) CPU tasks only
-``decode``, and ``explain_whole`` runs every later step in the replica, on
-its device, with the same functions: the rows are the same either way.
+``decode`` reads, hashes and decodes a file; ``prepare`` (the workers' CPU
+task) adds lime's quickshift and each method's sample rows on those
+superpixels (``sample_methods``); ``finish`` turns one method's model outputs
+into its attributions (:mod:`xai_batch.methods`) and builds the manifest
+rows. When the run measures the explanations' quality, ``quality_rows`` gives
+the rows those measures need the model's outputs on (deletion and insertion
+curves, a second explanation), and ``score`` adds the measures to the rows.
+Which step comes next is :mod:`xai_batch.explaining.plan`'s to say.
 
 All are plain functions: Ray runs them as tasks or in the replicas, tests call
 them directly. Model evaluation in between belongs to an
-:class:`~xai_batch.engines.Engine`. Each stage says how long it was busy, by
+:class:`~xai_batch.engines.Engine`. Each step says how long it was busy, by
 the names of :data:`STAGES`, so that ``job.json`` can show whether the model
 or the work around it set a run's pace.
 """
@@ -24,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,14 +38,13 @@ from xai_batch.maths.quality import (
 from xai_batch.images import file_bytes, image_seed, load_image, read_object_mask
 from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest.resume import DoneImage
-from xai_batch.manifest.rows import RowContext, encode_segments, error_row, explanation_row
-from xai_batch.methods import DEFAULT_METHOD, GradientMethod, explained_labels, get_method, method_seed
+from xai_batch.manifest.rows import RowContext, encode_segments, explanation_row
+from xai_batch.methods import DEFAULT_METHOD, explained_labels, get_method, method_seed
 from xai_batch.storage import Location, TooLarge
 
 __all__ = [
-    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "WholeImages", "decode", "unchanged_files",
-    "sample_methods", "prepare", "enough_samples", "finish", "quality_rows", "score", "explain_whole",
-    "maths_on_device",
+    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "decode", "unchanged_files", "sample_methods",
+    "prepare", "enough_samples", "finish", "quality_rows", "score",
 ]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
@@ -338,132 +333,3 @@ def score(
             row["deletion_auc_random"] = curve_auc(probs[random_at : random_at + curve, label])
             row["insertion_auc_random"] = curve_auc(probs[random_at + curve : random_at + 2 * curve, label])
     return scored
-
-
-@dataclass(frozen=True)
-class WholeImages:
-    """What :func:`explain_whole` did with a batch of images: rows and outcome per (image, method)."""
-
-    outcomes: tuple[tuple[str, str, bool], ...]  # (path, method, ok), in the order of ``rows``
-    rows: tuple[list[dict], ...]  # one method's manifest rows on one image: its explanation, or its error row
-    busy: dict[str, float]  # seconds by stage
-    settled: int  # pixels whose quickshift parent was settled on the CPU
-    segmented_on_device: int  # images segmented together in one device call; 0: by lime's own, one by one
-
-
-def maths_on_device(device: str) -> bool:
-    """Whether the replica's stage runs lime's maths on ``device`` (quickshift's torch port, many images a
-    call, and the surrogate's) rather than lime's own code: on CUDA only. On a CPU the ports are the same
-    arithmetic on the same cores as scikit-image's Cython and scikit-learn, only slower."""
-    return device.startswith("cuda")
-
-
-def explain_whole(
-    images: Sequence[tuple[ImageHeader, DecodedImage]], config: ExplainConfig, context: RowContext,
-    predict: Callable[[PreparedImage, np.ndarray], np.ndarray],
-    gradients: Callable[[str, PreparedImage, int], object], device: str = "cpu", on_device: bool | None = None,
-) -> WholeImages:
-    """The replica's stage: explain decoded images whole, every step after decoding in the replica.
-
-    With ``on_device`` (by default :func:`maths_on_device`) quickshift for
-    all the images at once on ``device``
-    (:func:`~xai_batch.maths.device_superpixels.quickshift_on_device`, lime's
-    labels by construction; from their Lab where ``decode`` gave it) and the
-    surrogate there (within 1e-9 of lime's);
-    without, lime's own code for both, image by image. Per image: each
-    method's sample rows, the model's outputs through ``predict(payload,
-    rows)`` in the workers' chunks of ``batch_size`` (so every forward batch
-    is the same as theirs), ``auto``'s rounds, the surrogate, the masks and
-    the quality measures; ``gradients(method, payload, top_labels)`` is a
-    gradient method's pass.
-    The next image's sample rows are drawn in a second thread while the
-    device works on this one. A failure on one image becomes that method's
-    error row.
-    """
-    busy: Counter[str] = Counter()
-    started = time.perf_counter()
-    on_device = maths_on_device(device) if on_device is None else on_device
-    fit_on = device if on_device else None
-    pixels = np.stack([decoded.pixels for _, decoded in images])
-    if on_device:
-        from xai_batch.maths.device_superpixels import quickshift_on_device
-
-        labs = [decoded.lab for _, decoded in images]
-        segmented = quickshift_on_device(pixels, config.segmentation, device,
-                                         labs=labs if all(lab is not None for lab in labs) else None)
-        segments, settled_pixels = segmented.segments.cpu().numpy(), sum(segmented.settled)
-    else:
-        segments = [quickshift_segments(image, config.segmentation, header.seed)
-                    for image, (header, _) in zip(pixels, images)]
-        settled_pixels = 0
-    busy["segmentation"] = time.perf_counter() - started
-    outcomes, rows = [], []
-    with ThreadPoolExecutor(1) as sampler:
-        ahead = [sampler.submit(sample_methods, header, decoded, image_segments, config)
-                 for (header, decoded), image_segments in zip(images, segments)]
-        for sampled in ahead:
-            header, payloads = sampled.result()
-            busy["sampling"] += header.busy["sampling"]
-            for method, payload in zip(header.methods, payloads):
-                try:
-                    method_rows, ok = _explain_method(header, payload, method, config, context, predict, gradients,
-                                                      fit_on, busy), True
-                except Exception as exc:  # noqa: BLE001 - the image's error row, as a failed task's in the workers'
-                    reason = one_line(f"{type(exc).__name__}: {exc}", keep="last")
-                    method_rows, ok = [error_row(header, context, method, f"explaining failed: {reason}")], False
-                outcomes.append((header.path, method, ok))
-                rows.append(method_rows)
-    return WholeImages(tuple(outcomes), tuple(rows), dict(busy), settled_pixels, len(images) if on_device else 0)
-
-
-def _explain_method(header, payload, method, config, context, predict, gradients, fit_on, busy) -> list[dict]:
-    """One method's rows on one image, the model's work through ``predict`` or ``gradients``, the fits on
-    ``fit_on`` (a device, or None for lime's own code)."""
-    explainer = get_method(method)
-    started = time.perf_counter()
-    if isinstance(explainer, GradientMethod):
-        outputs = explainer.combine([gradients(method, payload, context.top_labels)])
-        busy["model"] += time.perf_counter() - started
-    else:
-        outputs = _model_outputs(payload, config, context, predict, busy)
-    fitting = time.perf_counter()
-    rows = finish(header, payload, outputs, context, method, fit_on)
-    busy["surrogate"] += time.perf_counter() - fitting
-    if not context.measures_quality:
-        return rows
-    measuring = time.perf_counter()
-    extra = quality_rows(header, payload, rows, context, method)
-    busy["quality"] += time.perf_counter() - measuring
-    if not len(extra.rows):  # nothing to measure (Grad-CAM's stability): the rows as they are, as in the workers
-        return rows
-    probs = _predicted(predict, extra, 0, len(extra.rows), config.batch_size, busy)
-    measuring = time.perf_counter()
-    rows = score(header, rows, extra, probs, context, method, fit_on)
-    busy["quality"] += time.perf_counter() - measuring
-    return rows
-
-
-def _model_outputs(payload: PreparedImage, config: ExplainConfig, context: RowContext, predict, busy) -> np.ndarray:
-    """A perturbation method's outputs: all its rows, or with ``auto`` round by round until settled."""
-    if not context.adaptive:
-        return _predicted(predict, payload, 0, len(payload.rows), config.batch_size, busy)
-    rounds, start = [], 0
-    for stop in sample_schedule(config.max_samples):
-        rounds.append(_predicted(predict, payload, start, stop, config.batch_size, busy))
-        outputs = np.concatenate(rounds)
-        checking = time.perf_counter()
-        enough = enough_samples(payload, outputs, context)
-        busy["surrogate"] += time.perf_counter() - checking
-        if enough:
-            break
-        start = stop
-    return outputs
-
-
-def _predicted(predict, payload: PreparedImage, start: int, stop: int, batch_size: int, busy) -> np.ndarray:
-    """The model's outputs on the payload's rows [start, stop), in the chunks the workers' stage sends."""
-    started = time.perf_counter()
-    chunks = [predict(payload, payload.rows[begin : min(begin + batch_size, stop)])
-              for begin in range(start, stop, batch_size)]
-    busy["model"] += time.perf_counter() - started
-    return np.concatenate(chunks)

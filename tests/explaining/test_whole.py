@@ -1,4 +1,4 @@
-"""The replica's stage without Ray: what a GPU replica runs, on the CPU, against lime's own explanations.
+"""The replica's executor without Ray: what a GPU replica runs, on the CPU, against lime's own explanations.
 
 On CUDA the replica segments the images of a call together on its device
 (``quickshift_on_device``) and fits the surrogate there; on a CPU it uses lime's
@@ -13,7 +13,8 @@ import pyarrow as pa
 from helpers import assert_rows_are_limes
 from xai_batch.config import ExplainConfig
 from xai_batch.distributed.replicas import ModelReplica
-from xai_batch.distributed.stages import decode, explain_whole
+from xai_batch.explaining.steps import decode
+from xai_batch.explaining.whole import explain_whole
 from xai_batch.manifest import SCHEMA, RowContext
 from xai_batch.models import resolve_model
 from xai_batch.storage import locate
