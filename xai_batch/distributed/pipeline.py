@@ -33,17 +33,17 @@ from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.images import decode_memory
 from xai_batch.manifest import RowContext, error_row
 from xai_batch.manifest.lock import LeaseLost
+from xai_batch.distributed.calls import ReplicaCalls
 from xai_batch.explaining.plan import Advanced, Finished, GradientPass, Outputs, Phase, advance, first_step, gathered
 from xai_batch.explaining.steps import ImageHeader, PreparedImage, prepare, unchanged_files
 from xai_batch.sources import PathQueue, image_root
 from xai_batch.storage import locate
 
-__all__ = ["ImageFlow", "Pipeline", "CALLS_PER_REPLICA", "TASK_RETRIES", "decoding_memory", "describe_failure",
+__all__ = ["ImageFlow", "Pipeline", "TASK_RETRIES", "decoding_memory", "describe_failure",
            "lost_lease"]
 
 log = logging.getLogger(__name__)
 
-CALLS_PER_REPLICA = 2  # one running, one queued: a replica never waits on the driver
 STAT_PATHS = 1024  # files whose size and time one task checks against the manifest
 STAT_CPUS = 0.25  # a stat task waits on the file system more than it computes
 TASK_RETRIES = 2  # a task whose worker process dies runs at most 3 times
@@ -195,11 +195,11 @@ class ImageFlow:
 class Pipeline(ImageFlow):
     """Moves every image through prepare → predict chunks → finish on Ray.
 
-    Replica calls are retried here rather than by Ray, so that a crash is
-    charged to the image that caused it: a replica runs its calls in the
-    order they were sent, so when it dies the oldest of its calls in flight
-    was running and the others were only waiting. The waiting ones are resent
-    free; an image whose chunk kills ``TASK_RETRIES + 1`` replicas becomes an
+    Replica calls (scheduled by :class:`~xai_batch.distributed.calls.ReplicaCalls`)
+    are retried here rather than by Ray, so that a crash is charged to the
+    image that caused it: when a replica dies the oldest of its calls in
+    flight was running and the others were only waiting. The waiting ones are
+    resent free; an image whose chunk kills ``TASK_RETRIES + 1`` replicas becomes an
     error row, and the rest of the job is unaffected.
 
     The unit of work is an image and a method: the prepare task segments the
@@ -227,8 +227,7 @@ class Pipeline(ImageFlow):
         self.remaining: dict[str, int] = {}  # path -> methods not yet recorded
         self.failed: set[str] = set()  # paths with a method that failed
         self.chunk_queue: deque[_Chunk] = deque()
-        self.running: dict[ray.ObjectRef, tuple[_Chunk, int, ray.ObjectRef]] = {}
-        self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
+        self.calls: ReplicaCalls[tuple[_Chunk, ray.ObjectRef]] = ReplicaCalls(replicas)  # (chunk, its outputs)
         # advance tasks: their step -> (the image's key, their rows, their quality payload)
         self.advancing: dict[ray.ObjectRef, tuple[tuple[str, str], ray.ObjectRef, ray.ObjectRef]] = {}
         self.chunks_by_node: dict[str, int] = {}
@@ -243,12 +242,12 @@ class Pipeline(ImageFlow):
             self.check_writes()
             self._submit_prepares()
             self._dispatch_chunks()
-            waiting = [*self.preparing, *self.running, *self.advancing]
+            waiting = [*self.preparing, *self.calls, *self.advancing]
             ready, _ = ray.wait(waiting, num_returns=1)
             for ref in ready:
                 if ref in self.preparing:
                     self._prepared(ref)
-                elif ref in self.running:
+                elif ref in self.calls:
                     self._predicted(ref)
                 elif ref in self.advancing:
                     self._advanced(ref)
@@ -263,20 +262,19 @@ class Pipeline(ImageFlow):
 
     def _dispatch_chunks(self) -> None:
         while self.chunk_queue:
-            replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
-            if len(self.in_flight[replica]) >= CALLS_PER_REPLICA:
+            replica = self.calls.free()
+            if replica is None:
                 return
             chunk = self.chunk_queue.popleft()
             if chunk.key not in self.images:  # the image failed meanwhile
                 continue
-            handle, payload = self.replicas.handles[replica], self.images[chunk.key].payload
+            handle, payload = self.calls.handle(replica), self.images[chunk.key].payload
             if chunk.gradient_method:
                 status, probs = handle.gradients.options(num_returns=2).remote(
                     chunk.gradient_method, payload, self.config.top_labels)
             else:
                 status, probs = handle.predict.options(num_returns=2).remote(payload, chunk.start, chunk.stop)
-            self.running[status] = (chunk, replica, probs)
-            self.in_flight[replica].append(status)
+            self.calls.sent(status, (chunk, probs), replica)
 
     def _prepared(self, ref: ray.ObjectRef) -> None:
         path, payloads, submitted = self.preparing.pop(ref)
@@ -309,18 +307,18 @@ class Pipeline(ImageFlow):
             image.pending += 1
 
     def _predicted(self, ref: ray.ObjectRef) -> None:
-        chunk, replica, probs = self.running[ref]
+        replica = self.calls.replica(ref)
         try:
             ray.get(ref)  # the row count: small, unlike the probabilities
         except ray.exceptions.RayActorError:
             self._replica_died(replica)
             return
         except ray.exceptions.RayError as exc:
-            self._forget(ref)
+            chunk, _ = self.calls.answered(ref)
             self._fail(chunk.key, f"explaining failed: {describe_failure(exc)}")
             return
-        self._forget(ref)
-        node = self.replicas.placement[replica]["node_id"]
+        chunk, probs = self.calls.answered(ref)
+        node = self.calls.node(replica)
         self.chunks_by_node[node] = self.chunks_by_node.get(node, 0) + 1
         image = self.images.get(chunk.key)
         if image is None:  # the image failed meanwhile
@@ -334,10 +332,7 @@ class Pipeline(ImageFlow):
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica, resend its calls, charge the one it was running."""
-        lost = self.in_flight[replica]
-        self.in_flight[replica] = []
-        self.replicas.replace(replica)
-        chunks = [self.running.pop(ref)[0] for ref in lost]
+        chunks = [chunk for chunk, _ in self.calls.lost(replica)]
         culprit = self.images.get(chunks[0].key)
         if culprit is not None:
             culprit.crashes += 1
@@ -345,10 +340,6 @@ class Pipeline(ImageFlow):
             if culprit.crashes > TASK_RETRIES:
                 self._fail(chunks[0].key, f"explaining failed: the model replica died {culprit.crashes} times on this image")
         self.chunk_queue.extendleft(reversed([c for c in chunks if c.key in self.images]))
-
-    def _forget(self, ref: ray.ObjectRef) -> None:
-        chunk, replica, _ = self.running.pop(ref)
-        self.in_flight[replica].remove(ref)
 
     def _fail(self, key: tuple[str, str], reason: str) -> None:
         image = self.images.pop(key, None)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import ray
 
-from xai_batch.distributed.pipeline import CALLS_PER_REPLICA, TASK_RETRIES, ImageFlow, describe_failure
+from xai_batch.distributed.calls import CALLS_PER_REPLICA, ReplicaCalls
+from xai_batch.distributed.pipeline import TASK_RETRIES, ImageFlow, describe_failure
 from xai_batch.explaining.steps import ImageHeader, decode
 from xai_batch.explaining.whole import maths_on_device
 from xai_batch.manifest import error_row
@@ -65,10 +66,9 @@ def images_per_call(placement: list[dict], crop: int, params: Quickshift) -> int
 
 @dataclass
 class _Call:
-    """One call's images, (header, ref of the decoded image); once sent, its replica and its rows' ref."""
+    """One call's images, (header, ref of the decoded image); once sent, its rows' ref."""
 
     images: list[tuple[ImageHeader, ray.ObjectRef]]
-    replica: int = -1
     rows: ray.ObjectRef | None = None
 
 
@@ -88,8 +88,7 @@ class ReplicaPipeline(ImageFlow):
         self.decoding: dict[ray.ObjectRef, tuple[str, ray.ObjectRef]] = {}  # header -> (path, decoded image)
         self.decoded: deque[tuple[ImageHeader, ray.ObjectRef]] = deque()  # waiting for a call
         self.resend: deque[_Call] = deque()  # calls lost with a replica, to send again first
-        self.calls: dict[ray.ObjectRef, _Call] = {}  # outcomes -> its call
-        self.in_flight: list[list[ray.ObjectRef]] = [[] for _ in range(len(replicas))]  # per replica, oldest first
+        self.calls: ReplicaCalls[_Call] = ReplicaCalls(replicas)  # outcomes -> its call
         self.submitted: dict[str, float] = {}  # path -> when its decode task was sent
         self.crashes: Counter[str] = Counter()  # path -> replicas that died while explaining it
         self.settled = 0  # pixels whose quickshift parent a replica settled on the CPU
@@ -120,7 +119,7 @@ class ReplicaPipeline(ImageFlow):
                     self._explained(ref)
 
     def _held(self) -> int:
-        in_calls = sum(len(call.images) for call in [*self.calls.values(), *self.resend])
+        in_calls = sum(len(call.images) for call in [*self.calls.works(), *self.resend])
         return len(self.decoding) + len(self.decoded) + in_calls
 
     def _submit_decodes(self) -> None:
@@ -135,22 +134,20 @@ class ReplicaPipeline(ImageFlow):
         """Fill every replica to ``CALLS_PER_REPLICA`` calls: an idle one takes what is decoded, a busy
         one a full call (or the last images)."""
         while self.resend or self.decoded:
-            replica = min(range(len(self.replicas)), key=lambda r: len(self.in_flight[r]))
-            if len(self.in_flight[replica]) >= CALLS_PER_REPLICA:
+            replica = self.calls.free()
+            if replica is None:
                 return
             if self.resend:
                 call = self.resend.popleft()
-            elif (len(self.decoded) >= self.per_call or not self.in_flight[replica]
+            elif (len(self.decoded) >= self.per_call or self.calls.idle(replica)
                   or not (self.todo or self.decoding)):
                 call = _Call([self.decoded.popleft() for _ in range(min(self.per_call, len(self.decoded)))])
             else:
                 return
             headers = [header for header, _ in call.images]
-            outcomes, call.rows = self.replicas.handles[replica].explain.options(num_returns=2).remote(
+            outcomes, call.rows = self.calls.handle(replica).explain.options(num_returns=2).remote(
                 self.config_ref, self.context_ref, headers, *(image for _, image in call.images))
-            call.replica = replica
-            self.calls[outcomes] = call
-            self.in_flight[replica].append(outcomes)
+            self.calls.sent(outcomes, call, replica)
 
     def _decoded(self, ref: ray.ObjectRef) -> None:
         path, image = self.decoding.pop(ref)
@@ -165,17 +162,16 @@ class ReplicaPipeline(ImageFlow):
             self.decoded.append((header, image))
 
     def _explained(self, ref: ray.ObjectRef) -> None:
-        call = self.calls[ref]
+        replica = self.calls.replica(ref)
         try:
             outcomes, settled, segmented = ray.get(ref)  # the rows go from the replica to the writer, not through here
         except ray.exceptions.RayActorError:
-            self._replica_died(call.replica)
+            self._replica_died(replica)
             return
         except ray.exceptions.RayError as exc:
-            self._forget(ref)
-            self._fail(call, f"explaining failed: {describe_failure(exc)}")
+            self._fail(self.calls.answered(ref), f"explaining failed: {describe_failure(exc)}")
             return
-        self._forget(ref)
+        call = self.calls.answered(ref)
         self.settled += settled
         if segmented:
             self.device_calls[segmented] += 1
@@ -184,19 +180,12 @@ class ReplicaPipeline(ImageFlow):
         failed = {path for path, _, ok in outcomes if not ok}
         for header, _ in call.images:
             self._count(header.path, ok=header.path not in failed)
-        node = self.replicas.placement[call.replica]["node_id"]
+        node = self.calls.node(replica)
         self.images_by_node[node] = self.images_by_node.get(node, 0) + len(call.images)
-
-    def _forget(self, ref: ray.ObjectRef) -> None:
-        call = self.calls.pop(ref)
-        self.in_flight[call.replica].remove(ref)
 
     def _replica_died(self, replica: int) -> None:
         """Replace the replica and resend its calls: the oldest was running, the others only waiting."""
-        lost = [self.calls.pop(ref) for ref in self.in_flight[replica]]
-        self.in_flight[replica] = []
-        self.replicas.replace(replica)
-        running, *waiting = lost
+        running, *waiting = self.calls.lost(replica)
         again = []
         for image in running.images:  # any of them may have killed it: each is charged, and resent alone
             path = image[0].path
