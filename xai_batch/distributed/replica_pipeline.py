@@ -92,7 +92,8 @@ class ReplicaPipeline(ImageFlow):
         self.submitted: dict[str, float] = {}  # path -> when its decode task was sent
         self.crashes: Counter[str] = Counter()  # path -> replicas that died while explaining it
         self.settled = 0  # pixels whose quickshift parent a replica settled on the CPU
-        self.device_calls: Counter[int] = Counter()  # images segmented together on a device -> calls
+        self.device_calls = 0  # calls whose images a replica segmented together on its device
+        self.device_images = 0  # and those images
         self.images_by_node: dict[str, int] = {}
 
     def by_node(self) -> dict:
@@ -102,8 +103,7 @@ class ReplicaPipeline(ImageFlow):
     def segmented_per_call(self) -> float | None:
         """For job.json: the mean number of images a replica segmented in one device call; None where none
         did (on a CPU, lime's own quickshift segments them one by one)."""
-        calls = sum(self.device_calls.values())
-        return round(sum(n * c for n, c in self.device_calls.items()) / calls, 2) if calls else None
+        return round(self.device_images / self.device_calls, 2) if self.device_calls else None
 
     def run(self) -> None:
         self.pass_over_unchanged()
@@ -174,7 +174,8 @@ class ReplicaPipeline(ImageFlow):
         call = self.calls.answered(ref)
         self.settled += settled
         if segmented:
-            self.device_calls[segmented] += 1
+            self.device_calls += 1
+            self.device_images += segmented
         now = time.monotonic()
         self.write(call.rows, [now - self.submitted[path] if ok else None for path, _, ok in outcomes], each=True)
         failed = {path for path, _, ok in outcomes if not ok}

@@ -72,17 +72,17 @@ def explain_whole(
     busy: Counter[str] = Counter()
     started = time.perf_counter()
     on_device = maths_on_device(device) if on_device is None else on_device
-    pixels = np.stack([decoded.pixels for _, decoded in images])
     if on_device:
         from xai_batch.maths.device_superpixels import quickshift_on_device
 
+        pixels = np.stack([decoded.pixels for _, decoded in images])
         labs = [decoded.lab for _, decoded in images]
         segmented = quickshift_on_device(pixels, config.segmentation, device,
                                          labs=labs if all(lab is not None for lab in labs) else None)
         segments, settled_pixels = segmented.segments.cpu().numpy(), sum(segmented.settled)
     else:
-        segments = [quickshift_segments(image, config.segmentation, header.seed)
-                    for image, (header, _) in zip(pixels, images)]
+        segments = [quickshift_segments(decoded.pixels, config.segmentation, header.seed)
+                    for header, decoded in images]
         settled_pixels = 0
     busy["segmentation"] = time.perf_counter() - started
     fit_on = device if on_device else None
