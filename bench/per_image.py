@@ -84,9 +84,10 @@ def quickshift_alone(paths: list[str], batch: int, device: str) -> dict:
 def model_alone(checkpoint: str, paths: list[str], samples: int) -> dict:
     """Core-seconds per image of ONNX Runtime on one thread, on each image's ``samples`` perturbations."""
     from xai_batch.engines.onnx_engine import OnnxEngine
+    from xai_batch.models import parse_checkpoint
     from xai_batch.maths import hidden_image, quickshift_segments, sample_rows
 
-    engine = OnnxEngine(open(checkpoint, "rb").read(), threads=1)
+    engine = OnnxEngine(parse_checkpoint(open(checkpoint, "rb").read(), check=False), threads=1)
     inputs = []
     for index, path in enumerate(paths):
         image = load_pixels(path)

@@ -132,8 +132,7 @@ CHILD = {
               "result = {'images_done': len(done), **counts}",
     "verify": "from xai_batch.commands.verify import verify_manifest\n"
               "report = verify_manifest(OUT); result = {'summary': report.summary(), 'problems': report.problems[:3]}",
-    "audit": "from xai_batch.commands.audit import audit_findings\n"
-             "from xai_batch.analysis.findings import Thresholds\n"
+    "audit": "from xai_batch.analysis.findings import Thresholds, audit_findings\n"
              "from xai_batch.labels import prediction_labeller, truth_labeller\n"
              "report = audit_findings(OUT, PREVIOUS, {'lime'}, truth_labeller(None), prediction_labeller(None), "
              "Thresholds(), 5, findings_to=os.path.join(OUT, 'findings.parquet'))\n"
@@ -184,7 +183,7 @@ def live(work: str, images: int) -> dict:
     checkpoint = _checkpoint(work)
     out = os.path.join(work, f"live-{images}")
     shutil.rmtree(out, ignore_errors=True)
-    CHILD["live"] = ("from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
+    CHILD["live"] = ("from xai_batch.distributed.run import run_explain\nfrom xai_batch.config import ExplainConfig\n"
                      "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
                      "job = run_explain(ExplainConfig(source=SOURCE, out=OUT, checkpoint=CHECKPOINT, actors=1), "
                      "progress=False)\nresult = {'errors': job.errors, 'images': job.images}")
@@ -217,7 +216,7 @@ def resume(work: str, images: int) -> dict:
     digest = config_hash(config, resolve_model(checkpoint).model_id, "lime")
     build(out, images, ["20260101T000000.000000Z-aaaaaa"], 1.0, salt=3, config_hash=digest, stamps=(sizes, times))
     CHILD["resume-live"] = (
-        "from xai_batch.commands.explain import run_explain\nfrom xai_batch.config import ExplainConfig\n"
+        "from xai_batch.distributed.run import run_explain\nfrom xai_batch.config import ExplainConfig\n"
         "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "job = run_explain(ExplainConfig(source=SOURCE, out=OUT, checkpoint=CHECKPOINT, actors=1), progress=False)\n"
         "result = {'images': job.images, 'already_done': job.skipped, 'opened': job.images - job.unread, "

@@ -49,7 +49,7 @@ from xai_batch.images import open_rgb
 from xai_batch.manifest import read_manifest
 from xai_batch.maths import quickshift_segments
 from xai_batch.maths.superpixels import Quickshift
-from xai_batch.models import build_model, save_checkpoint
+from xai_batch.models import build_model, parse_checkpoint, save_checkpoint
 from xai_batch.preprocessing import IMAGENET_MEAN, IMAGENET_STD, SEEDS
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import SHAPES, render_scene
@@ -117,7 +117,7 @@ def measure_limit(model: torch.nn.Module, batch_sizes: list[int], min_seconds: f
 def measure_onnx_limit(checkpoint: str, batch_sizes: list[int], min_seconds: float, threads: int) -> dict:
     """Forwards per second of the same model in ONNX Runtime (the engine xai-batch runs), per batch size."""
     with open(checkpoint, "rb") as handle:
-        engine = OnnxEngine(handle.read(), batch_size=max(batch_sizes), threads=threads)
+        engine = OnnxEngine(parse_checkpoint(handle.read(), check=False), batch_size=max(batch_sizes), threads=threads)
     table = []
     for size in batch_sizes:
         batch = np.random.default_rng(0).standard_normal((size, 3, 224, 224)).astype(np.float32)

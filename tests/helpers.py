@@ -56,6 +56,13 @@ def checkpoint_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def loaded_checkpoint(path: str):
+    """The checkpoint at ``path`` parsed as a replica parses it: what engines and gradient passes take."""
+    from xai_batch.models import parse_checkpoint
+
+    return parse_checkpoint(checkpoint_bytes(path), check=False)
+
+
 def load_model(path: str) -> torch.nn.Module:
     from xai_batch.models import build_model, parse_checkpoint
 

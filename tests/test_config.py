@@ -38,7 +38,7 @@ def test_the_hash_tells_auto_and_its_ceiling_apart(folder):
 
 
 def test_stages_are_checked_and_auto_is_the_replica_only_on_cuda():
-    from xai_batch.commands.explain import pipeline_for
+    from xai_batch.distributed.run import pipeline_for
     from xai_batch.distributed.pipeline import Pipeline
     from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 

@@ -10,7 +10,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from helpers import checkpoint_bytes, load_model, save_random_model, save_responsive_model
+from helpers import checkpoint_bytes, load_model, loaded_checkpoint, save_random_model, save_responsive_model
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.engines import TorchEngine, normalise
 from xai_batch.maths import hidden_image, perturb, quickshift_segments, sample_rows
@@ -29,7 +29,7 @@ def case():
 def _engine(kind, checkpoint, batch_size):
     from xai_batch.engines import OnnxEngine
 
-    data = checkpoint_bytes(checkpoint)
+    data = loaded_checkpoint(checkpoint)
     return TorchEngine(data, batch_size=batch_size) if kind == "torch" else OnnxEngine(data, batch_size, threads=2)
 
 
@@ -83,7 +83,7 @@ def _torch_probabilities(checkpoint, images):
 
 def test_bf16_is_close_to_fp32(random_checkpoint, case):
     image, hidden, segments, rows = case
-    data = checkpoint_bytes(random_checkpoint)
+    data = loaded_checkpoint(random_checkpoint)
     exact = TorchEngine(data).predict(image, hidden, segments, rows[:4])
     fast = TorchEngine(data, precision="bf16").predict(image, hidden, segments, rows[:4])
     assert np.abs(fast - exact).max() < 0.05
@@ -94,7 +94,7 @@ def test_bf16_is_close_to_fp32(random_checkpoint, case):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp32_matches_cpu(random_checkpoint, case):
     image, hidden, segments, rows = case
-    data = checkpoint_bytes(random_checkpoint)
+    data = loaded_checkpoint(random_checkpoint)
     cpu = TorchEngine(data, device="cpu").predict(image, hidden, segments, rows)
     gpu = TorchEngine(data, device="cuda").predict(image, hidden, segments, rows)
     np.testing.assert_allclose(gpu, cpu, atol=1e-5, rtol=0)  # TF32 convolutions were 2.5e-4 off
@@ -104,8 +104,8 @@ def test_the_forward_batch_is_the_devices_best(random_checkpoint):
     """Chunks of 256 rows run on the CPU 32 at a time (bench/speed.py: up to 16% faster than 256)."""
     from xai_batch.engines import DEVICE_BATCH
 
-    assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=256, device="cpu").batch_size == DEVICE_BATCH["cpu"] == 32
-    assert TorchEngine(checkpoint_bytes(random_checkpoint), batch_size=10, device="cpu").batch_size == 10
+    assert TorchEngine(loaded_checkpoint(random_checkpoint), batch_size=256, device="cpu").batch_size == DEVICE_BATCH["cpu"] == 32
+    assert TorchEngine(loaded_checkpoint(random_checkpoint), batch_size=10, device="cpu").batch_size == 10
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def onnx_caches(random_checkpoint, tmp_path_factory) -> dict[str, Path]:
         root = tmp_path_factory.mktemp(f"onnx-cache-{name}")
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("XAI_BATCH_CACHE", str(root))
-            onnx_model(checkpoint_bytes(checkpoint), parse_checkpoint(checkpoint_bytes(checkpoint)))
+            onnx_model(parse_checkpoint(checkpoint_bytes(checkpoint)))
         caches[name] = root / "onnx"
     return caches
 
@@ -148,7 +148,7 @@ def test_the_onnx_export_is_cached_by_checkpoint_and_versions(onnx_caches, rando
     entry = _entry(onnx_caches["random"])
     written = entry.stat().st_mtime_ns
     data = checkpoint_bytes(random_checkpoint)
-    assert onnx_model(data, parse_checkpoint(data)) == entry.read_bytes()
+    assert onnx_model(parse_checkpoint(data)) == entry.read_bytes()
     assert entry.stat().st_mtime_ns == written  # not redone
     assert _entry(onnx_caches["other"]).name != entry.name
 
@@ -195,7 +195,7 @@ def test_a_symbolic_link_in_place_of_the_entry_is_not_followed(onnx_caches, rand
     original = target.read_bytes()
     data = checkpoint_bytes(random_checkpoint)
     with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
-        serialized = onnx_model(data, parse_checkpoint(data))
+        serialized = onnx_model(parse_checkpoint(data))
     assert not entry.is_symlink() and entry.read_bytes() == serialized and stat.S_IMODE(entry.stat().st_mode) == 0o600
     assert f"{entry} is a symbolic link" in caplog.text
     assert target.read_bytes() == original and stat.S_IMODE(target.stat().st_mode) == 0o644
@@ -227,7 +227,7 @@ def test_a_cache_folder_others_can_write_into_is_not_used(onnx_caches, random_ch
     (tmp_path / "onnx").chmod(mode)
     data = checkpoint_bytes(random_checkpoint)
     with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
-        serialized = onnx_model(data, parse_checkpoint(data))
+        serialized = onnx_model(parse_checkpoint(data))
     assert serialized != planted and serialized == _entry(onnx_caches["random"]).read_bytes()
     assert f"not using the ONNX export cache {tmp_path / 'onnx'}: others can write into it (mode {mode:04o})" \
         in caplog.text

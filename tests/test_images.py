@@ -212,7 +212,8 @@ def test_a_listing_cannot_read_through_a_link_out_of_its_folder(tmp_path):
 
 
 def test_render_cannot_read_through_a_link_out_of_source(tmp_path):
-    from xai_batch.commands.render import RenderOptions, _render_batch
+    from xai_batch.analysis.overlays import RenderOptions
+    from xai_batch.distributed.rendering import _render_batch
     from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import locate
 

@@ -5,7 +5,7 @@ from PIL import Image
 from skimage.segmentation import mark_boundaries
 
 from xai_batch.analysis.overlays import GREY, boundaries, heatmap, hide_rest, side_by_side
-from xai_batch.commands.render import overlay_name
+from xai_batch.analysis.overlays import overlay_name
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import assert_rows_are_limes, checkpoint_bytes
+from helpers import assert_rows_are_limes, checkpoint_bytes, loaded_checkpoint
 from xai_batch.cli import cli
 from xai_batch.engines import TorchEngine
 from xai_batch.images import load_image
@@ -46,7 +46,7 @@ def test_train_command_writes_the_best_epochs_checkpoint_every_tool_loads(small_
     assert [m["epoch"] for m in loaded.metrics] == [1, 2]
     best = min(loaded.metrics, key=lambda m: m["val_loss"])
     assert f"saved epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})" in result.output
-    engine = TorchEngine(checkpoint_bytes(str(out)))
+    engine = TorchEngine(loaded_checkpoint(str(out)))
     image = load_image(open(class_folders(shapes_data["holdout"])["disc"][0], "rb").read()).pixels
     probs = engine.predict(image, image, np.zeros((224, 224), np.int64), np.ones((1, 1), np.uint8))
     assert probs.shape == (1, 4) and abs(float(probs.sum()) - 1) < 1e-5

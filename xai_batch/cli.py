@@ -604,7 +604,8 @@ def render(out: str, style: str, num_features: int, positive_only: bool, blind: 
     method in the same style; overlays.csv maps each (path, method, label)
     to its file, or to the reason it has none.
     """
-    from xai_batch.commands.render import RenderOptions, run_render
+    from xai_batch.analysis.overlays import RenderOptions
+    from xai_batch.commands.render import run_render
 
     options = RenderOptions(style=style, num_features=num_features, positive_only=positive_only, blind=blind)
     result = run_render(out, to, options, source=source, address=address, progress=progress, methods=methods,
@@ -648,7 +649,7 @@ def stimuli(out: str, to: str, per_cell: int, factors: tuple[str, ...], seed: in
     and predicted label, probability and LIME's surrogate score. A short cell
     is an error unless --allow-unbalanced.
     """
-    from xai_batch.commands.render import RenderOptions
+    from xai_batch.analysis.overlays import RenderOptions
     from xai_batch.commands.stimuli import run_stimuli
     from xai_batch.analysis.design import Design
 

@@ -97,6 +97,7 @@ class LoadedCheckpoint:
     file_format: str | None = None  # a model file's: its bytes are ``model_file``, and ``state_dict`` is empty
     model_file: bytes | None = None
     outputs: str = "logits"  # or 'probabilities': what a model file answers
+    digest: str = ""  # the SHA-256 of the bytes it was parsed from: what the ONNX export is cached by
 
 
 def architectures() -> tuple[str, ...]:
@@ -176,7 +177,8 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
                              "ONNX file itself, with its JSON beside it")
         return LoadedCheckpoint({}, tuple(obj["class_names"]), (), DEFAULT_ARCH,
                                 Preprocessing.from_dict(obj["preprocessing"]), str(obj["format"]),
-                                obj["model_file"].numpy().tobytes(), str(obj["outputs"]))
+                                obj["model_file"].numpy().tobytes(), str(obj["outputs"]),
+                                hashlib.sha256(data).hexdigest())
     if isinstance(obj, Mapping) and "state_dict" in obj:
         arch = obj.get("arch", DEFAULT_ARCH)
         if not isinstance(arch, str) or not arch.isidentifier():
@@ -212,7 +214,8 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
             build_model(arch, num_classes).load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
             raise ModelError(f"{name} is not a {arch} state dict: {one_line(exc, limit=300)}") from exc
-    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch, preprocessing)
+    return LoadedCheckpoint(dict(state_dict), class_names, tuple(metrics), arch, preprocessing,
+                            digest=hashlib.sha256(data).hexdigest())
 
 
 MAX_CHECKPOINT_ITEMS = 1_000_000  # values besides the tensors (names, keys, metrics), counted each time reached

@@ -16,6 +16,7 @@ stores the final object appears whole, when its copy completes).
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -31,7 +32,8 @@ import pyarrow.fs as pafs
 from xai_batch.errors import StorageError, one_line
 
 __all__ = ["Location", "OutsideLocation", "TooLarge", "TORCHVISION_PREFIX", "TORCHSCRIPT_PREFIX", "locate", "is_uri",
-           "is_torchvision", "checkpoint_file", "join", "redact", "carries_credentials", "write_json", "read_json"]
+           "is_torchvision", "checkpoint_file", "join", "redact", "carries_credentials", "write_json", "read_json",
+           "write_csv", "spreadsheet_safe"]
 
 TORCHVISION_PREFIX = "torchvision:"  # a checkpoint named, not stored: torchvision:resnet50.IMAGENET1K_V2
 TORCHSCRIPT_PREFIX = "torchscript:"  # a TorchScript file the user trusts to run its code: torchscript:model.pt
@@ -345,3 +347,29 @@ def read_json(target: str) -> dict | None:
         return json.loads(locate(target).read_bytes())
     except (OSError, ValueError):
         return None
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def spreadsheet_safe(value):
+    """``value``, with a text that a spreadsheet would run as a formula prefixed by ``'`` (OWASP's advice).
+
+    Paths and labels come from folder and file names anyone can choose, and
+    study teams open these files in spreadsheets. A reader strips one leading
+    ``'`` from a text that starts with ``'`` and then one of ``FORMULA_STARTS``
+    to get the value back. Numbers are written as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_csv(location: str, rows: list[dict], columns: list[str]) -> None:
+    """A CSV file written atomically, at a path or URI, its texts spreadsheet-safe (:func:`spreadsheet_safe`)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
+    with locate(location).atomic_writer() as stream:
+        stream.write(text.getvalue().encode())

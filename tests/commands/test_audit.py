@@ -202,7 +202,7 @@ def test_an_audit_reads_the_checkpoint_and_lists_source_once(shapes_data, shapes
     """The label check before the explain and the explain itself share one read (an s3:// checkpoint is
     downloaded once, a bucket listed once)."""
     import xai_batch.commands.audit as audit
-    import xai_batch.commands.explain as job
+    import xai_batch.distributed.run as job
 
     calls = {"resolve_model": 0, "discover_images": 0}
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from helpers import assert_verified, checkpoint_bytes, load_model
+from helpers import assert_verified, load_model, loaded_checkpoint
 from xai_batch.cli import cli
 from xai_batch.config import ExplainConfig
 from xai_batch.engines import TorchEngine, normalise
@@ -42,7 +42,7 @@ def _replica_calls(out) -> int:
 def _assert_shaps_values(source: str, checkpoint: str, row: dict, num_samples: int, atol: float) -> None:
     """The row's values are shap's KernelExplainer's with PyTorch fp32 as the model, in this process."""
     image, segments = _image(source, row), decode_segments(row["segments"])
-    engine = TorchEngine(checkpoint_bytes(checkpoint), "fp32", device="cpu")
+    engine = TorchEngine(loaded_checkpoint(checkpoint), "fp32", device="cpu")
     hidden = hidden_image(image, segments, 0)
     calls = []
 

@@ -88,7 +88,8 @@ def test_a_changed_image_is_an_error_entry_not_a_wrong_picture(explained, tmp_pa
 
 def test_a_manifest_path_that_leaves_source_is_an_error_entry_not_a_file_read(explained, tmp_path):
     """A manifest from elsewhere may name '../x' or '/etc/x': its rows are error entries, the files unread."""
-    from xai_batch.commands.render import RenderOptions, _render_batch
+    from xai_batch.analysis.overlays import RenderOptions
+    from xai_batch.distributed.rendering import _render_batch
     from xai_batch.preprocessing import SEEDS
     from xai_batch.storage import locate
 
@@ -103,7 +104,7 @@ def test_a_manifest_path_that_leaves_source_is_an_error_entry_not_a_file_read(ex
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised(tmp_path):
-    from xai_batch.commands.render import write_csv
+    from xai_batch.storage import write_csv
 
     rows = [{"path": "=HYPERLINK(\"http://x\")/a.png", "label": "-1", "score": -0.5},
             {"path": "+cmd/b.png", "label": "@SUM(A1)", "score": 2},

@@ -6,7 +6,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from helpers import checkpoint_bytes, load_model, save_responsive_model
+from helpers import load_model, loaded_checkpoint, save_responsive_model
 from xai_batch.engines import normalise
 from xai_batch.methods import GradientOutputs
 from xai_batch.methods.gradcam import METHOD, GradCam, superpixel_means
@@ -52,7 +52,7 @@ def test_every_family_has_its_own_target_layer(family_checkpoints, arch):
 def _assert_maps_are_pytorch_grad_cams(checkpoint, arch, top_labels):
     """Each ranked label's map equals GradCAM with ClassifierOutputTarget(label) on the family's layer, within 1e-5."""
     image = (np.random.default_rng(4).random((224, 224, 3)) * 255).astype(np.uint8)
-    found = GradCam(checkpoint_bytes(checkpoint), "cpu")(image, top_labels)
+    found = GradCam(loaded_checkpoint(checkpoint), "cpu")(image, top_labels)
     probs, labels, heatmaps = found.probs, found.labels, found.maps
     model = load_model(checkpoint).eval()
     pixels = normalise(image, torch.device("cpu")).permute(2, 0, 1).unsqueeze(0)
@@ -73,7 +73,7 @@ def _assert_maps_are_pytorch_grad_cams(checkpoint, arch, top_labels):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_maps_are_the_cpu_maps(random_checkpoint):
     image = (np.random.default_rng(5).random((224, 224, 3)) * 255).astype(np.uint8)
-    data = checkpoint_bytes(random_checkpoint)
+    data = loaded_checkpoint(random_checkpoint)
     cpu_probs, cpu_labels, cpu_maps = GradCam(data, "cpu")(image, 2)
     gpu_probs, gpu_labels, gpu_maps = GradCam(data, "cuda")(image, 2)
     assert gpu_labels == cpu_labels
@@ -94,7 +94,7 @@ def test_attributions_are_the_maps_per_superpixel():
 def test_another_target_layer_is_pytorch_grad_cams_of_that_layer(random_checkpoint):
     """--target-layer layer3.-1: the map of ResNet18's third stage (14 x 14 before upsampling), not the fourth's."""
     image = (np.random.default_rng(5).random((224, 224, 3)) * 255).astype(np.uint8)
-    found = GradCam(checkpoint_bytes(random_checkpoint), "cpu", "layer3.-1")(image, 1)
+    found = GradCam(loaded_checkpoint(random_checkpoint), "cpu", "layer3.-1")(image, 1)
     model = load_model(random_checkpoint).eval()
     pixels = normalise(image, torch.device("cpu")).permute(2, 0, 1).unsqueeze(0)
     for layer, close in ((model.layer3[-1], True), (model.layer4[-1], False)):
@@ -151,6 +151,6 @@ def test_the_target_layer_is_a_checked_option_and_part_of_grad_cams_configuratio
     assert result.exit_code == 0, result.output
     (row,) = read_manifest(str(tmp_path / "run")).to_pylist()
     pixels = load_image((one / "coffee.jpg").read_bytes()).pixels
-    expected = GradCam(checkpoint_bytes(random_checkpoint), "cpu", "layer3.-1")(pixels, 1).maps[0]
+    expected = GradCam(loaded_checkpoint(random_checkpoint), "cpu", "layer3.-1")(pixels, 1).maps[0]
     heatmap = decode_heatmap(row["heatmap"])
     assert np.abs(heatmap - expected).max() <= 1 / 510 + 1e-6  # the stored PNG rounds to 1/255

@@ -7,13 +7,15 @@ predictions, predictions that changed since the previous audit,
 explanations that moved (their top-k masks overlap less than a threshold),
 and explanations that rest on the background (little of their positive
 top-k area on the object: the ``on_object`` column, where the explain had a
-ground-truth object mask). Reading the manifests is the caller's business;
-so is exiting 3. A summary of the explanations' measured quality (the
+ground-truth object mask). :func:`audit_findings` reads them from the
+manifests a group of images at a time and writes every finding to
+``findings.parquet`` as it is found; exiting 3 is the caller's business. A summary of the explanations' measured quality (the
 manifest's faithfulness, stability and localisation columns) goes with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
@@ -21,21 +23,34 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from xai_batch.analysis.agreement import AgreementTally, methods_in
 from xai_batch.errors import ConfigError
-from xai_batch.manifest import QUALITY_COLUMNS, decode_mask, image_rows, method_rows
+from xai_batch.manifest import QUALITY_COLUMNS, SCHEMA, current_groups, decode_mask, image_rows, method_rows
 from xai_batch.methods import METHODS
+from xai_batch.storage import join, locate, read_json
 
 __all__ = [
     "FINDINGS", "Thresholds", "FailCondition", "parse_fail_on", "failed_conditions",
     "confusion",
     "mask_iou", "audit_report", "AuditTally", "quality_summary", "FINDINGS_LISTED",
+    "audit_findings", "load_audit", "AUDIT_FILE", "FINDINGS_FILE", "FINDINGS_SCHEMA",
 ]
 
 FINDINGS = ("errors", "misclassified", "low-confidence", "changed", "moved", "background")
 METRICS = (*FINDINGS, "accuracy")
 FINDINGS_LISTED = 1000  # the findings of each kind a report lists (the first by path); every one is counted
+AUDIT_FILE = "audit.json"
+FINDINGS_FILE = "findings.parquet"
+FINDINGS_SCHEMA = pa.schema([  # a finding's kind, its image, and its kind's fields (null where another kind's)
+    ("kind", pa.string()), ("path", pa.string()), ("method", pa.string()), ("label", pa.string()),
+    ("error", pa.string()), ("true", pa.string()), ("predicted", pa.string()), ("prob", pa.float64()),
+    ("before", pa.string()), ("after", pa.string()), ("prob_before", pa.float64()), ("prob_after", pa.float64()),
+    ("file_changed", pa.bool_()), ("model_changed", pa.bool_()), ("iou", pa.float64()), ("on_object", pa.float64()),
+])
+AUDITED_COLUMNS = [name for name in SCHEMA.names if name not in ("segments", "heatmap")]  # what findings read
 
 
 @dataclass(frozen=True)
@@ -343,3 +358,39 @@ class _QualityTally:
 
 def _models(rows: Iterable[dict]) -> list[str]:
     return sorted({row["model_id"] for row in rows if row["status"] == "ok"})
+
+
+def audit_findings(out: str, previous: str | None, methods: set[str], truth, predicted, thresholds: Thresholds,
+                   num_features: int, findings_to: str | None = None) -> dict:
+    """The findings of ``out``'s rows of ``methods`` (an output may hold other methods' rows from other runs),
+    joined by path with ``previous``'s a group of images at a time, so neither manifest is held whole;
+    with ``findings_to``, every finding is written there (Parquet, :data:`FINDINGS_SCHEMA`) as it is found."""
+    outs = [out] if previous is None else [out, previous]
+    with contextlib.ExitStack() as stack:
+        found = None if findings_to is None else \
+            stack.enter_context(_FindingsWriter(stack.enter_context(locate(findings_to).atomic_writer())))
+        tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None, found=found)
+        for tables in current_groups(outs, AUDITED_COLUMNS):
+            current, *before = ([row for row in table.to_pylist() if row["method"] in methods] for table in tables)
+            tally.add(current, before[0] if before else None)
+    return tally.report()
+
+
+class _FindingsWriter(contextlib.AbstractContextManager):
+    """Each group's findings appended to a Parquet stream as rows of :data:`FINDINGS_SCHEMA`."""
+
+    def __init__(self, stream) -> None:
+        self.writer = pq.ParquetWriter(stream, FINDINGS_SCHEMA)
+
+    def __call__(self, findings: dict[str, list[dict]]) -> None:
+        rows = [{**finding, "kind": kind} for kind, found in findings.items() for finding in found]
+        if rows:
+            self.writer.write_table(pa.Table.from_pylist(rows, schema=FINDINGS_SCHEMA))
+
+    def __exit__(self, *exc) -> None:
+        self.writer.close()
+
+
+def load_audit(out: str) -> dict | None:
+    """``OUT/audit.json``, if ``OUT`` was audited."""
+    return read_json(join(out, AUDIT_FILE))

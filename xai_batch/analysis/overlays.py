@@ -9,15 +9,22 @@ superpixel's weight, ``hide_rest`` only the selected superpixels, and
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import mark_boundaries
 
+from xai_batch.errors import ConfigError
+from xai_batch.manifest import decode_segments
 from xai_batch.maths.masks import top_features
+from xai_batch.methods import DEFAULT_METHOD
 
-__all__ = ["STYLES", "boundaries", "heatmap", "hide_rest", "side_by_side", "selected_features"]
+__all__ = ["STYLES", "boundaries", "heatmap", "hide_rest", "side_by_side", "selected_features", "RenderOptions",
+           "overlay_name", "render_row"]
 
 STYLES: tuple[str, ...] = ("boundaries", "heatmap", "hide-rest", "side-by-side")
 GREY = 128  # what hide_rest shows instead of unselected superpixels
@@ -129,3 +136,42 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def _to_uint8(picture: np.ndarray) -> np.ndarray:
     return np.clip(np.round(picture * 255), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to draw: the style, how many superpixels, and whether to caption side-by-side pictures."""
+
+    style: str = "boundaries"
+    num_features: int = 5
+    positive_only: bool = False
+    blind: bool = False
+
+
+def overlay_name(path: str, label: int, style: str, method: str = DEFAULT_METHOD) -> str:
+    """A deterministic, safe file name for one row's overlay: no folders, no leading dot.
+
+    Readable (the image's path with '/' as '__', the label, the method) and
+    unique (a hash of path, label and method), so two paths that flatten
+    alike still get two files.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.replace("/", "__")).lstrip("._-")[:100] or "image"
+    digest = hashlib.sha256(f"{path}\0{label}\0{method}".encode()).hexdigest()[:8]
+    return f"{stem}.label{label}.{method}.{style}.{digest}.png"
+
+
+def render_row(row: dict, image: np.ndarray, options: RenderOptions) -> np.ndarray:
+    """One row's overlay as an RGB array."""
+    segments = decode_segments(row["segments"])
+    weights = np.asarray(row["weights"], np.float64)
+    style, k = options.style, options.num_features
+    if style == "boundaries":
+        return boundaries(image, segments, weights, k, options.positive_only)
+    if style == "heatmap":
+        return heatmap(image, segments, weights)
+    if style == "hide-rest":
+        return hide_rest(image, segments, weights, k, positive_only=options.positive_only)
+    if style == "side-by-side":
+        caption = None if options.blind else f"{row['explained_name']}  {row['explained_prob']:.2f}"
+        return side_by_side(image, boundaries(image, segments, weights, k, options.positive_only), caption)
+    raise ConfigError(f"unknown style {style!r}", "style")

@@ -1,10 +1,12 @@
 """The use cases: one module per command, each a library call the CLI and the job entrypoints make.
 
-``explain`` (the run itself), ``audit``, ``report``, ``stimuli``, ``render``,
-``evaluate``, ``train``, ``verify``, ``demo``. A command reads its inputs,
-calls the analysis and the distributed plumbing below it, and writes its
-outputs; it parses nothing (that is the CLI's) and is not imported from any
-layer below. Names are imported on first use, so the CLI's ``--help`` never
+``audit``, ``report``, ``stimuli``, ``render``, ``evaluate``, ``train``,
+``verify``, ``demo``; ``explain`` is the run itself
+(:func:`~xai_batch.distributed.run.run_explain`, exported here), which
+``audit`` and ``demo`` call as well. A command reads its inputs, calls the
+analysis and the distributed plumbing below it, and writes its outputs; it
+parses nothing (that is the CLI's), calls no other command, and is not
+imported from any layer below. Names are imported on first use, so the CLI's ``--help`` never
 loads torch or Ray.
 """
 
@@ -17,5 +19,5 @@ __all__ = ["JobResult", "run_explain"]
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("xai_batch.commands.explain"), name)
+        return getattr(importlib.import_module("xai_batch.distributed.run"), name)
     raise AttributeError(f"module 'xai_batch.commands' has no attribute {name!r}")

@@ -14,34 +14,20 @@ at a time, so an audit of a million images neither holds nor prints them all.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from xai_batch.analysis.findings import AuditTally, FailCondition, Thresholds, failed_conditions
+from xai_batch.analysis.findings import (
+    AUDIT_FILE, FINDINGS_FILE, FailCondition, Thresholds, audit_findings, failed_conditions,
+)
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ConfigError
 from xai_batch.labels import check_truth_meets_predictions, prediction_labeller, truth_labeller
-from xai_batch.manifest import SCHEMA, current_groups
-from xai_batch.commands.explain import JobResult, gather_inputs, run_explain
-from xai_batch.storage import join, locate, read_json, write_json
+from xai_batch.distributed.run import JobResult, gather_inputs, run_explain
+from xai_batch.storage import join, locate, write_json
 
-__all__ = ["AuditConfig", "AuditResult", "run_audit", "audit_findings", "load_audit", "AUDIT_FILE",
-           "FINDINGS_FILE", "FINDINGS_SCHEMA"]
-
-AUDIT_FILE = "audit.json"
-FINDINGS_FILE = "findings.parquet"
-FINDINGS_SCHEMA = pa.schema([  # a finding's kind, its image, and its kind's fields (null where another kind's)
-    ("kind", pa.string()), ("path", pa.string()), ("method", pa.string()), ("label", pa.string()),
-    ("error", pa.string()), ("true", pa.string()), ("predicted", pa.string()), ("prob", pa.float64()),
-    ("before", pa.string()), ("after", pa.string()), ("prob_before", pa.float64()), ("prob_after", pa.float64()),
-    ("file_changed", pa.bool_()), ("model_changed", pa.bool_()), ("iou", pa.float64()), ("on_object", pa.float64()),
-])
-AUDITED_COLUMNS = [name for name in SCHEMA.names if name not in ("segments", "heatmap")]  # what findings read
+__all__ = ["AuditConfig", "AuditResult", "run_audit"]
 
 
 @dataclass(frozen=True)
@@ -106,39 +92,3 @@ def run_audit(config: AuditConfig, progress: bool = True) -> AuditResult:
     }
     path = write_json(join(config.explain.out, AUDIT_FILE), document)
     return AuditResult(job=job, path=path, report=document, failed=failed)
-
-
-def audit_findings(out: str, previous: str | None, methods: set[str], truth, predicted, thresholds: Thresholds,
-                   num_features: int, findings_to: str | None = None) -> dict:
-    """The findings of ``out``'s rows of ``methods`` (an output may hold other methods' rows from other runs),
-    joined by path with ``previous``'s a group of images at a time, so neither manifest is held whole;
-    with ``findings_to``, every finding is written there (Parquet, :data:`FINDINGS_SCHEMA`) as it is found."""
-    outs = [out] if previous is None else [out, previous]
-    with contextlib.ExitStack() as stack:
-        found = None if findings_to is None else \
-            stack.enter_context(_FindingsWriter(stack.enter_context(locate(findings_to).atomic_writer())))
-        tally = AuditTally(truth, predicted, thresholds, num_features, compared=previous is not None, found=found)
-        for tables in current_groups(outs, AUDITED_COLUMNS):
-            current, *before = ([row for row in table.to_pylist() if row["method"] in methods] for table in tables)
-            tally.add(current, before[0] if before else None)
-    return tally.report()
-
-
-class _FindingsWriter(contextlib.AbstractContextManager):
-    """Each group's findings appended to a Parquet stream as rows of :data:`FINDINGS_SCHEMA`."""
-
-    def __init__(self, stream) -> None:
-        self.writer = pq.ParquetWriter(stream, FINDINGS_SCHEMA)
-
-    def __call__(self, findings: dict[str, list[dict]]) -> None:
-        rows = [{**finding, "kind": kind} for kind, found in findings.items() for finding in found]
-        if rows:
-            self.writer.write_table(pa.Table.from_pylist(rows, schema=FINDINGS_SCHEMA))
-
-    def __exit__(self, *exc) -> None:
-        self.writer.close()
-
-
-def load_audit(out: str) -> dict | None:
-    """``OUT/audit.json``, if ``OUT`` was audited."""
-    return read_json(join(out, AUDIT_FILE))

@@ -18,7 +18,7 @@ from xai_batch.analysis.findings import quality_summary
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import XaiBatchError
 from xai_batch.manifest import read_manifest
-from xai_batch.commands import run_explain
+from xai_batch.distributed.run import run_explain
 from xai_batch.synthetic import NO_OBJECT, generate_dataset
 from xai_batch.commands.train import TrainConfig, train_model
 

@@ -74,9 +74,10 @@ class _Classifier:
         import torch
 
         from xai_batch.engines import make_engine
+        from xai_batch.models import parse_checkpoint
 
         torch.set_num_threads(threads)
-        self.engine = make_engine(engine, checkpoint_bytes, precision, 256, threads)
+        self.engine = make_engine(engine, parse_checkpoint(checkpoint_bytes, check=False), precision, 256, threads)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["error"] == "")

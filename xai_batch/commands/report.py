@@ -21,15 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xai_batch.analysis.agreement import methods_in
-from xai_batch.analysis.findings import FINDINGS, Thresholds
+from xai_batch.analysis.findings import FINDINGS, Thresholds, audit_findings, load_audit
 from xai_batch.manifest import method_rows
 from xai_batch.errors import ConfigError
 from xai_batch.manifest.record import load_job_record
 from xai_batch.labels import prediction_labeller, truth_labeller
 from xai_batch.manifest import SCHEMA, current_groups
 from xai_batch.analysis.page import first_folders, folders_are_classes, gallery_rows, report_document, report_html
-from xai_batch.commands.audit import audit_findings, load_audit
-from xai_batch.commands.render import RenderOptions, chosen_methods, render_rows
+from xai_batch.analysis.overlays import RenderOptions
+from xai_batch.distributed.rendering import render_rows
+from xai_batch.manifest.reader import chosen_methods
 from xai_batch.storage import join, locate, redact
 
 __all__ = ["IMAGES", "EMBED_UP_TO", "ReportResult", "run_report"]

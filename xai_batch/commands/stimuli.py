@@ -1,7 +1,7 @@
 """``xai-batch stimuli``: a balanced, reproducible set of rendered explanations for a study.
 
-Selection is :mod:`xai_batch.analysis.design` (pure); drawing is the renderer's Ray
-tasks. Files are named by stimulus id in presentation order (``S001.png``),
+Selection is :mod:`xai_batch.analysis.design` (pure); drawing is
+:func:`~xai_batch.distributed.rendering.render_rows`. Files are named by stimulus id in presentation order (``S001.png``),
 so nothing in a file name tells a participant the class, the answer or the
 method; every method is drawn in the same style; ``stimuli.csv`` holds what
 the experimenter needs.
@@ -16,9 +16,11 @@ from xai_batch.analysis.agreement import methods_in
 from xai_batch.errors import ConfigError
 from xai_batch.manifest import SCHEMA
 from xai_batch.labels import prediction_labeller, truth_labeller
-from xai_batch.commands.render import RenderOptions, current_rows, manifest_methods, render_rows, write_csv
+from xai_batch.analysis.overlays import RenderOptions
+from xai_batch.distributed.rendering import render_rows
+from xai_batch.manifest.reader import manifest_methods, ok_rows
 from xai_batch.analysis.design import Design, annotate, select
-from xai_batch.storage import join
+from xai_batch.storage import join, write_csv
 
 __all__ = ["StimuliResult", "run_stimuli", "STIMULI_CSV", "COLUMNS"]
 
@@ -48,7 +50,7 @@ def run_stimuli(
     if every_method:
         present = [{"method": method} for method in manifest_methods(out)]
         design = dataclasses.replace(design, methods=tuple(methods_in(present)))
-    rows = [row for group in current_rows(out, design.methods, SELECTED_COLUMNS) for row in group]
+    rows = [row for group in ok_rows(out, design.methods, SELECTED_COLUMNS) for row in group]
     stimuli, short = select(annotate(rows, truth_labeller(labels), prediction_labeller(label_map), design), design)
     short_cells = {"/".join(cell): count for cell, count in short.items()}
     if short_cells and not allow_unbalanced:
@@ -59,7 +61,7 @@ def run_stimuli(
             "per_cell",
         )
     wanted = {(s.row["path"], s.method, s.row["explained_index"]): f"{s.stimulus_id}.png" for s in stimuli}
-    jobs = [(row, wanted[key]) for group in current_rows(out, design.methods) for row in group
+    jobs = [(row, wanted[key]) for group in ok_rows(out, design.methods) for row in group
             if (key := (row["path"], row["method"], row["explained_index"])) in wanted]
     rendered = render_rows(jobs, out, source, to, options, address, progress, insecure=insecure)
     entries = {(entry["path"], entry["method"], entry["label"]): entry for entry in rendered}

@@ -1,6 +1,8 @@
-"""Ray plumbing: connecting to a cluster, the model replicas, the two executors of the per-image plan
-(``pipeline`` for ``--stages workers``, ``replica_pipeline`` for ``--stages replica``), the Jobs API
-client, and Ray Train.
+"""Ray plumbing: connecting to a cluster (``cluster``), an explain run (``run``: what ``explain``,
+``audit`` and ``demo`` call), the model replicas (``replicas``) and one scheduler of their calls
+(``calls``), the two executors of the per-image plan (``pipeline`` for ``--stages workers``,
+``replica_pipeline`` for ``--stages replica``), overlays drawn as tasks (``rendering``: what ``render``,
+``stimuli`` and ``report`` call), the Jobs API client, and Ray Train.
 
 Nothing in here decides what an explanation is or what comes next for an
 image (:mod:`xai_batch.explaining`, the maths and the methods do) or what a

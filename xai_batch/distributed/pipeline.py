@@ -28,18 +28,22 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 import ray
+from tqdm import tqdm
 
+from xai_batch.config import ExplainConfig
 from xai_batch.errors import XaiBatchError, one_line
 from xai_batch.images import decode_memory
-from xai_batch.manifest import RowContext, error_row
+from xai_batch.manifest import DoneIndex, RowContext, error_row
 from xai_batch.manifest.lock import LeaseLost
+from xai_batch.manifest.record import RunCounts
 from xai_batch.distributed.calls import ReplicaCalls
+from xai_batch.distributed.replicas import Replicas
 from xai_batch.explaining.plan import Advanced, Finished, GradientPass, Outputs, Phase, advance, first_step, gathered
 from xai_batch.explaining.steps import ImageHeader, PreparedImage, prepare, unchanged_files
-from xai_batch.sources import PathQueue, image_root
+from xai_batch.sources import ImagePaths, PathQueue, image_root
 from xai_batch.storage import locate
 
-__all__ = ["ImageFlow", "Pipeline", "TASK_RETRIES", "decoding_memory", "describe_failure",
+__all__ = ["FlowInputs", "ImageFlow", "Pipeline", "TASK_RETRIES", "decoding_memory", "describe_failure",
            "lost_lease"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,23 @@ class _Chunk:
     gradient_method: str | None = None  # that gradient method's pass on the image instead of rows [start, stop)
 
 
+@dataclass(frozen=True)
+class FlowInputs:
+    """What a run hands the driver of either stage: its config, the images to go through and what is
+    already done (``reused``: of it, what was copied from another output), the model replicas, what every
+    row carries, the writer actor, the progress bar, and the counts the driver keeps."""
+
+    config: ExplainConfig
+    paths: ImagePaths
+    done: DoneIndex
+    reused: DoneIndex
+    replicas: Replicas
+    context: RowContext
+    writer: ray.actor.ActorHandle
+    bar: tqdm
+    counts: RunCounts
+
+
 def decoding_memory(max_pixels: int) -> int:
     """The memory a decoding task reserves in Ray's scheduler: what an image within ``max_pixels`` may take.
 
@@ -95,18 +116,18 @@ class ImageFlow:
     rows are never buffered after the manifest can no longer take them.
     """
 
-    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
-        self.config = config
-        self.todo = PathQueue(paths)
-        self.done = done
-        self.reused = reused
-        self.replicas = replicas
-        self.context = context
-        self.context_ref = ray.put(context)
-        self.writer = writer
-        self.bar = bar
-        self.counts = counts
-        self.source = locate(image_root(config.source))
+    def __init__(self, inputs: FlowInputs) -> None:
+        self.config = inputs.config
+        self.todo = PathQueue(inputs.paths)
+        self.done = inputs.done
+        self.reused = inputs.reused
+        self.replicas = inputs.replicas
+        self.context = inputs.context
+        self.context_ref = ray.put(inputs.context)
+        self.writer = inputs.writer
+        self.bar = inputs.bar
+        self.counts = inputs.counts
+        self.source = locate(image_root(inputs.config.source))
         self.busy: Counter[str] = Counter()
         self.writes: list[ray.ObjectRef] = []  # the writer's answers not yet checked
 
@@ -144,9 +165,9 @@ class ImageFlow:
     def skipped(self, path: str, unread: bool = False) -> None:
         """An image whose every method is already in the manifest for its content (or was reused); ``unread``
         when that was decided on its size and modification time, without opening it."""
-        self.counts["skipped"] += 1
-        self.counts["unread"] += unread
-        self.counts["reused"] += path in self.reused
+        self.counts.skipped += 1
+        self.counts.unread += unread
+        self.counts.reused += path in self.reused
         self.bar.update(1)
 
     def pass_over_unchanged(self) -> None:
@@ -186,10 +207,13 @@ class ImageFlow:
 
     def counted(self, ok: bool) -> None:
         """An image done, every method recorded: ``ok`` unless one of them failed."""
-        self.counts["ok" if ok else "error"] += 1
+        if ok:
+            self.counts.ok += 1
+        else:
+            self.counts.error += 1
         self.bar.update(1)
-        if self.counts["error"]:
-            self.bar.set_postfix(errors=self.counts["error"], refresh=False)
+        if self.counts.error:
+            self.bar.set_postfix(errors=self.counts.error, refresh=False)
 
 
 class Pipeline(ImageFlow):
@@ -215,8 +239,9 @@ class Pipeline(ImageFlow):
         """Lime's own quickshift segments each image in its task: no image is segmented on a device."""
         return None
 
-    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
-        super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
+    def __init__(self, inputs: FlowInputs) -> None:
+        super().__init__(inputs)
+        config, replicas = inputs.config, inputs.replicas
         self.prepare_task = self.decoding_task(prepare, num_returns=1 + len(config.methods))
         self.advance_task = ray.remote(num_returns=3, max_retries=TASK_RETRIES)(_advance_from_chunks)
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import ray
 
 from xai_batch.distributed.calls import CALLS_PER_REPLICA, ReplicaCalls
-from xai_batch.distributed.pipeline import TASK_RETRIES, ImageFlow, describe_failure
+from xai_batch.distributed.pipeline import TASK_RETRIES, FlowInputs, ImageFlow, describe_failure
 from xai_batch.explaining.steps import ImageHeader, decode
 from xai_batch.explaining.whole import maths_on_device
 from xai_batch.manifest import error_row
@@ -77,8 +77,9 @@ class ReplicaPipeline(ImageFlow):
 
     ran_on = "replica"
 
-    def __init__(self, config, paths, done, reused, replicas, context, writer, bar, counts) -> None:
-        super().__init__(config, paths, done, reused, replicas, context, writer, bar, counts)
+    def __init__(self, inputs: FlowInputs) -> None:
+        super().__init__(inputs)
+        config, replicas = inputs.config, inputs.replicas
         self.config_ref = ray.put(config)
         self.decode_task = self.decoding_task(decode, num_returns=2)
         self.max_decoding = max(1, int(ray.cluster_resources().get("CPU", 1)))

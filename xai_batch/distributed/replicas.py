@@ -34,11 +34,12 @@ class ModelReplica:
         import torch
 
         from xai_batch.engines import make_engine
+        from xai_batch.models import parse_checkpoint
 
         torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
         self.threads = threads
-        self.engine = make_engine(engine, checkpoint_bytes, precision, batch_size, threads)
-        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver; parsed once
+        self.engine = make_engine(engine, self._checkpoint, precision, batch_size, threads)
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
@@ -99,7 +100,7 @@ class ModelReplica:
         model on the engine's device) is built the first time it is asked for."""
         if method not in self._gradient_passes:
             self._gradient_passes[method] = get_method(method).gradient_pass(
-                self._checkpoint_bytes, str(self.engine.device), self._layer)
+                self._checkpoint, str(self.engine.device), self._layer)
         return self._gradient_passes[method](prepared.image, top_labels)
 
     def _worked(self, stages: dict[str, float], started: float) -> None:

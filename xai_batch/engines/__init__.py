@@ -27,11 +27,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from xai_batch.errors import ConfigError
+
+if TYPE_CHECKING:  # choosing an engine needs no torch
+    from xai_batch.models import LoadedCheckpoint
 
 __all__ = [
     "Engine", "ENGINES", "PRECISIONS", "check_engine", "engine_name", "make_engine",
@@ -97,23 +100,20 @@ def engine_name(requested: str, cuda: bool, precision: str = "fp32", file_format
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
 
 
-def make_engine(requested: str, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int) -> Engine:
-    """The engine a replica holds, for this process's device."""
+def make_engine(requested: str, loaded: LoadedCheckpoint, precision: str, batch_size: int, threads: int) -> Engine:
+    """The engine a replica holds, for this process's device, for the checkpoint it parsed."""
     import torch
 
-    from xai_batch.models import parse_checkpoint
-
-    fmt = parse_checkpoint(checkpoint_bytes, check=False).file_format
-    if engine_name(requested, torch.cuda.is_available(), precision, fmt) == "onnxruntime":
+    if engine_name(requested, torch.cuda.is_available(), precision, loaded.file_format) == "onnxruntime":
         from xai_batch.engines.onnx_engine import NotExportable, OnnxEngine
 
         try:
-            return OnnxEngine(checkpoint_bytes, batch_size=batch_size, threads=threads)
+            return OnnxEngine(loaded, batch_size=batch_size, threads=threads)
         except NotExportable as exc:
             log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
     from xai_batch.engines.torch_engine import TorchEngine
 
-    return TorchEngine(checkpoint_bytes, precision=precision, batch_size=batch_size)
+    return TorchEngine(loaded, precision=precision, batch_size=batch_size)
 
 
 def __getattr__(name: str):

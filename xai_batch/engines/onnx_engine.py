@@ -33,7 +33,7 @@ import torch
 
 from xai_batch.engines.torch_engine import normalise
 from xai_batch.errors import ModelError, one_line
-from xai_batch.models import LoadedCheckpoint, build_model, parse_checkpoint
+from xai_batch.models import LoadedCheckpoint, build_model
 
 __all__ = ["OnnxEngine", "ONNX_BATCH", "NotExportable", "onnx_model"]
 
@@ -52,10 +52,10 @@ class OnnxEngine:
     thread would take (13% faster at 16 samples on 2 cores: BENCHMARKS.md).
     """
 
-    def __init__(self, checkpoint_bytes: bytes, batch_size: int = 256, threads: int = 1) -> None:
+    def __init__(self, loaded: LoadedCheckpoint, batch_size: int = 256, threads: int = 1) -> None:
+        """``loaded`` is the checkpoint as the driver checked it and the replica parsed it, once."""
         import onnxruntime
 
-        loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
         self.num_classes = len(loaded.class_names)
         self.preprocessing = loaded.preprocessing
         self.batch_size = min(batch_size, ONNX_BATCH)
@@ -65,7 +65,7 @@ class OnnxEngine:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
-            onnx_model(checkpoint_bytes, loaded), options, providers=["CPUExecutionProvider"])
+            onnx_model(loaded), options, providers=["CPUExecutionProvider"])
         self.version = f"onnxruntime {onnxruntime.__version__}"
         self.input_name = self.session.get_inputs()[0].name  # ours is 'input'; a model file's is its own
         fixed = self.session.get_inputs()[0].shape[0]
@@ -109,7 +109,7 @@ class OnnxEngine:
         return out
 
 
-def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
+def onnx_model(loaded: LoadedCheckpoint) -> bytes:
     """The checkpoint as a serialized ONNX model (dynamic batch axis), exported once and cached.
 
     The cache key is the checkpoint's SHA-256 and the versions of torch and
@@ -128,7 +128,7 @@ def onnx_model(checkpoint_bytes: bytes, loaded: LoadedCheckpoint) -> bytes:
     if loaded.file_format == "onnx":  # a model file runs as it came
         return loaded.model_file
     versions = f"torch {torch.__version__}, onnxruntime {metadata.version('onnxruntime')}"
-    key = hashlib.sha256(checkpoint_bytes + versions.encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{loaded.digest} {versions}".encode()).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XAI_BATCH_CACHE", os.path.expanduser("~/.cache/xai-batch")), "onnx")
     name = f"{loaded.arch}-{key}.onnx"
     cache = _cache_folder(folder)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from xai_batch.maths.perturbation import perturb
-from xai_batch.models import build_model, parse_checkpoint
+from xai_batch.models import LoadedCheckpoint, build_model
 from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = ["TorchEngine", "DEVICE_BATCH", "normalise", "exact_fp32"]
@@ -59,12 +59,12 @@ class TorchEngine:
     """
 
     def __init__(
-        self, checkpoint_bytes: bytes, precision: str = "fp32", batch_size: int = 256, device: str | None = None
+        self, loaded: LoadedCheckpoint, precision: str = "fp32", batch_size: int = 256, device: str | None = None
     ) -> None:
+        """``loaded`` is the checkpoint as the driver checked it and the replica parsed it, once."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision == "fp32":
             exact_fp32(self.device)
-        loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
         if loaded.file_format == "torchscript":
             model = torch.jit.load(io.BytesIO(loaded.model_file), map_location="cpu").eval()
         else:

@@ -2,9 +2,9 @@
 
 ``schema`` (the columns), ``rows`` (what a row holds, how one is built, its
 PNGs, the quality columns), ``writer`` (atomic part files), ``reader`` (the
-current rows), ``resume`` (what an output already holds, reuse of another's
-rows), ``record`` (``job.json``), ``lock`` (one run at a time into an
-output). May import the methods, storage and errors;
+current rows, and the ``ok`` rows of chosen methods), ``resume`` (what an
+output already holds, reuse of another's rows), ``record`` (``job.json``: a
+run's entry and its counts), ``lock`` (one run at a time into an output). May import the methods, storage and errors;
 nothing of Ray, the pipeline or the commands.
 """
 

@@ -47,13 +47,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from xai_batch.errors import XaiBatchError, one_line
+from xai_batch.errors import ConfigError, XaiBatchError, one_line
 from xai_batch.manifest.schema import ADDED, MANIFEST_DIR, SCHEMA
 from xai_batch.methods import LIME
 from xai_batch.storage import locate
 
 __all__ = ["read_manifest", "current_groups", "manifest_dataset", "ManifestError", "GROUP_ROWS", "part_problem",
-           "schema_problem", "run_id_problem"]
+           "schema_problem", "run_id_problem", "ok_rows", "manifest_methods", "chosen_methods"]
 
 GROUP_ROWS = 8192  # rows (all runs) a group holds at most on average: ~50 MB of Arrow with every column
 SCAN_ROWS = 8192  # rows read at a time while spreading a manifest over its groups (~50 MB; ~64 rows a group)
@@ -147,6 +147,37 @@ def current_rows(table: pa.Table, once: bool = True) -> pa.Table:
         return table.take(pa.array(np.sort(joined["row"].to_numpy())))
     once = joined.group_by(["path", "method", "explained_index"], use_threads=False).aggregate([("row", "min")])
     return table.take(pa.array(np.sort(once["row_min"].to_numpy())))
+
+
+def ok_rows(out: str, methods: tuple[str, ...] = (), columns: list[str] | None = None) -> Iterator[list[dict]]:
+    """The manifest's current ``ok`` rows of ``methods`` (default all), a group of images at a time
+    (:func:`~xai_batch.manifest.current_groups`); a usage error if there is no manifest or it lacks a
+    method asked for."""
+    chosen_methods([{"method": method} for method in manifest_methods(out)], methods)
+    columns = None if columns is None else list(dict.fromkeys([*columns, "status"]))
+    return (chosen_methods(table.filter(pc.equal(table.column("status"), "ok")).to_pylist(), methods)
+            for (table,) in current_groups([out], columns))
+
+
+def manifest_methods(out: str) -> list[str]:
+    """The methods with current rows in ``out``, sorted; a usage error if there is no manifest."""
+    present: set[str] = set()
+    for (table,) in current_groups([out], ["method"]):
+        present |= set(table["method"].to_pylist())
+    if not present:
+        raise ConfigError(f"no manifest under {out!r}: run xai-batch explain first", "out")
+    return sorted(present)
+
+
+def chosen_methods(rows: list[dict], methods: tuple[str, ...]) -> list[dict]:
+    """The rows of ``methods`` (all rows when empty); a usage error names a method the manifest lacks."""
+    if not methods:
+        return rows
+    missing = [method for method in methods if not any(row["method"] == method for row in rows)]
+    if rows and missing:
+        present = ", ".join(sorted({row["method"] for row in rows}))
+        raise ConfigError(f"the manifest has no {missing[0]} explanations (it has {present})", "methods")
+    return [row for row in rows if row["method"] in methods]
 
 
 def _with_keys(columns: Sequence[str]) -> list[str]:

@@ -21,8 +21,12 @@ import hashlib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where a gradient pass is built, not with the registry
+    from xai_batch.models import LoadedCheckpoint
 
 __all__ = [
     "METHODS", "DEFAULT_METHOD", "LIME", "Attribution", "Method", "PerturbationMethod", "GradientMethod", "GradientOutputs",
@@ -111,7 +115,7 @@ class GradientOutputs:
 class GradientMethod(abc.ABC):
     """A method that explains from the model's gradients on the image itself (Grad-CAM).
 
-    ``gradient_pass(checkpoint_bytes, device, layer)`` builds, once per model
+    ``gradient_pass(loaded, device, layer)`` builds from the parsed checkpoint, once per model
     replica, what the replica calls with a (crop, crop, 3) uint8 image and the
     number of labels to explain; it returns :class:`GradientOutputs`.
     ``attribute(rows, segments, outputs, labels, seed, num_samples)`` turns
@@ -124,7 +128,7 @@ class GradientMethod(abc.ABC):
 
     @abc.abstractmethod
     def gradient_pass(
-        self, checkpoint_bytes: bytes, device: str, layer: str | None = None
+        self, loaded: LoadedCheckpoint, device: str, layer: str | None = None
     ) -> Callable[[np.ndarray, int], GradientOutputs]:
         """``layer`` is the dotted path of the layer to explain; None for the method's default for the family."""
 

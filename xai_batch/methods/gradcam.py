@@ -16,9 +16,14 @@ segments.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from xai_batch.methods import Attribution, GradientMethod, GradientOutputs, explained_labels
+
+if TYPE_CHECKING:  # torch is imported where a pass is built, not with the method
+    from xai_batch.models import LoadedCheckpoint
 
 __all__ = ["GradCamMethod", "GradCam", "METHOD", "TARGET_LAYERS", "superpixel_means", "target_layer", "reshape_for"]
 
@@ -90,14 +95,13 @@ class GradCam:
     them) and one (crop, crop) float32 heatmap in [0, 1] per label.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, device: str | None = None, layer: str | None = None) -> None:
+    def __init__(self, loaded: LoadedCheckpoint, device: str | None = None, layer: str | None = None) -> None:
         import torch
         from pytorch_grad_cam import GradCAM
 
         from xai_batch.engines.torch_engine import exact_fp32
-        from xai_batch.models import build_model, parse_checkpoint
+        from xai_batch.models import build_model
 
-        loaded = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         exact_fp32(self.device)  # the map of fp32 gradients, not TF32's
         self.model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict).to(self.device).eval()
@@ -139,8 +143,8 @@ class _Ranked:
 class GradCamMethod(GradientMethod):
     name = "gradcam"
 
-    def gradient_pass(self, checkpoint_bytes: bytes, device: str, layer: str | None = None) -> GradCam:
-        return GradCam(checkpoint_bytes, device, layer)
+    def gradient_pass(self, loaded: LoadedCheckpoint, device: str, layer: str | None = None) -> GradCam:
+        return GradCam(loaded, device, layer)
 
     def attribute(
         self, rows: np.ndarray, segments: np.ndarray, outputs: GradientOutputs, labels: list[int], seed: int,

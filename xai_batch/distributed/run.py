@@ -1,4 +1,4 @@
-"""``xai-batch explain``: files in, manifest out, the work on Ray.
+"""An explain run: files in, manifest out, the work on Ray; what ``explain``, ``audit`` and ``demo`` call.
 
 The model and the output folder are checked before Ray starts, so a bad
 checkpoint or a clash with earlier results costs no cluster time; then the
@@ -6,7 +6,7 @@ run resumes what ``out`` already holds (:mod:`xai_batch.manifest.resume`),
 starts the model replicas and a writer actor, moves every image through the
 workers' stage (:mod:`xai_batch.distributed.pipeline`) or the replica's
 (:mod:`xai_batch.distributed.replica_pipeline`), as ``--stages`` chooses, and
-records the run in ``job.json``.
+keeps its entry in ``job.json`` (:class:`~xai_batch.manifest.record.RunRecord`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import check_join, connected
-from xai_batch.distributed.pipeline import Pipeline, describe_failure, lost_lease
+from xai_batch.distributed.pipeline import FlowInputs, Pipeline, describe_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.explaining.steps import STAGES
@@ -33,9 +33,9 @@ from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.sources import ImagePaths, discover_images
 from xai_batch.manifest.lock import OutputLock
 from xai_batch.manifest import (
-    MANIFEST_DIR, DoneIndex, ManifestWriter, RowContext, load_job_record, manifest_counts, new_run_id, resume_state,
-    reuse_rows, software_versions, write_job_record,
+    MANIFEST_DIR, DoneIndex, ManifestWriter, RowContext, manifest_counts, new_run_id, resume_state, reuse_rows,
 )
+from xai_batch.manifest.record import RunCounts, RunRecord
 from xai_batch.methods import METHODS
 from xai_batch.model_files import check_file_runs
 from xai_batch.models import ModelSource, resolve_model
@@ -122,7 +122,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     (another took it over) stops at its next part and writes nothing more, ``job.json`` included."""
     run_id = lease.run_id
     model = inputs.model
-    record = load_job_record(config.out)  # read first: a damaged record stops the run before anything is deleted
+    record = RunRecord(config.out)  # read first: a damaged record stops the run before anything is deleted
     done = resume_state(config.out, {config_hash(config, model.model_id, method, model.preprocessing)
                                      for method in METHODS},
                         config.overwrite)
@@ -131,20 +131,10 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         log.warning("no image files under %s", config.source)
     reused = reuse_rows(config.out, config.reuse, hashes, paths) if config.reuse else DoneIndex.of_rows([])
     done = done.merged(reused)  # a copy of a file that changed since is redone like any other
-    record.update(
-        config=config.to_dict(),
-        model_id=model.model_id,
-        preprocessing=model.preprocessing.to_dict(),
-        config_hashes=hashes,
-        versions=software_versions(),
-        state="running",
-    )
-    run = {"run_id": run_id, "config_hashes": hashes, "state": "running", "started": _iso(started),
-           **({"overwrite": True} if config.overwrite else {})}  # the runs before it keep their record
-    record["runs"] = [*record.get("runs", []), run]
-    write_job_record(config.out, record)
-    counts = {"images": len(paths), "ok": 0, "error": 0, "skipped": 0, "reused": 0, "unread": 0, "rows": 0}
+    record.start(run_id, started, config.to_dict(), model.model_id, model.preprocessing, hashes, config.overwrite)
+    counts = RunCounts(images=len(paths))
     timings: dict[str, float] = {}
+    state, error = "failed", None
     try:
         with connected(config.address, config.insecure):
             timings["ray_start_seconds"] = time.time() - started
@@ -153,8 +143,8 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                                 config.engine, config.target_layer)
             context = dataclasses.replace(
                 context, engine=", ".join(sorted({replica["engine"] for replica in replicas.placement})))
-            record["engine"] = context.engine
-            run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
+            record.document["engine"] = context.engine
+            record.run["ray"] = {"replicas": replicas.placement, "cluster_resources": ray.cluster_resources()}
             models_ready = time.time()
             timings["model_load_seconds"] = models_ready - started - timings["ray_start_seconds"]
             bar = tqdm(total=len(paths), unit="img", desc="explain", disable=not progress, dynamic_ncols=True,
@@ -162,74 +152,65 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
             writer = ray.remote(num_cpus=0)(ManifestWriter).remote(
                 config.out, run_id, seconds_per_part=config.flush_seconds, leased=True
             )
-            pipeline_class = pipeline_for(config.stages, replicas.placement)
-            pipeline = pipeline_class(config, paths, done, reused, replicas, context, writer, bar, counts)
+            pipeline = pipeline_for(config.stages, replicas.placement)(
+                FlowInputs(config, paths, done, reused, replicas, context, writer, bar, counts))
             unwritten = None
             try:
                 pipeline.run()
             finally:
                 bar.close()
                 try:
-                    counts["rows"] = ray.get(writer.close.remote())
+                    counts.rows = ray.get(writer.close.remote())
                 except ray.exceptions.RayError as exc:  # the last rows could not be written
                     unwritten = lost_lease(exc) or XaiBatchError(
                         f"writing the manifest failed: {describe_failure(exc)}")
-                run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
+                record.run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
-                    run["stages"] = _stage_times(pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()),
-                                                 pipeline.ran_on, pipeline.settled, pipeline.segmented_per_call())
+                    record.run["stages"] = _stage_times(
+                        pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()), pipeline.ran_on,
+                        pipeline.settled, pipeline.segmented_per_call())
                 except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
                     log.warning("no stage times: a replica or the writer is gone")
                 replicas.shutdown()
             if unwritten is not None:
                 raise unwritten
             timings["explain_seconds"] = time.time() - models_ready
-            worked = counts["ok"] + counts["error"]
-            timings["images_per_second"] = worked / max(timings["explain_seconds"], 1e-9)
-        run["state"] = "completed"
+            timings["images_per_second"] = (counts.ok + counts.error) / max(timings["explain_seconds"], 1e-9)
+        state = "completed"
     except KeyboardInterrupt:
-        run["state"] = "interrupted"
+        state = "interrupted"
         raise
     except BaseException as exc:
-        run["state"] = "failed"
-        run["error"] = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         finished = time.time()
         timings["seconds"] = finished - started
-        run.update(
-            finished=_iso(finished),
-            counts=dict(counts),
-            timings={name: round(value, 4) for name, value in timings.items()},
-        )
-        record["state"] = run["state"]
-        if lease.holds():  # else the output is another run's now: its record is not ours to write
-            record["counts"] = manifest_counts(config.out)
-            write_job_record(config.out, record)
+        # the record is written only while the output is this run's: else it is another run's to write
+        record.finish(state, finished, counts, timings, manifest_counts(config.out) if lease.holds() else None, error)
     lease.check()
     return JobResult(
         out=config.out,
         manifest=join(config.out, MANIFEST_DIR),
         run_id=run_id,
         images=len(paths),
-        ok=counts["ok"],
-        errors=counts["error"],
-        skipped=counts["skipped"],
-        rows=counts["rows"],
+        ok=counts.ok,
+        errors=counts.error,
+        skipped=counts.skipped,
+        rows=counts.rows,
         seconds=timings["seconds"],
-        reused=counts["reused"],
-        unread=counts["unread"],
+        reused=counts.reused,
+        unread=counts.unread,
     )
 
 
 def _check_target_layer(model: ModelSource, path: str) -> None:
     """Refuse, before Ray starts, a --target-layer the model does not have (the network is built once for it)."""
     from xai_batch.methods.gradcam import target_layer
-    from xai_batch.models import build_model, parse_checkpoint
+    from xai_batch.models import build_model
 
-    loaded = parse_checkpoint(model.checkpoint_bytes, check=False)
     try:
-        target_layer(build_model(loaded.arch, len(loaded.class_names)), loaded.arch, path)
+        target_layer(build_model(model.arch, model.num_classes), model.arch, path)
     except ValueError as exc:
         raise ConfigError(str(exc), "target_layer") from exc
 
@@ -264,6 +245,3 @@ def _stage_times(busy: Mapping[str, float], replicas: list[tuple[dict[str, float
             "replica_waiting": waiting, "ran_on": ran_on, "settled_pixels": settled,
             "images_per_device_call": segmented_per_call}
 
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
