@@ -227,7 +227,7 @@ def compare_auto(fixed_out: str, auto_out: str, num_samples: int, max_samples: i
 def auto_on_shapes(work: str, num_samples: int, max_samples: int, extra: list[str]) -> dict:
     """``auto`` against a fixed count on generated shapes, explained by a ResNet18 trained on them."""
     from xai_batch.synthetic import generate_dataset
-    from xai_batch.commands.train import TrainConfig, train_model
+    from xai_batch.distributed.training import TrainConfig, train_model
 
     generate_dataset(os.path.join(work, "train"), per_class=20, seed=0)
     held_out = generate_dataset(os.path.join(work, "held-out"), per_class=2, seed=1, shapes=SHAPES[:3])

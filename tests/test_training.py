@@ -9,7 +9,7 @@ from xai_batch.engines import TorchEngine
 from xai_batch.images import load_image
 from xai_batch.manifest import read_manifest
 from xai_batch.models import parse_checkpoint
-from xai_batch.commands.train import _Local, _recalibrate_batchnorm, class_folders, stratified_split
+from xai_batch.distributed.training import _Local, _recalibrate_batchnorm, class_folders, stratified_split
 from xai_batch.synthetic import generate_dataset
 
 

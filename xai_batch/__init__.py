@@ -24,12 +24,12 @@ _EXPORTS = {
     "METHODS": "xai_batch.methods",
     "ModelError": "xai_batch.errors",
     "SCHEMA": "xai_batch.manifest",
-    "TrainConfig": "xai_batch.commands.train",
-    "TrainResult": "xai_batch.commands.train",
+    "TrainConfig": "xai_batch.distributed.training",
+    "TrainResult": "xai_batch.distributed.training",
     "XaiBatchError": "xai_batch.errors",
     "read_manifest": "xai_batch.manifest",
     "run_explain": "xai_batch.commands",
-    "train_model": "xai_batch.commands.train",
+    "train_model": "xai_batch.distributed.training",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -911,7 +911,7 @@ def train(data_dir: str, out: str, **options) -> None:
     each epoch, restarts from it when a worker dies); DATA_DIR must then be on
     storage every worker's node reaches. The checkpoint format is the same.
     """
-    from xai_batch.commands.train import TrainConfig, train_model
+    from xai_batch.distributed.training import TrainConfig, train_model
 
     crop, resize = options.pop("input_size"), options.pop("resize")
     resize = resize or round(crop * SEEDS.resize / SEEDS.crop)

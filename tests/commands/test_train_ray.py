@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from xai_batch.cli import cli
 from xai_batch.models import parse_checkpoint
-from xai_batch.commands.train import TrainConfig, train_model
+from xai_batch.distributed.training import TrainConfig, train_model
 from xai_batch.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,10 @@
 """The use cases: one module per command, each a library call the CLI and the job entrypoints make.
 
-``audit``, ``report``, ``stimuli``, ``render``, ``evaluate``, ``train``,
-``verify``, ``demo``; ``explain`` is the run itself
+``audit``, ``report``, ``stimuli``, ``render``, ``evaluate``, ``verify``,
+``demo``. ``explain`` is the run itself
 (:func:`~xai_batch.distributed.run.run_explain`, exported here), which
-``audit`` and ``demo`` call as well. A command reads its inputs, calls the
+``audit`` and ``demo`` call as well, and ``train`` is
+:func:`~xai_batch.distributed.training.train_model`, which ``demo`` calls. A command reads its inputs, calls the
 analysis and the distributed plumbing below it, and writes its outputs; it
 parses nothing (that is the CLI's), calls no other command, and is not
 imported from any layer below. Names are imported on first use, so the CLI's ``--help`` never

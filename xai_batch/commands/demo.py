@@ -20,7 +20,7 @@ from xai_batch.errors import XaiBatchError
 from xai_batch.manifest import read_manifest
 from xai_batch.distributed.run import run_explain
 from xai_batch.synthetic import NO_OBJECT, generate_dataset
-from xai_batch.commands.train import TrainConfig, train_model
+from xai_batch.distributed.training import TrainConfig, train_model
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 

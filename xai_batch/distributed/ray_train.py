@@ -4,7 +4,7 @@ Each worker runs the loop with a :class:`RayTrainPlace`: its rank and device,
 the model wrapped for DDP, sums all-reduced, and a checkpoint from rank 0
 after each epoch, from which Ray Train restarts the workers when one dies.
 The loop is the same one that trains in a single process
-(:mod:`xai_batch.commands.train`); this module knows nothing of what it trains.
+(:mod:`xai_batch.distributed.training`); this module knows nothing of what it trains.
 """
 
 from __future__ import annotations

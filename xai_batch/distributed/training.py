@@ -15,7 +15,7 @@ a ``TorchTrainer`` of N workers with DDP, each on its share of the batches,
 the validation split sharded and its sums all-reduced, a checkpoint each
 epoch from which Ray Train restarts the workers when one dies. Both paths
 run the same epoch loop, stop early on the validation loss, and write the
-same checkpoint format.
+same checkpoint format. What ``train`` and ``demo`` call.
 """
 
 from __future__ import annotations
