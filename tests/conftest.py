@@ -17,6 +17,17 @@ from xai_batch.synthetic import SHAPES, generate_dataset
 # (set before Ray starts, so its workers inherit it).
 os.environ["XAI_BATCH_CACHE"] = tempfile.mkdtemp(prefix="xai-batch-test-cache-")
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts with this process's torch thread count: a model replica built in the test process
+    sets it to its share of the CPUs, and every later test would otherwise run torch on one core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 PHOTOS = {"cat/chelsea.jpg": "chelsea", "people/astronaut.png": "astronaut", "coffee.jpg": "coffee"}
 
 

@@ -65,7 +65,7 @@ def test_train_builds_any_torchvision_architecture_and_every_tool_loads_it(ray_s
     loaded = parse_checkpoint(checkpoint_bytes(str(out)))
     assert loaded.arch == arch and loaded.class_names == ("disc", "none", "square", "triangle")
     evaluated = CliRunner().invoke(cli, ["evaluate", shapes_data["holdout"], "--checkpoint", str(out), "--out",
-                                         str(tmp_path / "eval.json"), "--no-progress"])
+                                         str(tmp_path / "eval.json"), "--engine", engine, "--no-progress"])
     assert evaluated.exit_code == 0 and "6 images, 0 errors; accuracy" in evaluated.output, evaluated.output
     explained = CliRunner().invoke(cli, ["explain", shapes_data["holdout"], "--out", str(tmp_path / "run"),
                                          "--checkpoint", str(out), "--num-samples", "40", "--seed", "5",

@@ -239,7 +239,7 @@ def test_relative_paths_are_refused_for_a_remote_cluster(tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "Invalid value for '--checkpoint': 'nope.pt' is not a file" in missing.output
 
 
-def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
+def test_two_node_cluster_shares_the_work(three_shapes, shapes_model, tmp_path):
     """Two raylets on this machine (ray.cluster_utils.Cluster), each with its own custom resource."""
     out = str(tmp_path / "out")
     driver = textwrap.dedent(f"""
@@ -249,7 +249,7 @@ def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
         cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "resources": {{"head_node": 1}}}})
         cluster.add_node(num_cpus=1, resources={{"second_node": 1}})
         ray.init(address=cluster.address, logging_level=logging.ERROR)
-        result = run_explain(ExplainConfig(source={shapes_data["holdout"]!r}, out={out!r},
+        result = run_explain(ExplainConfig(source={three_shapes!r}, out={out!r},
                                            checkpoint={shapes_model!r}, num_samples=32, batch_size=8,
                                            actors=2), progress=False)
         nodes = {{n["NodeID"]: sorted(n["Resources"]) for n in ray.nodes() if n["Alive"]}}
@@ -276,8 +276,8 @@ def test_two_node_cluster_shares_the_work(shapes_data, shapes_model, tmp_path):
     assert placed == {by_resource["head_node"], by_resource["second_node"]}  # one replica on each node
     worked = run["ray"]["chunks_by_node"]
     assert worked[by_resource["head_node"]] > 0 and worked[by_resource["second_node"]] > 0
-    assert sum(worked.values()) == 6 * 4
-    assert_verified(out, shapes_data["holdout"])
+    assert sum(worked.values()) == 3 * 4  # 32 samples in calls of 8
+    assert_verified(out, three_shapes)
 
 
 def test_a_torchscript_checkpoint_ships_with_its_json_and_keeps_its_prefix(tmp_path):

@@ -23,17 +23,23 @@ pytestmark = pytest.mark.slow
 _ON_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("engine, stages", [
-    ("torch", "workers"), ("onnxruntime", "workers"), ("torch", "replica"),
-    pytest.param("torch", "auto", marks=_ON_CUDA, id="cuda-auto-is-the-replica"),
+@pytest.mark.parametrize("engine, stages, actors, per_call", [
+    ("torch", "workers", 1, None), ("onnxruntime", "workers", 2, None),
+    ("torch", "replica", 1, 4), ("torch", "replica", 2, 1), ("onnxruntime", "replica", 2, 2),
+    pytest.param("torch", "auto", 1, None, marks=_ON_CUDA, id="cuda-auto-is-the-replica"),
 ])
-def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, engine, stages):
-    """Every CPU engine's LIME is lime's own, with the seed's torch batch_predict as the model, wherever
-    the stages run: with ``replica`` the segments are the torch port's, checked against lime's own (the
-    engine a GPU replica runs; ONNX Runtime's replica rows equal its workers': the test below)."""
+def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_checkpoint, tmp_path, monkeypatch,
+                                                  engine, stages, actors, per_call):
+    """Every CPU engine's LIME is lime's own (0.2.0.1), with the seed's torch batch_predict as the model,
+    whatever executes it: the workers' stage (its calls of ``batch_size`` sample rows spread over one or two
+    replicas) or the replica's (whole images in calls of 1, 2 or 4, on one or two replicas); on CUDA,
+    ``auto``'s replica with the torch port of quickshift and the surrogate."""
+    if per_call is not None:  # how the driver groups decoded images into a replica's calls
+        monkeypatch.setattr("xai_batch.distributed.replica_pipeline.IMAGES_PER_CPU_CALL", per_call)
     num_samples = 60  # two calls of the batch size below, the second short
     config = ExplainConfig(source=photos, out=str(tmp_path / "run"), checkpoint=random_checkpoint,
-                           num_samples=num_samples, seed=42, batch_size=50, engine=engine, stages=stages)
+                           num_samples=num_samples, seed=42, batch_size=50, engine=engine, stages=stages,
+                           actors=actors)
     result = run_explain(config, progress=False)
     assert (result.images, result.ok, result.errors, result.rows) == (3, 3, 0, 3)
     table = read_manifest(config.out)
@@ -44,7 +50,11 @@ def test_fp32_manifest_equals_lime_on_real_photos(ray_session, photos, random_ch
     assert record["counts"] == {"images": 3, "ok": 3, "error": 0, "rows": 3}
     assert record["versions"]["lime"] == "0.2.0.1" and record["config"]["num_samples"] == num_samples
     assert record["engine"].split()[0] == engine and set(table.column("engine").to_pylist()) == {record["engine"]}
-    assert record["runs"][-1]["stages"]["ran_on"] == ("replica" if stages == "auto" else stages)  # auto: on CUDA
+    ran = record["runs"][-1]
+    assert ran["stages"]["ran_on"] == ("replica" if stages == "auto" else stages)  # auto: on CUDA
+    assert len(ran["ray"]["replicas"]) == actors
+    if per_call is not None:  # every image explained in a replica call
+        assert sum(ran["ray"]["images_by_node"].values()) == 3
 
 
 def _explain(source, out, checkpoint, num_samples=96, **options):
@@ -52,19 +62,6 @@ def _explain(source, out, checkpoint, num_samples=96, **options):
     run_explain(config, progress=False)
     assert_verified(out, source)
     return read_manifest(out).to_pylist()
-
-
-def test_same_manifest_whatever_the_actors_and_batch_size(ray_session, three_shapes, shapes_model, tmp_path):
-    # 48 samples an image: one call of all of them, against calls of 17, 17 and 14 spread over two replicas
-    one = _explain(three_shapes, str(tmp_path / "one"), shapes_model, num_samples=48, actors=1, batch_size=256)
-    two = _explain(three_shapes, str(tmp_path / "two"), shapes_model, num_samples=48, actors=2, batch_size=17)
-    assert len(one) == len(two) == 3
-    for a, b in zip(one, two):
-        for column in ("path", "sha256", "status", "seed", "segments", "mask", "pred_index", "explained_index",
-                       "topk_index", "num_segments", "config_hash"):
-            assert a[column] == b[column], (a["path"], column)
-        np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-6, rtol=0)
-        np.testing.assert_allclose(a["topk_prob"], b["topk_prob"], atol=1e-6, rtol=0)
 
 
 def test_same_manifest_whatever_the_stages(ray_session, shapes_data, shapes_model, tmp_path):

@@ -73,11 +73,11 @@ def test_two_workers_survive_a_killed_worker_and_make_a_checkpoint_the_tools_loa
     assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"], result.metrics
     runner = CliRunner()
     evaluated = runner.invoke(cli, ["evaluate", shapes_data["holdout"], "--checkpoint", out,
-                                    "--out", str(tmp_path / "eval.json"), "--no-progress"])
+                                    "--out", str(tmp_path / "eval.json"), "--engine", "torch", "--no-progress"])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval.json").read_text())["evaluated"] == 6
     explained = runner.invoke(cli, ["explain", shapes_data["holdout"], "--out", str(tmp_path / "run"),
-                                    "--checkpoint", out, "--num-samples", "20", "--no-progress"])
+                                    "--checkpoint", out, "--num-samples", "20", "--engine", "torch", "--no-progress"])
     assert explained.exit_code == 0 and "6 explained, 0 errors" in explained.output, explained.output
 
 
