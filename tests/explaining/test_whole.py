@@ -37,7 +37,7 @@ def test_the_device_path_gives_limes_rows_in_calls_of_one_image_and_of_two(photo
     decoded = [decode(source, path, config, model.preprocessing, lab=number > 0) for number, path in enumerate(paths)]
     assert [image.lab is not None for _, image in decoded] == [False, True, True]
     rows = []
-    for call in (decoded[:1], decoded[1:]):  # three photos
+    for call in (decoded[:1], decoded[1:]):  # three photos; the call of two has both images in flight at once
         done = explain_whole(call, config, context, replica._predict, replica._gradients, "cpu", on_device=True)
         assert all(ok for _, _, ok in done.outcomes) and done.segmented_on_device == len(call)
         rows += [row for method_rows in done.rows for row in method_rows]
