@@ -59,5 +59,7 @@ def test_a_gpu_replica_takes_as_many_images_a_call_as_a_quarter_of_its_memory_ho
     assert per_call(("cpu", None)) == per_call(("cpu", None), ("cuda:0", 80 * gib)) == 4  # lime's own on a CPU
     assert per_call(("cuda:0", 80 * gib)) == per_call(("cuda:0", 32 * gib)) == 64
     assert per_call(("cuda:0", 16 * gib)) == 35  # 4 GiB / 120 MB
-    assert per_call(("cuda:0", 80 * gib), ("cuda:1", 8 * gib)) == 32  # the smallest GPU decides; never below 32
+    assert per_call(("cuda:0", 80 * gib), ("cuda:1", 8 * gib)) == 17  # the smallest GPU decides: 2 GiB / 120 MB
     assert per_call(("cuda:0", 80 * gib), crop=512) == 34  # 20 GiB / 629 MB
+    assert per_call(("cuda:0", 80 * gib), crop=1024) == 8  # the largest crop: 20 GiB / 2.5 GB, within the quarter
+    assert per_call(("cuda:0", 4 * gib), crop=1024) == 1  # at least one, whatever the GPU

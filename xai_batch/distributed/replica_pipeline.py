@@ -44,7 +44,7 @@ __all__ = ["ReplicaPipeline", "images_per_call"]
 log = logging.getLogger(__name__)
 
 IMAGES_PER_CPU_CALL = 4  # enough to keep a CPU replica's calls overlapping the decodes
-IMAGES_PER_DEVICE_CALL = (32, 64)  # quickshift's ~1,900 launches a call: ~60 an image at 32, ~30 at 64
+MAX_IMAGES_PER_DEVICE_CALL = 64  # quickshift's ~1,900 launches a call: ~60 an image at 32, ~30 at 64
 DEVICE_MEMORY_SHARE = 0.25  # of a GPU's memory, what a call's quickshift may take; the model keeps the rest
 
 
@@ -52,16 +52,18 @@ def images_per_call(placement: list[dict], crop: int, params: Quickshift) -> int
     """The images the driver sends a replica in one call.
 
     Where the replicas segment on their device (CUDA), as many as a quarter
-    of the smallest GPU's memory holds at ``crop`` (``memory_per_image``),
-    from 32 to 64, so quickshift's fixed cost a call is shared by many: 64 at
-    224x224 on a GPU of 32 GB or more, never fewer than 32 (3.8 GB at
-    224x224). Elsewhere ``IMAGES_PER_CPU_CALL``.
+    of the smallest GPU's memory holds at ``crop`` (``memory_per_image``), up
+    to ``MAX_IMAGES_PER_DEVICE_CALL`` and at least one, so quickshift's fixed
+    cost a call is shared by many while its memory stays within that quarter:
+    at 224x224 (120 MB an image) 64 on a GPU of 32 GB or more, 35 on 16 GB; at
+    the largest crop, 1024x1024 (2.5 GB an image), 8 on 80 GB. Elsewhere
+    ``IMAGES_PER_CPU_CALL``.
     """
     if not all(maths_on_device(placed["device"]) for placed in placement):
         return IMAGES_PER_CPU_CALL
     memory = min(placed.get("device_memory") or 0 for placed in placement)
     fits = int(memory * DEVICE_MEMORY_SHARE // memory_per_image(crop, crop, params))
-    return max(IMAGES_PER_DEVICE_CALL[0], min(fits, IMAGES_PER_DEVICE_CALL[1]))
+    return max(1, min(fits, MAX_IMAGES_PER_DEVICE_CALL))
 
 
 @dataclass
