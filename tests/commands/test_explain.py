@@ -200,7 +200,7 @@ def test_job_json_says_where_the_time_went(ray_session, three_shapes, shapes_mod
     """Busy seconds by stage and the replica's share waiting, on one image, moving the right way: more
     samples (and the faithfulness curves) grow the model's share, --faithfulness gives the quality
     stage its work."""
-    from xai_batch.explaining.steps import STAGES
+    from xai_batch.explaining.steps import STEPS
 
     one = tmp_path / "one"
     one.mkdir()
@@ -216,9 +216,9 @@ def test_job_json_says_where_the_time_went(ray_session, three_shapes, shapes_mod
 
     few, more = stages("few", num_samples=20), stages("more", num_samples=160, faithfulness=True)
     for run in (few, more):
-        assert set(run["busy_seconds"]) == set(STAGES)
+        assert set(run["busy_seconds"]) == set(STEPS)
         assert len(run["replica_waiting"]) == 1 and 0 <= run["replica_waiting"][0] < 1
-    assert all(few["busy_seconds"][stage] > 0 for stage in STAGES if stage != "quality")
+    assert all(few["busy_seconds"][step] > 0 for step in STEPS if step != "quality")
     assert share(more, "model") > share(few, "model")
     assert few["busy_seconds"]["quality"] == 0 < more["busy_seconds"]["quality"]
     assert more["replica_waiting"][0] < few["replica_waiting"][0]  # more model work per image: less waiting

@@ -109,7 +109,7 @@ def decoding_memory(max_pixels: int) -> int:
 class ImageFlow:
     """What the drivers of both stages share: the job's inputs, the writer, the counts and the progress bar.
 
-    ``busy`` sums the seconds by stage the tasks report (the replicas count
+    ``busy`` sums the seconds by step the tasks report (the replicas count
     their own); ``skipped`` and ``counted`` are the two ends an image reaches.
     Rows go to the writer actor through ``write``, and ``check_writes``
     stops the run at the first write that failed (a full disk, say), so
@@ -412,7 +412,7 @@ def _advance_from_chunks(
     """The plan's :func:`~xai_batch.explaining.plan.advance` on the chunks' outputs, which Ray hands over as
     arguments, with lime's own code for the fits.
 
-    Returns ((next step, seconds by stage), rows, quality payload) as three
+    Returns ((next step, seconds by step), rows, quality payload) as three
     objects: the driver waits on the step, the writer (or the next advance)
     takes the rows, the replicas the quality payload.
     """

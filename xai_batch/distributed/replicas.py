@@ -22,7 +22,7 @@ class ModelReplica:
     method's sample rows and ``gradients`` runs a gradient method's pass on
     an image; in the replica's stage ``explain`` does everything after
     decoding for a batch of images, on the replica's device. ``busy`` says
-    how much of its time since it loaded went to each stage of that work:
+    how much of its time since it loaded went to each step of that work:
     the rest it waited for work.
 
     Usable without Ray (construct it and call ``predict``) and as a Ray actor
@@ -43,7 +43,7 @@ class ModelReplica:
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
-        self._busy: Counter[str] = Counter()  # seconds by stage
+        self._busy: Counter[str] = Counter()  # seconds by step
         self._working = 0.0
 
     def describe(self) -> dict:
@@ -108,7 +108,7 @@ class ModelReplica:
         self._working += time.monotonic() - started
 
     def busy(self) -> tuple[dict[str, float], float, float]:
-        """(seconds by stage, seconds working in all, seconds since the model loaded)."""
+        """(seconds by step, seconds working in all, seconds since the model loaded)."""
         return dict(self._busy), self._working, time.monotonic() - self._loaded
 
 
@@ -167,7 +167,7 @@ class Replicas:
         return self.started - len(self.handles)
 
     def busy(self) -> list[tuple[dict[str, float], float, float]]:
-        """Each live replica's (seconds by stage, seconds working, seconds since it loaded)."""
+        """Each live replica's (seconds by step, seconds working, seconds since it loaded)."""
         return ray.get([handle.busy.remote() for handle in self.handles])
 
     def shutdown(self) -> None:

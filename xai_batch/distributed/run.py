@@ -27,7 +27,7 @@ from xai_batch.distributed.cluster import check_join, connected
 from xai_batch.distributed.pipeline import FlowInputs, Pipeline, describe_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
-from xai_batch.explaining.steps import STAGES
+from xai_batch.explaining.steps import STEPS
 from xai_batch.explaining.whole import maths_on_device
 from xai_batch.errors import ConfigError, XaiBatchError
 from xai_batch.sources import ImagePaths, discover_images
@@ -166,11 +166,11 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
                         f"writing the manifest failed: {describe_failure(exc)}")
                 record.run["ray"].update(replicas_replaced=replicas.replaced, **pipeline.by_node())
                 try:
-                    record.run["stages"] = _stage_times(
+                    record.run["stages"] = _time_account(
                         pipeline.busy, replicas.busy(), ray.get(writer.writing.remote()), pipeline.ran_on,
                         pipeline.settled, pipeline.segmented_per_call())
                 except ray.exceptions.RayError:  # a replica lost as the run was stopped: no account of it
-                    log.warning("no stage times: a replica or the writer is gone")
+                    log.warning("no account of the time: a replica or the writer is gone")
                 replicas.shutdown()
             if unwritten is not None:
                 raise unwritten
@@ -224,24 +224,26 @@ def pipeline_for(stages: str, placement: list[dict]) -> type[Pipeline] | type[Re
     return ReplicaPipeline if stages == "replica" else Pipeline
 
 
-def _stage_times(busy: Mapping[str, float], replicas: list[tuple[dict[str, float], float, float]], writing: float,
-                 ran_on: str, settled: int, segmented_per_call: float | None) -> dict:
-    """job.json's account of where the time went: busy seconds by stage, and each replica's share waiting.
+def _time_account(busy: Mapping[str, float], replicas: list[tuple[dict[str, float], float, float]], writing: float,
+                  ran_on: str, settled: int, segmented_per_call: float | None) -> dict:
+    """job.json's account of where the time went: busy seconds by step, and each replica's share waiting.
 
-    The stages' seconds are summed over images (on several workers at once
+    It is job.json's ``stages``, named for the option it reports on: which
+    stage ran (``ran_on``) and how busy each step was. The steps' seconds are
+    summed over images (on several workers at once
     they can exceed the run's wall time): the tasks' and the replicas' own.
     A replica that waits most of the time is held up by the work before it.
-    ``ran_on`` says where the stages after decoding ran; ``settled`` counts
+    ``ran_on`` says where the steps after decoding ran; ``settled`` counts
     the pixels whose quickshift parent the replicas settled on the CPU, and
     ``segmented_per_call`` how many images they segmented in one device call
     (None where lime's quickshift segmented them one by one).
     """
     total = Counter(busy)
-    for stages, _, _ in replicas:
-        total.update(stages)
+    for steps, _, _ in replicas:
+        total.update(steps)
     total["writing"] = writing
     waiting = [round(1 - working / alive, 4) if alive > 0 else 0.0 for _, working, alive in replicas]
-    return {"busy_seconds": {stage: round(total.get(stage, 0.0), 4) for stage in STAGES},
+    return {"busy_seconds": {step: round(total.get(step, 0.0), 4) for step in STEPS},
             "replica_waiting": waiting, "ran_on": ran_on, "settled_pixels": settled,
             "images_per_device_call": segmented_per_call}
 

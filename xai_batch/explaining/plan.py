@@ -73,7 +73,7 @@ class Advanced:
     step: Step
     rows: list[dict] | None = None  # the explanation's rows once fitted (final with ``Finished``)
     quality: PreparedImage | None = None  # with ``Outputs(Phase.QUALITY, ...)``: the rows to evaluate
-    busy: dict[str, float] = field(default_factory=dict)  # seconds by stage: "surrogate", "quality"
+    busy: dict[str, float] = field(default_factory=dict)  # seconds by step: "surrogate", "quality"
 
 
 def _stops(drawn: int, context: RowContext) -> list[int]:

@@ -12,7 +12,7 @@ Which step comes next is :mod:`xai_batch.explaining.plan`'s to say.
 All are plain functions: Ray runs them as tasks or in the replicas, tests call
 them directly. Model evaluation in between belongs to an
 :class:`~xai_batch.engines.Engine`. Each step says how long it was busy, by
-the names of :data:`STAGES`, so that ``job.json`` can show whether the model
+the names of :data:`STEPS`, so that ``job.json`` can show whether the model
 or the work around it set a run's pace.
 """
 
@@ -43,13 +43,13 @@ from xai_batch.methods import DEFAULT_METHOD, explained_labels, get_method, meth
 from xai_batch.storage import Location, TooLarge
 
 __all__ = [
-    "STAGES", "ImageHeader", "DecodedImage", "PreparedImage", "decode", "unchanged_files", "sample_methods",
+    "STEPS", "ImageHeader", "DecodedImage", "PreparedImage", "decode", "unchanged_files", "sample_methods",
     "prepare", "enough_samples", "finish", "quality_rows", "score",
 ]
 
 # Where an explain run's time goes, in the order an image meets them. "model" is the replicas' busy time,
 # "surrogate" the surrogate or solver with the masks and rows, "quality" the measures' own CPU work.
-STAGES = ("read_decode", "segmentation", "sampling", "model", "surrogate", "quality", "writing")
+STEPS = ("read_decode", "segmentation", "sampling", "model", "surrogate", "quality", "writing")
 STAT_THREADS = 32  # HEAD requests in flight per task, where the files are on an object store
 
 
@@ -69,7 +69,7 @@ class ImageHeader:
     skipped: bool = False  # every method already in the manifest with the same content
     size: int | None = None  # the file's size and modification time, when it was read
     mtime_ns: int | None = None
-    busy: dict[str, float] = field(default_factory=dict, compare=False)  # seconds by stage, in prepare
+    busy: dict[str, float] = field(default_factory=dict, compare=False)  # seconds by step, in prepare
 
 
 @dataclass(frozen=True)

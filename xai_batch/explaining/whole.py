@@ -40,7 +40,7 @@ class WholeImages:
 
     outcomes: tuple[tuple[str, str, bool], ...]  # (path, method, ok), in the order of ``rows``
     rows: tuple[list[dict], ...]  # one method's manifest rows on one image: its explanation, or its error row
-    busy: dict[str, float]  # seconds by stage
+    busy: dict[str, float]  # seconds by step
     settled: int  # pixels whose quickshift parent was settled on the CPU
     segmented_on_device: int  # images segmented together in one device call; 0: by lime's own, one by one
 
@@ -132,7 +132,7 @@ class _OneAtATime:
 
 def _explain_image(sampled: Future, config: ExplainConfig, context: RowContext, model: _OneAtATime,
                    fit_on: str | None) -> tuple[list[tuple[str, str, bool]], list[list[dict]], Counter[str]]:
-    """One image's every method, once its sample rows are drawn: (outcomes, rows, seconds by stage)."""
+    """One image's every method, once its sample rows are drawn: (outcomes, rows, seconds by step)."""
     header, payloads = sampled.result()
     busy: Counter[str] = Counter(sampling=header.busy["sampling"])
     outcomes, rows = [], []
