@@ -5,7 +5,9 @@ The library call behind ``xai-batch explain``::
     from xai_batch import ExplainConfig, run_explain
     result = run_explain(ExplainConfig(source="photos", out="run1", checkpoint="model.pt"))
 
-and the manifest it writes: ``read_manifest("run1")``. Names are imported on
+and the manifest it writes: ``read_manifest("run1")``. From a notebook, lime's own calls on many
+images at once: ``LimeImageExplainer().explain_instances(images, classifier_fn)``
+(:mod:`xai_batch.lime_image`). Names are imported on
 first use, so ``xai-batch --help`` does not pay for torch and Ray.
 """
 
@@ -21,6 +23,7 @@ _EXPORTS = {
     "ExplainConfig": "xai_batch.config",
     "ImageError": "xai_batch.errors",
     "JobResult": "xai_batch.commands",
+    "LimeImageExplainer": "xai_batch.lime_image",
     "METHODS": "xai_batch.methods",
     "ModelError": "xai_batch.errors",
     "SCHEMA": "xai_batch.manifest",

@@ -61,7 +61,7 @@ class ClusterUnreachable(XaiBatchError):
 
 
 @contextlib.contextmanager
-def connected(address: str | None, insecure: bool = False) -> Iterator[None]:
+def connected(address: str | None, insecure: bool = False, quiet: bool = False) -> Iterator[None]:
     """Use the Ray this process is already connected to, else connect.
 
     ``address=None`` joins ``RAY_ADDRESS`` when it is set, else starts an
@@ -73,6 +73,8 @@ def connected(address: str | None, insecure: bool = False) -> Iterator[None]:
     and one from a file others can read or write before Ray starts
     (``auth_token``). An embedded Ray gets a new token written owner-only
     when none is at hand (``_write_private_token``), not Ray's own 0644 one.
+    ``quiet`` keeps Ray's own logs and the workers' output out of the
+    caller's (a notebook cell's): errors still come back as exceptions.
     """
     import ray
 
@@ -89,7 +91,8 @@ def connected(address: str | None, insecure: bool = False) -> Iterator[None]:
     else:
         _write_private_token()
     log.info("starting Ray (%s)", target or "embedded local instance")
-    options: dict = {"logging_level": logging.WARNING}
+    options: dict = {"logging_level": logging.ERROR, "log_to_driver": False} if quiet else \
+        {"logging_level": logging.WARNING}
     if target is None:
         options["include_dashboard"] = False
     ray.init(address=target or "local", **options)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import ray
 
+from xai_batch.engines.function_engine import ClassifierFunction
 from xai_batch.explaining.whole import explain_whole
 from xai_batch.methods import get_method
 
@@ -29,8 +30,10 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, checkpoint_bytes: bytes, precision: str, batch_size: int, threads: int, engine: str = "auto",
-                 layer: str | None = None) -> None:
+    def __init__(self, model: bytes | ClassifierFunction, precision: str, batch_size: int, threads: int,
+                 engine: str = "auto", layer: str | None = None) -> None:
+        """``model`` is the checkpoint's bytes (checked by the driver, parsed here once), or a user's
+        ``classifier_fn``, which then answers for the model (no gradient passes)."""
         import torch
 
         from xai_batch.engines import make_engine
@@ -38,8 +41,14 @@ class ModelReplica:
 
         torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
         self.threads = threads
-        self._checkpoint = parse_checkpoint(checkpoint_bytes, check=False)  # checked by the driver; parsed once
-        self.engine = make_engine(engine, self._checkpoint, precision, batch_size, threads)
+        if isinstance(model, ClassifierFunction):
+            from xai_batch.engines.function_engine import FunctionEngine
+
+            self._checkpoint = None
+            self.engine = FunctionEngine(model)
+        else:
+            self._checkpoint = parse_checkpoint(model, check=False)
+            self.engine = make_engine(engine, self._checkpoint, precision, batch_size, threads)
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
@@ -126,7 +135,7 @@ class Replicas:
     """
 
     def __init__(
-        self, count: int | None, checkpoint_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
+        self, count: int | None, model_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
         engine: str = "auto", layer: str | None = None,
     ) -> None:
         resources = ray.cluster_resources()
@@ -142,7 +151,7 @@ class Replicas:
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
         node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
         threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
-        self._args = (checkpoint_ref, precision, batch_size, threads, engine, layer)
+        self._args = (model_ref, precision, batch_size, threads, engine, layer)
         self._actor = ray.remote(ModelReplica)
         self.name = name
         self.started = 0

@@ -16,6 +16,10 @@ rounding (LIME's weights to about 1e-7). ``engine_name`` picks one: 'auto'
 is ONNX Runtime on CPU and PyTorch on CUDA. A network the exporter cannot
 export runs on PyTorch, with a warning that says so.
 
+``function_engine`` holds the third kind: a user's own ``classifier_fn``
+(lime's contract: perturbed images in, probabilities out), which a replica
+calls on the perturbed images lime would build.
+
 This package's face names the engines and checks a choice without loading
 torch (the CLI validates options before anything heavy); ``torch_engine`` and
 ``onnx_engine`` hold the engines and load on first use. May import the maths,

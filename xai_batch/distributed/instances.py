@@ -1,0 +1,197 @@
+"""Images held in memory explained on the model replicas: the executor behind ``explain_instances``.
+
+Each image goes through a ``prepare`` task (lime's segmentation and sample
+rows, :func:`~xai_batch.explaining.instances.prepare_instance`), calls on
+the replicas (the user's ``classifier_fn`` on ``batch_size`` perturbed
+images at a time, the calls of one image spread over every replica), and a
+``fit`` task (lime's own fit, :func:`~xai_batch.explaining.instances.lime_explanation`).
+The driver passes object references between them and bounds the images in
+flight; only the finished explanations come back to it. Replica calls are
+scheduled by :class:`~xai_batch.distributed.calls.ReplicaCalls`: a replica
+that dies is replaced and its calls resent, and an image whose call kills
+``TASK_RETRIES + 1`` replicas stops the call with an error naming it, as
+does an image whose function, segmentation or fit raises.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from xai_batch.distributed.calls import ReplicaCalls
+from xai_batch.distributed.cluster import connected
+from xai_batch.distributed.pipeline import TASK_RETRIES, describe_failure
+from xai_batch.distributed.replicas import Replicas
+from xai_batch.engines.function_engine import ClassifierFunction
+from xai_batch.errors import ConfigError, XaiBatchError, one_line
+from xai_batch.explaining.instances import InstanceRecipe, lime_explanation, prepare_instance
+
+__all__ = ["explain_on_replicas"]
+
+
+def explain_on_replicas(
+    images: Sequence[np.ndarray], seeds: Sequence[int], function: ClassifierFunction, recipe: InstanceRecipe,
+    replicas: int | None = None, address: str | None = None, bar=None,
+) -> list:
+    """lime's ``ImageExplanation`` of each image, in order, its seed the one given beside it.
+
+    Runs on the Ray this process is connected to, else on ``address``, else
+    on a local Ray started for the call and stopped after it (quietly: the
+    workers' logs stay out of a notebook's cell). ``replicas`` is how many
+    copies of the function run (default: one per GPU, else one). ``bar``, a
+    tqdm bar, is advanced as each image is explained.
+    """
+    _check_shippable("classifier_fn", function.fn)
+    for name in ("segmentation_fn", "kernel", "model_regressor"):
+        _check_shippable(name, getattr(recipe, name))
+    with connected(address, quiet=True):
+        function_ref = ray.put(function)
+        try:
+            fleet = Replicas(replicas, function_ref, "fp32", function.batch_size,
+                             f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
+        except ray.exceptions.RayError as exc:
+            raise XaiBatchError(f"the model replicas could not load classifier_fn: {_load_failure(exc)}") from None
+        flow = _Instances(images, seeds, recipe, fleet, function.batch_size, bar)
+        try:
+            return flow.run()
+        finally:
+            flow.cancel()
+            fleet.shutdown()
+
+
+@dataclass
+class _Image:
+    """One image's work in flight: its prepared payload, then its replicas' answers, chunk by chunk."""
+
+    prepared: ray.ObjectRef
+    answers: list = field(default_factory=list)  # per chunk: the ref of the replica's answer, else None
+    pending: int = 0
+    crashes: int = 0
+
+
+class _Instances:
+    def __init__(self, images, seeds, recipe: InstanceRecipe, replicas: Replicas, rows_per_call: int, bar) -> None:
+        self.images, self.seeds, self.bar = images, seeds, bar
+        self.recipe_ref = ray.put(recipe)
+        self.num_samples = recipe.num_samples
+        self.rows_per_call = rows_per_call  # the function's batch size: one replica call, one function call
+        self.prepare = ray.remote(max_retries=TASK_RETRIES)(prepare_instance)
+        self.fit = ray.remote(max_retries=TASK_RETRIES)(_fit)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.max_preparing = max(1, cpus)
+        self.max_open = max(2, 2 * len(replicas)) + self.max_preparing  # prepared, awaiting the model or the fit
+        self.todo = deque(range(len(images)))
+        self.preparing: dict[ray.ObjectRef, int] = {}
+        self.open: dict[int, _Image] = {}
+        self.chunks: deque[tuple[int, int]] = deque()  # (image, chunk) to send
+        self.calls: ReplicaCalls[tuple[int, int, ray.ObjectRef]] = ReplicaCalls(replicas)
+        self.fitting: dict[ray.ObjectRef, int] = {}
+        self.results: list = [None] * len(images)
+
+    def run(self) -> list:
+        while self.todo or self.preparing or self.chunks or self.calls or self.fitting:
+            while self.todo and len(self.preparing) < self.max_preparing and len(self.open) < self.max_open:
+                index = self.todo.popleft()
+                ref = self.prepare.remote(self.images[index], self.seeds[index], self.recipe_ref)
+                self.preparing[ref] = index
+                self.open[index] = _Image(ref)
+            self._send()
+            [ready], _ = ray.wait([*self.preparing, *self.calls, *self.fitting], num_returns=1)
+            if ready in self.preparing:
+                self._prepared(ready)
+            elif ready in self.fitting:
+                self._fitted(ready)
+            else:
+                self._answered(ready)
+        return self.results
+
+    def cancel(self) -> None:
+        """Stop the tasks still running (after an error or Ctrl-C; nothing when the call finished)."""
+        for ref in [*self.preparing, *self.fitting]:
+            ray.cancel(ref)
+
+    def _prepared(self, ref: ray.ObjectRef) -> None:
+        index = self.preparing.pop(ref)
+        self._get(ref, index, "segmenting it failed")  # raises here, with the image's name, if it failed
+        calls = -(-self.num_samples // self.rows_per_call)
+        image = self.open[index]
+        image.answers, image.pending = [None] * calls, calls
+        self.chunks.extend((index, chunk) for chunk in range(calls))
+
+    def _send(self) -> None:
+        while self.chunks and (replica := self.calls.free()) is not None:
+            index, chunk = self.chunks.popleft()
+            start = chunk * self.rows_per_call
+            stop = min(start + self.rows_per_call, self.num_samples)
+            count, answer = self.calls.handle(replica).predict.options(num_returns=2).remote(
+                self.open[index].prepared, start, stop)
+            self.calls.sent(count, (index, chunk, answer), replica)
+
+    def _answered(self, ref: ray.ObjectRef) -> None:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:  # the replica died: its calls go again, the running one blamed
+            lost = self.calls.lost(self.calls.replica(ref))
+            if lost:
+                index = lost[0][0]
+                self.open[index].crashes += 1
+                if self.open[index].crashes > TASK_RETRIES:
+                    raise XaiBatchError(f"image {index}: the model replica died {TASK_RETRIES + 1} times on it") \
+                        from None
+            self.chunks.extendleft(reversed([(index, chunk) for index, chunk, _ in lost]))
+            return
+        except ray.exceptions.RayError as exc:
+            index = self.calls.answered(ref)[0]
+            raise XaiBatchError(f"image {index}: classifier_fn failed: {describe_failure(exc)}") from None
+        index, chunk, answer = self.calls.answered(ref)
+        image = self.open[index]
+        image.answers[chunk] = answer
+        image.pending -= 1
+        if not image.pending:
+            self.fitting[self.fit.remote(image.prepared, self.seeds[index], self.recipe_ref, *image.answers)] = index
+
+    def _fitted(self, ref: ray.ObjectRef) -> None:
+        index = self.fitting.pop(ref)
+        self.results[index] = self._get(ref, index, "lime's fit failed")
+        del self.open[index]
+        if self.bar is not None:
+            self.bar.update(1)
+
+    @staticmethod
+    def _get(ref: ray.ObjectRef, index: int, what: str):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise XaiBatchError(f"image {index}: {what}: {describe_failure(exc)}") from None
+
+
+def _fit(prepared, seed: int, recipe: InstanceRecipe, *answers: np.ndarray):
+    """The fit task: the replicas' answers arrive as separate arguments, so Ray hands over their values."""
+    return lime_explanation(prepared, answers, seed, recipe)
+
+
+def _load_failure(exc: ray.exceptions.RayError) -> str:
+    """Why a replica could not be made, in one line; a function from a module the workers cannot import says
+    what to do."""
+    missing = re.search(r"No module named '([^']+)'", str(exc))
+    if missing:
+        return (f"its module {missing.group(1)!r} cannot be imported by Ray's workers: define the function in "
+                "the notebook or script itself, or install its module where the workers run")
+    return describe_failure(exc)
+
+
+def _check_shippable(name: str, value: object) -> None:
+    """Refuse, before Ray starts, a parameter that cannot be sent to the workers, naming it."""
+    if value is None:
+        return
+    try:
+        ray.cloudpickle.dumps(value)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+        raise ConfigError(f"{name} cannot be sent to Ray's workers: {one_line(exc)}", name) from None

@@ -1,0 +1,65 @@
+"""The user's own ``classifier_fn`` as an engine: lime's contract, run in the model replicas.
+
+lime calls ``classifier_fn`` on a batch of perturbed images (N, H, W, 3)
+with the image's own dtype and expects (N, num_classes) probabilities back.
+:class:`FunctionEngine` builds those batches exactly as lime's
+``data_labels`` does (a pixel of a hidden superpixel takes the hidden
+image's value, every other pixel the image's), so the function sees the
+arrays lime would give it, only more of them per call. Whatever the
+function closes over (a torch model, on the GPU if it put it there) travels
+with it to the replica, pickled by Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ClassifierFunction", "FunctionEngine", "ROWS_PER_CALL"]
+
+ROWS_PER_CALL = 128  # perturbed images per classifier_fn call unless the caller says: lime's 10 starves a GPU
+
+
+@dataclass(frozen=True)
+class ClassifierFunction:
+    """A ``classifier_fn`` a replica runs instead of a checkpoint: images (N, H, W, 3) in, (N, C) out."""
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    batch_size: int = ROWS_PER_CALL  # images per call of ``fn``
+
+
+class FunctionEngine:
+    """Calls ``function.fn`` on lime's perturbed images, ``function.batch_size`` at a time.
+
+    ``num_classes`` is learnt from the first answer; an answer of another
+    shape than (images, classes) is a ``ValueError`` saying what came back.
+    """
+
+    def __init__(self, function: ClassifierFunction) -> None:
+        import torch
+
+        self.fn = function.fn
+        self.batch_size = function.batch_size
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the function may run
+        self.version = "classifier_fn"
+        self.num_classes: int | None = None
+
+    def predict(self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The function's answers for the perturbed images of ``rows`` (1 keeps a superpixel), in order."""
+        answers = []
+        for start in range(0, len(rows), self.batch_size):
+            keep = rows[start : start + self.batch_size].astype(bool)[:, segments]  # (B, H, W)
+            answers.append(self.classify(np.where(keep[..., None], image[None], hidden[None])))
+        return np.concatenate(answers) if answers else np.zeros((0, self.num_classes or 0), np.float32)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """The function's answer for whole images, checked for its shape."""
+        probs = np.asarray(self.fn(images))
+        if probs.ndim != 2 or probs.shape[0] != len(images) or (self.num_classes not in (None, probs.shape[1])):
+            expected = f"({len(images)}, {self.num_classes or 'classes'})"
+            raise ValueError(f"classifier_fn returned an array of shape {probs.shape} for {len(images)} images; "
+                             f"lime's contract is {expected} probabilities")
+        self.num_classes = probs.shape[1]
+        return probs
