@@ -30,6 +30,7 @@ _EXPORTS = {
     "TrainConfig": "xai_batch.distributed.training",
     "TrainResult": "xai_batch.distributed.training",
     "XaiBatchError": "xai_batch.errors",
+    "read_explanations": "xai_batch.analysis.explanations",
     "read_manifest": "xai_batch.manifest",
     "run_explain": "xai_batch.commands",
     "train_model": "xai_batch.distributed.training",
