@@ -2,8 +2,9 @@
 
 Each image goes through a ``prepare`` task (lime's segmentation and sample
 rows, :func:`~xai_batch.explaining.instances.prepare_instance`), calls on
-the replicas (the user's ``classifier_fn`` on ``batch_size`` perturbed
-images at a time, the calls of one image spread over every replica), and a
+the replicas (``ROWS_PER_CALL`` sample rows a call, the user's
+``classifier_fn`` on its ``batch_size`` of their perturbed images at a time,
+the calls of one image spread over every replica), and a
 ``fit`` task (lime's own fit, :func:`~xai_batch.explaining.instances.lime_explanation`).
 The driver passes object references between them and bounds the images in
 flight; only the finished explanations come back to it. Replica calls are
@@ -33,7 +34,9 @@ from xai_batch.engines.function_engine import ClassifierFunction
 from xai_batch.errors import ConfigError, XaiBatchError, one_line
 from xai_batch.explaining.instances import InstanceRecipe, lime_explanation, prepare_instance
 
-__all__ = ["explain_on_replicas"]
+__all__ = ["explain_on_replicas", "ROWS_PER_CALL"]
+
+ROWS_PER_CALL = 128  # sample rows a replica call takes (the function sees them in its own batches)
 
 
 def explain_on_replicas(
@@ -54,11 +57,10 @@ def explain_on_replicas(
     with connected(address, quiet=True):
         function_ref = ray.put(function)
         try:
-            fleet = Replicas(replicas, function_ref, "fp32", function.batch_size,
-                             f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
+            fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL, f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
         except ray.exceptions.RayError as exc:
             raise XaiBatchError(f"the model replicas could not load classifier_fn: {_load_failure(exc)}") from None
-        flow = _Instances(images, seeds, recipe, fleet, function.batch_size, bar)
+        flow = _Instances(images, seeds, recipe, fleet, ROWS_PER_CALL, bar)
         try:
             return flow.run()
         finally:
@@ -81,7 +83,7 @@ class _Instances:
         self.images, self.seeds, self.bar = images, seeds, bar
         self.recipe_ref = ray.put(recipe)
         self.num_samples = recipe.num_samples
-        self.rows_per_call = rows_per_call  # the function's batch size: one replica call, one function call
+        self.rows_per_call = rows_per_call
         self.prepare = ray.remote(max_retries=TASK_RETRIES)(prepare_instance)
         self.fit = ray.remote(max_retries=TASK_RETRIES)(_fit)
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClassifierFunction", "FunctionEngine", "ROWS_PER_CALL"]
+__all__ = ["ClassifierFunction", "FunctionEngine", "CPU_BATCH", "GPU_BATCH"]
 
-ROWS_PER_CALL = 128  # perturbed images per classifier_fn call unless the caller says: lime's 10 starves a GPU
+CPU_BATCH = 10  # lime's: on a CPU the seeds' ResNet18 function measured fastest at 10-32 (BENCHMARKS.md)
+GPU_BATCH = 128  # where the replica has a GPU: lime's 10 would leave it idle
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,12 @@ class ClassifierFunction:
     """A ``classifier_fn`` a replica runs instead of a checkpoint: images (N, H, W, 3) in, (N, C) out."""
 
     fn: Callable[[np.ndarray], np.ndarray]
-    batch_size: int = ROWS_PER_CALL  # images per call of ``fn``
+    batch_size: int | None = None  # images per call of ``fn``; None: ``GPU_BATCH`` where there is a GPU, else lime's
 
 
 class FunctionEngine:
-    """Calls ``function.fn`` on lime's perturbed images, ``function.batch_size`` at a time.
+    """Calls ``function.fn`` on lime's perturbed images, ``function.batch_size`` at a time (by default
+    ``GPU_BATCH`` in a replica with a GPU, else ``CPU_BATCH``).
 
     ``num_classes`` is learnt from the first answer; an answer of another
     shape than (images, classes) is a ``ValueError`` saying what came back.
@@ -41,8 +43,8 @@ class FunctionEngine:
         import torch
 
         self.fn = function.fn
-        self.batch_size = function.batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the function may run
+        self.batch_size = function.batch_size or (GPU_BATCH if self.device.type == "cuda" else CPU_BATCH)
         self.version = "classifier_fn"
         self.num_classes: int | None = None
 

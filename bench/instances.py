@@ -1,0 +1,100 @@
+"""``LimeImageExplainer.explain_instances`` against the seeds' loop, with the user's own ``classifier_fn``.
+
+One run, the same images and the same ``batch_predict`` (the seeds' function
+over a ResNet18 object, 1000 classes):
+
+1. the function's own limit: perturbed images per second it answers at the
+   batch size the replicas call it with (``--batch-size``), in this process;
+2. the seeds' loop: lime's ``explain_instance`` on each image in turn;
+3. ``explain_instances`` on one image and on all of them, each call starting
+   its own local Ray: the difference is the per-image rate in steady state,
+   the rest of the one-image call the fixed cost (Ray's start, the replica
+   loading the shipped function, the pipeline filling).
+
+    .venv/bin/python bench/instances.py --images 6 --num-samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import skimage.data
+import torch
+from lime import lime_image
+from PIL import Image
+from torchvision import models, transforms
+
+from speed import machine
+from xai_batch import LimeImageExplainer
+from xai_batch.reference import seed_batch_predict
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field", "retina")
+
+
+def images(count: int) -> list[np.ndarray]:
+    crop = transforms.Compose([transforms.Resize((256, 256)), transforms.CenterCrop(224)])
+    return [np.array(crop(Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")))
+            for i in range(count)]
+
+
+def function_limit(batch_predict, pictures: list[np.ndarray], batch_size: int, seconds: float = 10.0) -> float:
+    """Perturbed images per second the function answers in batches of ``batch_size``."""
+    batch = np.stack([pictures[i % len(pictures)] for i in range(batch_size)])
+    batch_predict(batch)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch_predict(batch)
+        done += batch_size
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per classifier_fn call in the replicas")
+    parser.add_argument("--json", help="write every figure here too")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = models.resnet18(weights=None, num_classes=1000).eval()
+    batch_predict = seed_batch_predict(model)
+    pictures = images(args.images)
+    limit = function_limit(batch_predict, pictures, args.batch_size)
+    print(f"classifier_fn limit: {limit:.1f} images/s at batch {args.batch_size}", flush=True)
+
+    started = time.perf_counter()
+    for picture in pictures:
+        lime_image.LimeImageExplainer(random_state=0).explain_instance(
+            picture, batch_predict, top_labels=1, hide_color=0, num_samples=args.num_samples)
+    loop = (time.perf_counter() - started) / len(pictures)
+    print(f"the seeds' loop: {loop:.2f} s/image", flush=True)
+
+    calls = {}
+    for count in (1, len(pictures)):
+        started = time.perf_counter()
+        LimeImageExplainer(random_state=0).explain_instances(
+            pictures[:count], batch_predict, top_labels=1, hide_color=0, num_samples=args.num_samples,
+            batch_size=args.batch_size, progress_bar=False)
+        calls[count] = time.perf_counter() - started
+        print(f"explain_instances on {count}: {calls[count]:.1f} s", flush=True)
+    per_image = (calls[len(pictures)] - calls[1]) / (len(pictures) - 1)
+    fixed = calls[1] - per_image
+    rate = args.num_samples / per_image  # perturbed images per second in steady state
+    summary = {
+        "machine": machine(), "args": vars(args), "function_limit_images_per_s": limit,
+        "seeds_loop_s_per_image": loop, "calls_s": calls, "steady_s_per_image": per_image, "fixed_s": fixed,
+        "share_of_function_limit": rate / limit, "x_seeds_loop": loop / per_image,
+    }
+    print(f"steady {per_image:.2f} s/image: {rate / limit:.2f} of the function's limit, "
+          f"{loop / per_image:.2f}x the seeds' loop; fixed cost {fixed:.1f} s")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
