@@ -97,12 +97,14 @@ def test_seeds_follow_the_pixels_not_the_order_the_batching_or_the_form(ray_sess
 
 
 def test_lime_s_own_options_are_honoured(ray_session, pictures):
-    """Fixed labels instead of top labels, a segmentation function, a regressor, another distance."""
+    """Fixed labels instead of top labels (lime's top_labels=0), a segmentation function whose labels start
+    at 1, a regressor, another distance."""
     from lime.wrappers.scikit_image import SegmentationAlgorithm
     from sklearn.linear_model import Lasso
 
-    options = dict(labels=(0, 2), top_labels=None, hide_color=128, num_samples=NUM_SAMPLES,
-                   segmentation_fn=SegmentationAlgorithm("slic", n_segments=20, compactness=10, start_label=0),
+    # slic numbers its segments from 1: lime's column z hides label z, and the last label is never hidden
+    options = dict(labels=(0, 2), top_labels=0, hide_color=128, num_samples=NUM_SAMPLES,
+                   segmentation_fn=SegmentationAlgorithm("slic", n_segments=20, compactness=10),
                    model_regressor=Lasso(alpha=1e-4), distance_metric="euclidean")
     [explanation] = LimeImageExplainer(random_state=2, kernel_width=0.5).explain_instances(
         [pictures[1]], colour_classifier, progress_bar=False, **options)
@@ -143,6 +145,8 @@ def test_bad_input_is_one_line_naming_what(ray_session, pictures):
     lock = threading.Lock()
     with pytest.raises(ConfigError, match="classifier_fn cannot be sent to Ray's workers"):
         explainer.explain_instances(pictures[:1], lambda batch, lock=lock: colour_classifier(batch), progress_bar=False)
+    with pytest.raises(ConfigError, match="distance_metric 'nearby' is not one"):
+        explainer.explain_instances(pictures[:1], colour_classifier, distance_metric="nearby", progress_bar=False)
     with pytest.raises(ConfigError, match="num_samples must be a whole number"):
         explainer.explain_instances(pictures[:1], colour_classifier, num_samples=0, progress_bar=False)
     with pytest.raises(ConfigError, match="random_state must be"):

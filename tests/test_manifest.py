@@ -457,3 +457,22 @@ def test_a_part_xai_batch_did_not_write_is_named_not_read_and_repair_sets_it_asi
     assert repaired.exit_code == 0, repaired.output
     assert sorted(os.listdir(tmp_path / "damaged")) == sorted(problems)  # moved, not deleted
     assert read_manifest(str(tmp_path))["path"].to_pylist() == ["a.png"]
+
+
+def test_ok_rows_of_a_method_some_groups_lack(tmp_path, monkeypatch):
+    """A method asked for that one group of images has no rows of (it failed there, or ran on other images)
+    is not a missing method: only a manifest without any is refused."""
+    import functools
+
+    import xai_batch.manifest.reader as reader
+    from xai_batch.errors import ConfigError
+
+    writer = ManifestWriter(str(tmp_path), new_run_id())
+    writer.add([{"path": f"{name}.png", "status": "ok", "method": "lime", "explained_index": 0} for name in "abcdef"])
+    writer.add([{"path": "f.png", "status": "ok", "method": "gradcam", "explained_index": 0}])
+    writer.close()
+    monkeypatch.setattr(reader, "current_groups", functools.partial(reader.current_groups, group_rows=1))
+    groups = list(reader.ok_rows(str(tmp_path), ("gradcam",)))
+    assert len(groups) > 1 and [row["path"] for rows in groups for row in rows] == ["f.png"]
+    with pytest.raises(ConfigError, match="the manifest has no kernelshap explanations"):
+        reader.ok_rows(str(tmp_path), ("kernelshap",))

@@ -83,7 +83,8 @@ class LimeImageExplainer:
         probabilities; it is sent to the replicas with whatever it closes
         over. ``batch_size`` is the images per call of it; None means 128 in
         a replica with a GPU (lime's 10 would leave it idle) and lime's 10 on
-        a CPU, where the seeds' ResNet18 function ran fastest.
+        a CPU, where the seeds' ResNet18 function ran fastest; never more than
+        512 MB of images a call, however large the images.
         ``random_seed`` is lime's segmentation seed (default: each image's
         own seed). ``progress_bar`` shows one bar of images.
         """
@@ -100,8 +101,9 @@ class LimeImageExplainer:
         _check_count("num_features", num_features, 1)
         if batch_size is not None:
             _check_count("batch_size", batch_size, 1)
-        if top_labels is not None:
+        if top_labels:  # lime's: None or 0 explains ``labels`` instead
             _check_count("top_labels", top_labels, 1)
+        _check_distance(distance_metric)
         pixels = [_pixels(image, index) for index, image in enumerate(images)]
         base = self._base_seed()
         seeds = [image_seed(base, _digest(image)) for image in pixels]
@@ -163,6 +165,17 @@ def _pixels(image: object, index: int) -> np.ndarray:
 def _digest(pixels: np.ndarray) -> str:
     """The SHA-256 of an image's shape and pixels: what its seed is derived from."""
     return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+
+
+def _check_distance(metric: object) -> None:
+    """Refuse, before any work, a distance scikit-learn's ``pairwise_distances`` (lime's) does not know."""
+    import sklearn.metrics
+
+    try:
+        sklearn.metrics.pairwise_distances(np.ones((2, 2)), np.ones((1, 2)), metric=metric)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"distance_metric {metric!r} is not one scikit-learn's pairwise_distances knows: "
+                          f"{str(exc).splitlines()[0]}", "distance_metric") from None
 
 
 def _check_count(name: str, value: object, least: int) -> None:

@@ -64,6 +64,10 @@ class ReplicaCalls(Generic[Work]):
         self._calls[ref] = (work, replica)
         self._queues[replica].append(ref)
 
+    def work(self, ref: ray.ObjectRef) -> Work:
+        """The work of the call ``ref``, still in flight."""
+        return self._calls[ref][0]
+
     def replica(self, ref: ray.ObjectRef) -> int:
         """Which replica the call ``ref`` went to."""
         return self._calls[ref][1]

@@ -60,7 +60,7 @@ def explain_on_replicas(
             fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL, f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
         except ray.exceptions.RayError as exc:
             raise XaiBatchError(f"the model replicas could not load classifier_fn: {_load_failure(exc)}") from None
-        flow = _Instances(images, seeds, recipe, fleet, ROWS_PER_CALL, bar)
+        flow = _Instances(images, seeds, recipe, fleet, max(ROWS_PER_CALL, function.batch_size or 0), bar)
         try:
             return flow.run()
         finally:
@@ -140,7 +140,12 @@ class _Instances:
         try:
             ray.get(ref)
         except ray.exceptions.RayActorError:  # the replica died: its calls go again, the running one blamed
-            lost = self.calls.lost(self.calls.replica(ref))
+            running = self.calls.work(ref)[0]
+            try:
+                lost = self.calls.lost(self.calls.replica(ref))
+            except ray.exceptions.RayError as exc:
+                raise XaiBatchError(f"image {running}: a model replica died on it and could not be replaced: "
+                                    f"{describe_failure(exc)}") from None
             if lost:
                 index = lost[0][0]
                 self.open[index].crashes += 1

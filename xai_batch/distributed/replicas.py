@@ -155,8 +155,13 @@ class Replicas:
         self._actor = ray.remote(ModelReplica)
         self.name = name
         self.started = 0
-        self.handles = [self._start() for _ in range(count)]
-        self.placement = ray.get([handle.describe.remote() for handle in self.handles])
+        self.handles = []
+        try:
+            self.handles = [self._start() for _ in range(count)]
+            self.placement = ray.get([handle.describe.remote() for handle in self.handles])
+        except BaseException:  # one that failed to load, or Ctrl-C: none of them stays holding its CPU or GPU
+            self.shutdown()
+            raise
 
     def __len__(self) -> int:
         return len(self.handles)

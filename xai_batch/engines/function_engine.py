@@ -21,6 +21,7 @@ __all__ = ["ClassifierFunction", "FunctionEngine", "CPU_BATCH", "GPU_BATCH"]
 
 CPU_BATCH = 10  # lime's: on a CPU the seeds' ResNet18 function measured fastest at 10-32 (BENCHMARKS.md)
 GPU_BATCH = 128  # where the replica has a GPU: lime's 10 would leave it idle
+BATCH_BYTES = 512 * 2**20  # at most this much of perturbed images a call, whatever the images' size
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,18 @@ class FunctionEngine:
         self.num_classes: int | None = None
 
     def predict(self, image: np.ndarray, hidden: np.ndarray, segments: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The function's answers for the perturbed images of ``rows`` (1 keeps a superpixel), in order."""
+        """The function's answers for the perturbed images of ``rows`` (1 keeps a superpixel), in order.
+
+        Column ``z`` of a row hides the pixels labelled ``z``, as in lime: a
+        segmentation whose labels run past the columns (numbered from 1, say)
+        keeps the pixels of those labels in every image, as lime does. At most
+        ``BATCH_BYTES`` of images go to the function at once."""
+        if segments.size and int(segments.max()) >= rows.shape[1]:  # labels lime never hides
+            rows = np.pad(rows, ((0, 0), (0, int(segments.max()) + 1 - rows.shape[1])), constant_values=1)
+        batch = max(1, min(self.batch_size, BATCH_BYTES // max(1, image.nbytes)))
         answers = []
-        for start in range(0, len(rows), self.batch_size):
-            keep = rows[start : start + self.batch_size].astype(bool)[:, segments]  # (B, H, W)
+        for start in range(0, len(rows), batch):
+            keep = rows[start : start + batch].astype(bool)[:, segments]  # (B, H, W)
             answers.append(self.classify(np.where(keep[..., None], image[None], hidden[None])))
         return np.concatenate(answers) if answers else np.zeros((0, self.num_classes or 0), np.float32)
 

@@ -4,7 +4,8 @@
 PNGs, the quality columns), ``writer`` (atomic part files), ``reader`` (the
 current rows, and the ``ok`` rows of chosen methods), ``resume`` (what an
 output already holds, reuse of another's rows), ``record`` (``job.json``: a
-run's entry and its counts), ``lock`` (one run at a time into an output). May import the methods, storage and errors;
+run's entry and its counts), ``lock`` (one run at a time into an output).
+May import the methods, storage, sources (a run's SOURCE) and errors;
 nothing of Ray, the pipeline or the commands.
 """
 

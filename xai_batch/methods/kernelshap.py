@@ -16,6 +16,7 @@ constrained least squares) are shap's own, so the values are shap's.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 import numpy as np
@@ -33,15 +34,20 @@ class _Recorded(Exception):
         self.rows = rows
 
 
+_GLOBAL_GENERATOR = threading.Lock()  # shap draws from numpy's global generator: one seeded call at a time
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """numpy's global generator, which shap draws from, seeded for one call and then restored."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
+    """numpy's global generator, which shap draws from, seeded for one call and then restored; held by one
+    thread at a time (a replica samples one image while it explains another), warnings' filters with it."""
+    with _GLOBAL_GENERATOR:
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def _explain(f, num_segments: int, num_samples: int, seed: int):
