@@ -17,15 +17,15 @@ NOTEBOOK = os.path.join(ROOT, "examples", "lime_on_many_images.ipynb")
 pytestmark = pytest.mark.slow
 
 
-def test_the_notebook_runs_and_every_explanation_is_limes(tmp_path):
+def test_the_notebook_runs_and_every_explanation_is_limes(tmp_path, monkeypatch):
     """Headless, as a reader would run it, with fewer samples (set as papermill sets a parameter): its own
     cells compare each explanation with lime's ``explain_instance`` and draw them."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     [parameters] = [cell for cell in notebook.cells if "num_samples = 1000" in cell.source]
     parameters.source = parameters.source.replace("num_samples = 1000", "num_samples = 100")
-    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS",)}
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
-                   env=env).execute()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the kernel inherits this environment: its own local Ray
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     printed = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for output in cell.outputs)
     assert "3 explanations, each lime's own" in printed
