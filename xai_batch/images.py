@@ -223,6 +223,15 @@ def load_object_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise ImageError(f"unreadable object mask: {one_line(exc)}") from exc
 
 
+def explained_pixels(source, row: dict, preprocessing: Preprocessing) -> np.ndarray:
+    """The pixels of the image a manifest ``row`` explained, read from ``source`` (a storage ``Location``)
+    in the model's frame; an ``ImageError`` if the file changed since (its SHA-256 is not the row's)."""
+    data = source.child(row["path"]).read_bytes(file_bytes(DEFAULT_MAX_PIXELS))
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise ImageError("the file changed since it was explained; run explain again")
+    return load_image(data, preprocessing=preprocessing).pixels
+
+
 def image_seed(job_seed: int, sha256: str) -> int:
     """Per-image seed in [0, 2**31), from the job seed and the file's content.
 

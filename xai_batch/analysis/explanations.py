@@ -11,7 +11,6 @@ work on it, and a notebook shows it as its overlay. Nothing is re-run.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterable, Iterator
 
@@ -21,7 +20,7 @@ from PIL import Image
 
 from xai_batch.analysis.overlays import boundaries
 from xai_batch.errors import ImageError
-from xai_batch.images import DEFAULT_MAX_PIXELS, file_bytes, load_image
+from xai_batch.images import explained_pixels
 from xai_batch.manifest import decode_segments
 from xai_batch.manifest.reader import ok_rows
 from xai_batch.manifest.record import job_source, load_job_record, recorded_preprocessing
@@ -45,7 +44,7 @@ class StoredExplanation(ImageExplanation):
         first = rows[0]
         super().__init__(image, decode_segments(first["segments"]))
         self.path, self.method, self.seed, self.rows = first["path"], first["method"], first["seed"], rows
-        explained = {row["explained_index"]: row for row in rows}
+        self._by_label = explained = {row["explained_index"]: row for row in rows}
         ranked = [label for label in first["topk_index"] or [] if label in explained]
         self.top_labels = ranked + sorted(set(explained) - set(ranked), key=lambda label: -explained[label]["explained_prob"])
         for label, row in explained.items():
@@ -60,9 +59,7 @@ class StoredExplanation(ImageExplanation):
                 positive_only: bool = False) -> np.ndarray:
         """The seeds' picture of ``label`` (default the top one): RGB uint8, as ``xai-batch render`` draws it."""
         label = self.top_labels[0] if label is None else label
-        weights = np.zeros(len(self.rows[0]["weights"]))
-        for feature, weight in self.local_exp[label]:
-            weights[feature] = weight
+        weights = np.asarray(self._by_label[label]["weights"], np.float64)
         return boundaries(self.image, self.segments, weights, num_features, positive_only)
 
     def show(self, label: int | None = None) -> Image.Image:
@@ -89,7 +86,8 @@ def read_explanations(out: str, source: str | None = None, methods: tuple[str, .
             if wanted is None or row["path"] in wanted:
                 by_image.setdefault((row["path"], row["method"]), []).append(row)
         for (path, _), image_rows in by_image.items():
-            data = root.child(path).read_bytes(file_bytes(DEFAULT_MAX_PIXELS))
-            if hashlib.sha256(data).hexdigest() != image_rows[0]["sha256"]:
-                raise ImageError(f"{path}: the file changed since it was explained; run explain again")
-            yield StoredExplanation(load_image(data, preprocessing=preprocessing).pixels, image_rows)
+            try:
+                pixels = explained_pixels(root, image_rows[0], preprocessing)
+            except ImageError as exc:
+                raise ImageError(f"{path}: {exc}") from None
+            yield StoredExplanation(pixels, image_rows)

@@ -9,7 +9,6 @@ flight, and gathers one index entry per picture.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import sys
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from xai_batch.analysis.overlays import RenderOptions, render_row
 from xai_batch.distributed.cluster import connected
 from xai_batch.errors import ImageError, one_line
-from xai_batch.images import DEFAULT_MAX_PIXELS, file_bytes, load_image
+from xai_batch.images import explained_pixels
 from xai_batch.manifest.record import job_source, load_job_record, recorded_preprocessing
 from xai_batch.preprocessing import Preprocessing
 from xai_batch.storage import Location, locate
@@ -77,10 +76,7 @@ def _render_batch(jobs: list[tuple[dict, str]], source: Location, to: Location, 
         entry = {"path": row["path"], "method": row["method"], "label": row["explained_index"], "file": name,
                  "error": ""}
         try:
-            data = source.child(row["path"]).read_bytes(file_bytes(DEFAULT_MAX_PIXELS))
-            if hashlib.sha256(data).hexdigest() != row["sha256"]:
-                raise ImageError("the file changed since it was explained; run explain again")
-            picture = render_row(row, load_image(data, preprocessing=preprocessing).pixels, options)
+            picture = render_row(row, explained_pixels(source, row, preprocessing), options)
             with to.child(name).atomic_writer() as stream:
                 stream.write(_encode(picture, name))
         except (OSError, ImageError) as exc:
