@@ -118,7 +118,7 @@ def replica_operations(checkpoint: str, paths: list[str], samples: int, per_call
     context = RowContext(model_id=model.model_id, class_names=model.class_names, config_hashes={"lime": "-"},
                          num_samples=samples, top_labels=1, num_features=config.num_features,
                          preprocessing=model.preprocessing)
-    replica = ModelReplica(model.checkpoint_bytes, "fp32", config.batch_size, torch.get_num_threads(), "torch")
+    replica = ModelReplica(model.payload, "fp32", config.batch_size, torch.get_num_threads(), "torch")
     source = locate(os.path.dirname(paths[0]))
     counter = OperationCount()
 

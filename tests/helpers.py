@@ -176,3 +176,23 @@ def limes_explanation(path: str, checkpoint: str, seed: int, num_samples: int):
         num_samples=num_samples,
         random_seed=seed,
     )
+
+
+
+def tiny_net(num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
+    """A network of the user's own, no torchvision architecture: two convolutions, pooled, and a head, its
+    weights drawn from ``seed``. Its class is made here, as a notebook makes one, so Ray ships it by value
+    (a class in a module the workers cannot import would not reach them)."""
+
+    class TinyNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
+                                                torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU())
+            self.head = torch.nn.Linear(16, num_classes)
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(batch).mean(dim=(2, 3)))
+
+    torch.manual_seed(seed)
+    return TinyNet().eval()

@@ -92,7 +92,7 @@ def test_cached_imagenet_weights_are_used_with_imagenet_names(tmp_path, monkeypa
     assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
     assert model.preprocessing == SEEDS  # the seeds' workflow, unchanged: Resize((256, 256))
     named = resolve_model("torchvision:resnet18.IMAGENET1K_V1")  # named, its weights come with their transforms
-    assert named.preprocessing == Preprocessing(square=False) == parse_checkpoint(named.checkpoint_bytes).preprocessing
+    assert named.preprocessing == Preprocessing(square=False) == parse_checkpoint(named.payload).preprocessing
     config = ExplainConfig(".", "out")
     assert config_hash(config, model.model_id, "lime", model.preprocessing) == config_hash(config, model.model_id)
     assert config_hash(config, named.model_id, "lime", named.preprocessing) != config_hash(config, model.model_id)
@@ -138,7 +138,7 @@ def test_torchvision_weights_by_name_explain_with_imagenet_classes(tmp_path, mon
     model = resolve_model("torchvision:mobilenet_v3_small")
     assert model.model_id == "mobilenet_v3_small:IMAGENET1K_V1" and model.arch == "mobilenet_v3_small"
     assert len(model.class_names) == 1000 and model.class_names[281] == "tabby"
-    assert parse_checkpoint(model.checkpoint_bytes).arch == "mobilenet_v3_small"  # what replicas get says so
+    assert parse_checkpoint(model.payload).arch == "mobilenet_v3_small"  # what replicas get says so
 
 
 @pytest.mark.parametrize("batch", [2, 300])
@@ -243,7 +243,7 @@ def test_an_onnx_file_reads_external_data_only_from_its_own_folder(tmp_path, mon
     model = resolve_model(_onnx_with_external_data(tmp_path / "models", "weights.bin", weights.tobytes()))
     from xai_batch.engines.onnx_engine import OnnxEngine
 
-    engine = OnnxEngine(parse_checkpoint(model.checkpoint_bytes, check=False), batch_size=2)
+    engine = OnnxEngine(parse_checkpoint(model.payload, check=False), batch_size=2)
     probabilities = engine.classify(np.full((1, 224, 224, 3), 255, np.uint8))
     assert probabilities.shape == (1, 2) and np.isfinite(probabilities).all()
 

@@ -5,7 +5,8 @@ The library call behind ``xai-batch explain``::
     from xai_batch import ExplainConfig, run_explain
     result = run_explain(ExplainConfig(source="photos", out="run1", checkpoint="model.pt"))
 
-and the manifest it writes: ``read_manifest("run1")``. From a notebook, lime's own calls on many
+or, with the model object in hand (a ``torch.nn.Module`` or lime's ``classifier_fn``),
+``explain_dataset("photos", "run1", model=net)``; and the manifest it writes: ``read_manifest("run1")``. From a notebook, lime's own calls on many
 images at once: ``LimeImageExplainer().explain_instances(images, classifier_fn)``
 (:mod:`xai_batch.lime_image`). Names are imported on
 first use, so ``xai-batch --help`` does not pay for torch and Ray.
@@ -22,7 +23,7 @@ _EXPORTS = {
     "ConfigError": "xai_batch.errors",
     "ExplainConfig": "xai_batch.config",
     "ImageError": "xai_batch.errors",
-    "JobResult": "xai_batch.commands",
+    "JobResult": "xai_batch.distributed.run",
     "LimeImageExplainer": "xai_batch.lime_image",
     "METHODS": "xai_batch.methods",
     "ModelError": "xai_batch.errors",
@@ -30,9 +31,10 @@ _EXPORTS = {
     "TrainConfig": "xai_batch.distributed.training",
     "TrainResult": "xai_batch.distributed.training",
     "XaiBatchError": "xai_batch.errors",
+    "explain_dataset": "xai_batch.distributed.run",
     "read_explanations": "xai_batch.analysis.explanations",
     "read_manifest": "xai_batch.manifest",
-    "run_explain": "xai_batch.commands",
+    "run_explain": "xai_batch.distributed.run",
     "train_model": "xai_batch.distributed.training",
 }
 

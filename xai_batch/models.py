@@ -27,6 +27,7 @@ running the cached ONNX export would otherwise pay at every start.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -35,6 +36,7 @@ import urllib.request
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,15 +48,21 @@ from xai_batch.model_files import (
 from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.storage import TORCHSCRIPT_PREFIX, TORCHVISION_PREFIX, is_torchvision, locate
 
+if TYPE_CHECKING:  # a user's function is engines' business; a model only carries it
+    from xai_batch.engines.function_engine import ClassifierFunction
+
 __all__ = [
     "DEFAULT_ARCH",
     "ModelSource",
+    "NetworkObject",
     "LoadedCheckpoint",
+    "network",
     "architectures",
     "resolve_model",
     "parse_checkpoint",
     "build_model",
     "replace_head",
+    "head_weight",
     "save_checkpoint",
     "pretrained_weights",
     "weights_path",
@@ -72,12 +80,33 @@ _AUXILIARY = ("aux1.", "aux2.", "AuxLogits.")  # their weights in torchvision's 
 
 
 @dataclass(frozen=True)
+class NetworkObject:
+    """A network handed over in Python (``model=``) that is no torchvision architecture: the replicas get the
+    object itself, pickled by Ray (its class by value where a notebook or script defined it), on the CPU."""
+
+    module: torch.nn.Module
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    digest: str  # of its weights and class names: its identity (:func:`xai_batch.model_objects.weights_digest`)
+
+    def loaded(self) -> LoadedCheckpoint:
+        """The network as a replica holds a parsed checkpoint: named for its class, Grad-CAM's ``arch``."""
+        return LoadedCheckpoint({}, self.class_names, (), type(self.module).__name__, self.preprocessing,
+                                digest=self.digest, module=self.module)
+
+
+@dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: what the replicas load and what the manifest names."""
+    """A resolved model: what the replicas load (``payload``) and what the manifest names.
+
+    ``payload`` is a checkpoint's bytes in our format (a torchvision network
+    object handed over in Python becomes one too), a :class:`NetworkObject`,
+    or a user's ``classifier_fn`` (:class:`~xai_batch.engines.function_engine.ClassifierFunction`).
+    """
 
     model_id: str
     class_names: tuple[str, ...]
-    checkpoint_bytes: bytes
+    payload: bytes | NetworkObject | ClassifierFunction
     arch: str = DEFAULT_ARCH
     preprocessing: Preprocessing = SEEDS
     file_format: str | None = None  # 'onnx' or 'torchscript' for a model file, which has no ``arch``
@@ -89,6 +118,8 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
+    """A model as a replica holds it: a checkpoint parsed once, a model file's bytes, or a network object."""
+
     state_dict: dict[str, torch.Tensor]
     class_names: tuple[str, ...]
     metrics: tuple[dict, ...] = ()
@@ -98,6 +129,17 @@ class LoadedCheckpoint:
     model_file: bytes | None = None
     outputs: str = "logits"  # or 'probabilities': what a model file answers
     digest: str = ""  # the SHA-256 of the bytes it was parsed from: what the ONNX export is cached by
+    module: torch.nn.Module | None = None  # a network object's (``state_dict`` is then empty)
+
+
+def network(loaded: LoadedCheckpoint) -> torch.nn.Module:
+    """A network of its own for whoever runs the model, in eval mode on the CPU: a copy of a network object,
+    a TorchScript file loaded, or the architecture built with the checkpoint's weights."""
+    if loaded.module is not None:
+        return copy.deepcopy(loaded.module).cpu().eval()
+    if loaded.file_format == "torchscript":
+        return torch.jit.load(io.BytesIO(loaded.model_file), map_location="cpu").eval()
+    return build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
 
 
 def architectures() -> tuple[str, ...]:
@@ -118,7 +160,7 @@ def resolve_model(checkpoint: str | None) -> ModelSource:
         preprocessing = SEEDS if checkpoint is None else Preprocessing.of_torchvision(weights)
         return ModelSource(model_id=f"{arch}:{weights.name}", class_names=class_names, arch=arch,
                            preprocessing=preprocessing,
-                           checkpoint_bytes=checkpoint_payload(arch, state_dict, class_names, (), preprocessing))
+                           payload=checkpoint_payload(arch, state_dict, class_names, (), preprocessing))
     if checkpoint.startswith(TORCHSCRIPT_PREFIX):  # the user's word that this file's code may run
         path = checkpoint.removeprefix(TORCHSCRIPT_PREFIX)
         data = _read(path)
@@ -135,7 +177,7 @@ def resolve_model(checkpoint: str | None) -> ModelSource:
                          f"{TORCHSCRIPT_PREFIX}{checkpoint}")
     loaded = parse_checkpoint(data, name=checkpoint)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    return ModelSource(model_id=f"{loaded.arch}:{digest}", class_names=loaded.class_names, checkpoint_bytes=data,
+    return ModelSource(model_id=f"{loaded.arch}:{digest}", class_names=loaded.class_names, payload=data,
                        arch=loaded.arch, preprocessing=loaded.preprocessing)
 
 
@@ -157,7 +199,7 @@ def _model_file(checkpoint: str, data: bytes, fmt: str) -> ModelSource:
                 "outputs": described.outputs}, buffer)
     payload = buffer.getvalue()  # the file and its description: a change to either is another model
     return ModelSource(model_id=f"{fmt}:{hashlib.sha256(payload).hexdigest()[:16]}", class_names=described.class_names,
-                       checkpoint_bytes=payload, preprocessing=described.preprocessing, file_format=fmt)
+                       payload=payload, preprocessing=described.preprocessing, file_format=fmt)
 
 
 def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
@@ -202,7 +244,7 @@ def parse_checkpoint(data: bytes, name: str = "checkpoint", check: bool = True,
     if check and arch not in architectures():
         raise ModelError(f"{name} is a {arch!r} checkpoint, which is not a torchvision classification model "
                          "(xai-batch train --help lists them)")
-    head = _head_weight(state_dict)
+    head = head_weight(state_dict)
     if head is None:
         raise ModelError(f"{name} is not a {arch} state dict (no classifier weight)")
     num_classes = int(head.shape[0])
@@ -272,7 +314,7 @@ def _shown(value) -> str:
     return f"a {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, (str, list, tuple, dict)) else "")
 
 
-def _head_weight(state_dict) -> torch.Tensor | None:
+def head_weight(state_dict) -> torch.Tensor | None:
     """The classifier's weight: the last weight of two or more dimensions (a Linear's, or SqueezeNet's final
     1x1 convolution's), its first dimension the number of classes. torchvision registers every
     classification model's head last."""

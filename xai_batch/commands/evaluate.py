@@ -129,7 +129,7 @@ def run_evaluate(config: EvaluateConfig, progress: bool = True) -> EvaluateResul
             ray.data.from_items([{"path": path} for path in paths])
             .map_batches(_decode, fn_kwargs={"source": source, "max_pixels": config.max_pixels,
                                              "preprocessing": model.preprocessing}, batch_size=BATCH)
-            .map_batches(_Classifier, fn_constructor_args=(model.checkpoint_bytes, config.precision, config.engine, threads),
+            .map_batches(_Classifier, fn_constructor_args=(model.payload, config.precision, config.engine, threads),
                          batch_size=BATCH, concurrency=actors, num_gpus=1 if gpus else 0)
         )
         # Streamed: the driver keeps counts and the wrong images, never a row per image.

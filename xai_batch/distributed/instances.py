@@ -16,8 +16,6 @@ does an image whose function, segmentation or fit raises.
 
 from __future__ import annotations
 
-import pickle
-import re
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -28,10 +26,11 @@ import ray
 
 from xai_batch.distributed.calls import ReplicaCalls
 from xai_batch.distributed.cluster import connected
-from xai_batch.distributed.pipeline import TASK_RETRIES, describe_failure
+from xai_batch.distributed.pipeline import TASK_RETRIES, describe_failure, load_failure
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.engines.function_engine import ClassifierFunction
-from xai_batch.errors import ConfigError, XaiBatchError, one_line
+from xai_batch.errors import XaiBatchError
+from xai_batch.model_objects import shipped_bytes
 from xai_batch.explaining.instances import InstanceRecipe, lime_explanation, prepare_instance
 
 __all__ = ["explain_on_replicas", "ROWS_PER_CALL"]
@@ -51,15 +50,16 @@ def explain_on_replicas(
     copies of the function run (default: one per GPU, else one). ``bar``, a
     tqdm bar, is advanced as each image is explained.
     """
-    _check_shippable("classifier_fn", function.fn)
+    shipped_bytes("classifier_fn", function.fn)
     for name in ("segmentation_fn", "kernel", "model_regressor"):
-        _check_shippable(name, getattr(recipe, name))
+        if getattr(recipe, name) is not None:
+            shipped_bytes(name, getattr(recipe, name))
     with connected(address, quiet=True):
         function_ref = ray.put(function)
         try:
             fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL, f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
         except ray.exceptions.RayError as exc:
-            raise XaiBatchError(f"the model replicas could not load classifier_fn: {_load_failure(exc)}") from None
+            raise XaiBatchError(f"the model replicas could not load classifier_fn: {load_failure(exc)}") from None
         flow = _Instances(images, seeds, recipe, fleet, max(ROWS_PER_CALL, function.batch_size or 0), bar)
         try:
             return flow.run()
@@ -182,23 +182,3 @@ class _Instances:
 def _fit(prepared, seed: int, recipe: InstanceRecipe, *answers: np.ndarray):
     """The fit task: the replicas' answers arrive as separate arguments, so Ray hands over their values."""
     return lime_explanation(prepared, answers, seed, recipe)
-
-
-def _load_failure(exc: ray.exceptions.RayError) -> str:
-    """Why a replica could not be made, in one line; a function from a module the workers cannot import says
-    what to do."""
-    missing = re.search(r"No module named '([^']+)'", str(exc))
-    if missing:
-        return (f"its module {missing.group(1)!r} cannot be imported by Ray's workers: define the function in "
-                "the notebook or script itself, or install its module where the workers run")
-    return describe_failure(exc)
-
-
-def _check_shippable(name: str, value: object) -> None:
-    """Refuse, before Ray starts, a parameter that cannot be sent to the workers, naming it."""
-    if value is None:
-        return
-    try:
-        ray.cloudpickle.dumps(value)
-    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
-        raise ConfigError(f"{name} cannot be sent to Ray's workers: {one_line(exc)}", name) from None

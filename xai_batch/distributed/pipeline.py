@@ -23,6 +23,7 @@ becomes that image's error row; the job goes on.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -425,6 +426,16 @@ def lost_lease(exc: ray.exceptions.RayError) -> LeaseLost | None:
     """The :class:`~xai_batch.manifest.lock.LeaseLost` a writer's failure was, if it was that."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, LeaseLost) else None
+
+
+def load_failure(exc: ray.exceptions.RayError) -> str:
+    """Why a replica could not be made, in one line; a function or network whose module Ray's workers cannot
+    import says what to do."""
+    missing = re.search(r"No module named '([^']+)'", str(exc))
+    if missing:
+        return (f"its module {missing.group(1)!r} cannot be imported by Ray's workers: define it in the notebook "
+                "or script itself, or install its module where the workers run")
+    return describe_failure(exc)
 
 
 def describe_failure(exc: BaseException) -> str:

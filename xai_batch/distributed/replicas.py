@@ -12,6 +12,7 @@ import ray
 from xai_batch.engines.function_engine import ClassifierFunction
 from xai_batch.explaining.whole import explain_whole
 from xai_batch.methods import get_method
+from xai_batch.models import NetworkObject
 
 __all__ = ["ModelReplica", "Replicas"]
 
@@ -30,10 +31,11 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, model: bytes | ClassifierFunction, precision: str, batch_size: int, threads: int,
-                 engine: str = "auto", layer: str | None = None) -> None:
-        """``model`` is the checkpoint's bytes (checked by the driver, parsed here once), or a user's
-        ``classifier_fn``, which then answers for the model (no gradient passes)."""
+    def __init__(self, model: bytes | NetworkObject | ClassifierFunction, precision: str, batch_size: int,
+                 threads: int, engine: str = "auto", layer: str | None = None) -> None:
+        """``model`` is what :class:`~xai_batch.models.ModelSource` ships: the checkpoint's bytes (checked
+        by the driver, parsed here once), a network object, or a user's ``classifier_fn``, which then
+        answers for the model (no gradient passes)."""
         import torch
 
         from xai_batch.engines import make_engine
@@ -47,7 +49,7 @@ class ModelReplica:
             self._checkpoint = None
             self.engine = FunctionEngine(model)
         else:
-            self._checkpoint = parse_checkpoint(model, check=False)
+            self._checkpoint = model.loaded() if isinstance(model, NetworkObject) else parse_checkpoint(model, check=False)
             self.engine = make_engine(engine, self._checkpoint, precision, batch_size, threads)
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import ray
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from xai_batch.config import ExplainConfig, config_hash
 from xai_batch.distributed.cluster import check_join, connected
-from xai_batch.distributed.pipeline import FlowInputs, Pipeline, describe_failure, lost_lease
+from xai_batch.distributed.pipeline import FlowInputs, Pipeline, describe_failure, load_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.explaining.steps import STEPS
@@ -37,11 +37,12 @@ from xai_batch.manifest import (
 )
 from xai_batch.manifest.record import RunCounts, RunRecord
 from xai_batch.methods import METHODS
-from xai_batch.model_files import check_file_runs
+from xai_batch.model_objects import check_model_runs, model_source
 from xai_batch.models import ModelSource, resolve_model
+from xai_batch.preprocessing import Preprocessing
 from xai_batch.storage import join
 
-__all__ = ["JobResult", "Inputs", "gather_inputs", "pipeline_for", "run_explain"]
+__all__ = ["JobResult", "Inputs", "gather_inputs", "pipeline_for", "run_explain", "explain_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,36 @@ def gather_inputs(config: ExplainConfig) -> Inputs:
     return Inputs(resolve_model(config.checkpoint), discover_images(config.source, skip=config.out))
 
 
+def explain_dataset(source: str, out: str, model: object = None, *, class_names: Sequence[str] | None = None,
+                    preprocessing: Preprocessing | dict | None = None, model_id: str | None = None,
+                    progress: bool = True, **options) -> JobResult:
+    """Explain every image under ``source`` into ``out`` with the model in hand: ``xai-batch explain`` from Python.
+
+    ``model`` is a ``torch.nn.Module`` or lime's ``classifier_fn``
+    (:mod:`xai_batch.model_objects` says how each runs and what it is named
+    by), with its ``class_names`` (``class_0``... by default), the
+    ``preprocessing`` it takes its input with (the seeds' by default) and,
+    for a function, a ``model_id`` to resume by. Without ``model``,
+    ``checkpoint=`` names a file as ``--checkpoint`` does (the seeds'
+    ResNet18 without either). ``options`` are :class:`ExplainConfig`'s
+    fields (``methods``, ``num_samples``, ``seed``...). The same weights give
+    the same rows as a network object, through a function over it, or saved
+    to a checkpoint file.
+    """
+    described = {"class_names": class_names, "preprocessing": preprocessing, "model_id": model_id}
+    given = [name for name, value in described.items() if value is not None]
+    if model is None and given:
+        raise ConfigError(f"{given[0]} describes model=; a checkpoint file says it itself", given[0])
+    if model is not None and options.get("checkpoint") is not None:
+        raise ConfigError("give model= or checkpoint=, not both", "checkpoint")
+    config = ExplainConfig(source=source, out=out, **options)
+    if model is None:
+        return run_explain(config, progress)
+    inputs = Inputs(model_source(model, class_names, preprocessing, model_id),
+                    discover_images(config.source, skip=config.out))
+    return run_explain(config, progress, inputs)
+
+
 def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | None = None) -> JobResult:
     """Explain every image under ``config.source`` into ``config.out``.
 
@@ -91,9 +122,7 @@ def run_explain(config: ExplainConfig, progress: bool = True, inputs: Inputs | N
     check_join(config.address, config.insecure)  # a token that would cross the network in clear: before any work
     inputs = inputs or gather_inputs(config)
     model = inputs.model
-    check_file_runs(model.file_format, config.engine, config.precision, config.methods)
-    if config.target_layer is not None:
-        _check_target_layer(model, config.target_layer)
+    check_model_runs(model, config.engine, config.precision, config.methods, config.target_layer)
     if config.top_labels > model.num_classes:
         raise ConfigError(
             f"top_labels {config.top_labels} exceeds the model's {model.num_classes} classes", "top_labels"
@@ -138,9 +167,12 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     try:
         with connected(config.address, config.insecure):
             timings["ray_start_seconds"] = time.time() - started
-            checkpoint_ref = ray.put(model.checkpoint_bytes)  # held until the end: replacements load from it
-            replicas = Replicas(config.actors, checkpoint_ref, config.precision, config.batch_size, f"xai-batch-{run_id}",
-                                config.engine, config.target_layer)
+            model_ref = ray.put(model.payload)  # held until the end: replacements load from it
+            try:
+                replicas = Replicas(config.actors, model_ref, config.precision, config.batch_size,
+                                    f"xai-batch-{run_id}", config.engine, config.target_layer)
+            except ray.exceptions.RayError as exc:
+                raise XaiBatchError(f"the model replicas could not load the model: {load_failure(exc)}") from None
             context = dataclasses.replace(
                 context, engine=", ".join(sorted({replica["engine"] for replica in replicas.placement})))
             record.document["engine"] = context.engine
@@ -202,17 +234,6 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
         reused=counts.reused,
         unread=counts.unread,
     )
-
-
-def _check_target_layer(model: ModelSource, path: str) -> None:
-    """Refuse, before Ray starts, a --target-layer the model does not have (the network is built once for it)."""
-    from xai_batch.methods.gradcam import target_layer
-    from xai_batch.models import build_model
-
-    try:
-        target_layer(build_model(model.arch, model.num_classes), model.arch, path)
-    except ValueError as exc:
-        raise ConfigError(str(exc), "target_layer") from exc
 
 
 def pipeline_for(stages: str, placement: list[dict]) -> type[Pipeline] | type[ReplicaPipeline]:

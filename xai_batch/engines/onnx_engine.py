@@ -33,7 +33,7 @@ import torch
 
 from xai_batch.engines.torch_engine import normalise
 from xai_batch.errors import ModelError, one_line
-from xai_batch.models import LoadedCheckpoint, build_model
+from xai_batch.models import LoadedCheckpoint, network
 
 __all__ = ["OnnxEngine", "ONNX_BATCH", "NotExportable", "onnx_model"]
 
@@ -117,6 +117,8 @@ def onnx_model(loaded: LoadedCheckpoint) -> bytes:
     ``<arch>-<key>.onnx.sha256`` (``sha256sum``'s format) in
     ``$XAI_BATCH_CACHE/onnx`` or ``~/.cache/xai-batch/onnx``. The bytes returned
     are the ones checked (or just exported), for ``InferenceSession`` to load.
+    A network object handed over in Python is exported afresh by each
+    replica: its key would be its weights, and its code may have changed.
 
     The record is written before the model: replicas exporting at once write
     the same bytes (the export is deterministic), and one that finds the model
@@ -127,6 +129,8 @@ def onnx_model(loaded: LoadedCheckpoint) -> bytes:
     """
     if loaded.file_format == "onnx":  # a model file runs as it came
         return loaded.model_file
+    if loaded.module is not None:  # its weights say nothing of its code, which may have changed: never cached
+        return _export(loaded)
     versions = f"torch {torch.__version__}, onnxruntime {metadata.version('onnxruntime')}"
     key = hashlib.sha256(f"{loaded.digest} {versions}".encode()).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XAI_BATCH_CACHE", os.path.expanduser("~/.cache/xai-batch")), "onnx")
@@ -153,7 +157,7 @@ def onnx_model(loaded: LoadedCheckpoint) -> bytes:
 
 def _export(loaded: LoadedCheckpoint) -> bytes:
     """The checkpoint's network exported to ONNX by torch, in a private temporary folder of its own."""
-    model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
+    model = network(loaded)
     with (tempfile.TemporaryDirectory(prefix="xai-batch-export-") as scratch,  # 0700: the exporter writes by name
           contextlib.redirect_stdout(io.StringIO())):  # the exporter narrates its steps
         exported = os.path.join(scratch, "model.onnx")

@@ -8,13 +8,12 @@ lime would feed the model.
 from __future__ import annotations
 
 import contextlib
-import io
 
 import numpy as np
 import torch
 
 from xai_batch.maths.perturbation import perturb
-from xai_batch.models import LoadedCheckpoint, build_model
+from xai_batch.models import LoadedCheckpoint, network
 from xai_batch.preprocessing import SEEDS, Preprocessing
 
 __all__ = ["TorchEngine", "DEVICE_BATCH", "normalise", "exact_fp32"]
@@ -65,11 +64,7 @@ class TorchEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision == "fp32":
             exact_fp32(self.device)
-        if loaded.file_format == "torchscript":
-            model = torch.jit.load(io.BytesIO(loaded.model_file), map_location="cpu").eval()
-        else:
-            model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.model = network(loaded).to(self.device, memory_format=torch.channels_last)
         self.precision = precision
         self.batch_size = min(batch_size, DEVICE_BATCH.get(self.device.type, batch_size))
         self.num_classes = len(loaded.class_names)

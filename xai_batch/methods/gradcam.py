@@ -100,11 +100,11 @@ class GradCam:
         from pytorch_grad_cam import GradCAM
 
         from xai_batch.engines.torch_engine import exact_fp32
-        from xai_batch.models import build_model
+        from xai_batch.models import network
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         exact_fp32(self.device)  # the map of fp32 gradients, not TF32's
-        self.model = build_model(loaded.arch, len(loaded.class_names), loaded.state_dict).to(self.device).eval()
+        self.model = network(loaded).to(self.device)
         self.preprocessing = loaded.preprocessing
         self.cam = GradCAM(model=self.model, target_layers=[target_layer(self.model, loaded.arch, layer)],
                            reshape_transform=reshape_for(loaded.arch))
