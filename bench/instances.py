@@ -9,7 +9,10 @@ over a ResNet18 object, 1000 classes):
 3. ``explain_instances`` on one image and on all of them, each call starting
    its own local Ray: the difference is the per-image rate in steady state,
    the rest of the one-image call the fixed cost (Ray's start, the replica
-   loading the shipped function, the pipeline filling).
+   loading the shipped function, the pipeline filling);
+4. ``explain_dataset`` with the model object itself (``model=``) on folders
+   of the same photos, one image and all of them: xai-batch's own engines
+   then run the network, measured the same way.
 
     .venv/bin/python bench/instances.py --images 6 --num-samples 1000
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -28,16 +33,28 @@ from PIL import Image
 from torchvision import models, transforms
 
 from speed import machine
-from xai_batch import LimeImageExplainer
+from xai_batch import LimeImageExplainer, explain_dataset
 from xai_batch.reference import seed_batch_predict
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field", "retina")
 
 
+def photos(count: int) -> list[Image.Image]:
+    return [Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB") for i in range(count)]
+
+
 def images(count: int) -> list[np.ndarray]:
+    """The photos as the seeds crop them: what lime's loop and ``explain_instances`` get."""
     crop = transforms.Compose([transforms.Resize((256, 256)), transforms.CenterCrop(224)])
-    return [np.array(crop(Image.fromarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()).convert("RGB")))
-            for i in range(count)]
+    return [np.array(crop(photo)) for photo in photos(count)]
+
+
+def folder(pictures: list[Image.Image], root: str) -> str:
+    """The photos as files, whole: ``explain_dataset`` frames them as the seeds do."""
+    os.makedirs(root)
+    for index, picture in enumerate(pictures):
+        picture.save(os.path.join(root, f"{index}.png"))
+    return root
 
 
 def function_limit(batch_predict, pictures: list[np.ndarray], batch_size: int, seconds: float = 10.0) -> float:
@@ -55,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=128, help="images per classifier_fn call in the replicas")
+    parser.add_argument("--batch-size", type=int, default=10, help="images per classifier_fn call in the replicas")
     parser.add_argument("--json", help="write every figure here too")
     args = parser.parse_args()
 
@@ -84,13 +101,29 @@ def main() -> None:
     per_image = (calls[len(pictures)] - calls[1]) / (len(pictures) - 1)
     fixed = calls[1] - per_image
     rate = args.num_samples / per_image  # perturbed images per second in steady state
+    print(f"steady {per_image:.2f} s/image: {rate / limit:.2f} of the function's limit, "
+          f"{loop / per_image:.2f}x the seeds' loop; fixed cost {fixed:.1f} s", flush=True)
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in (1, len(pictures)):
+            source = folder(photos(count), os.path.join(scratch, f"source{count}"))
+            started = time.perf_counter()
+            explain_dataset(source, os.path.join(scratch, f"out{count}"), model=model, num_samples=args.num_samples,
+                            progress=False)
+            runs[count] = time.perf_counter() - started
+            print(f"explain_dataset(model=) on {count}: {runs[count]:.1f} s", flush=True)
+    model_per_image = (runs[len(pictures)] - runs[1]) / (len(pictures) - 1)
+    model_fixed = runs[1] - model_per_image
+    print(f"model=: steady {model_per_image:.2f} s/image, {loop / model_per_image:.2f}x the seeds' loop; "
+          f"fixed cost {model_fixed:.1f} s")
     summary = {
         "machine": machine(), "args": vars(args), "function_limit_images_per_s": limit,
         "seeds_loop_s_per_image": loop, "calls_s": calls, "steady_s_per_image": per_image, "fixed_s": fixed,
         "share_of_function_limit": rate / limit, "x_seeds_loop": loop / per_image,
+        "model_object_runs_s": runs, "model_object_steady_s_per_image": model_per_image,
+        "model_object_fixed_s": model_fixed, "model_object_x_seeds_loop": loop / model_per_image,
     }
-    print(f"steady {per_image:.2f} s/image: {rate / limit:.2f} of the function's limit, "
-          f"{loop / per_image:.2f}x the seeds' loop; fixed cost {fixed:.1f} s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=2)
