@@ -90,6 +90,10 @@ _DETECTORS = {  # class: (weights on R, G, B in [0, 1], the object's typical res
 }
 _MARGIN = 0.25  # how much a pixel's own hue must exceed the mean of the other two to count
 SHAPE_LOGIT, NONE_LOGIT = 2.5, 0.5
+# The detector's input frame: the generated shapes resized to 128 and cropped to 112, a quarter of the seeds'
+# pixels, so each of the many runs that use it segments and perturbs a quarter as much. The seeds' own
+# frame is tested end to end with the photos and the random checkpoint.
+SHAPES_FRAME = {"resize": 128, "crop": 112}
 
 
 def save_shape_detector(path: str) -> str:
@@ -128,7 +132,8 @@ def save_shape_detector(path: str) -> str:
         state["fc.weight"][SHAPE_CLASSES.index(name), channel] = SHAPE_LOGIT / typical
     state["fc.bias"][SHAPE_CLASSES.index("none")] = NONE_LOGIT
     model.load_state_dict(state)
-    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": list(SHAPE_CLASSES)}, path)
+    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": list(SHAPE_CLASSES),
+                "preprocessing": SHAPES_FRAME}, path)
     return path
 
 

@@ -11,13 +11,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from browser import Chromium
-from helpers import assert_verified
+from helpers import SHAPES_FRAME, assert_verified
 from xai_batch.cli import cli
 from xai_batch.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
 METHODS = ("lime", "gradcam")
+CROP = SHAPES_FRAME["crop"]  # the shapes model's input, what its pictures are drawn at
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_stimuli_by_method_are_balanced_reproducible_and_blind(two_methods, tmp_
         assert row["file"] == f"{row['stimulus_id']}.png"  # nothing of the method or class in the name
         assert row["method"] == row["cell"].split("/")[0]
         picture = np.asarray(Image.open(tmp_path / "a" / row["file"]))
-        assert picture.shape[1] == 224 and picture.shape[0] > 224  # every method in the same style: heatmap + legend
+        assert picture.shape[1] == CROP and picture.shape[0] > CROP  # every method in the same style: heatmap + legend
     # The same options give the same stimuli, byte for byte.
     _, again = _stimuli(two_methods, tmp_path / "b", *options)
     assert again == table
@@ -99,7 +100,7 @@ def test_report_shows_the_methods_side_by_side(two_methods, tmp_path):
         assert len(views) == 3 and all(shown == list(METHODS) for shown in views)
         sizes = chromium.evaluate("Promise.all([...document.querySelectorAll('#gallery .view img')].map(i => new Promise("
                                   "r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth))))")
-        assert sizes == [224] * 6
+        assert sizes == [CROP] * 6
         # Each card marks the method with the lower deletion AUC, as the manifest has it (none on a tie).
         marked = chromium.evaluate("Object.fromEntries([...document.querySelectorAll('#gallery .card')].map(c => "
                                    "[c.dataset.path, c.querySelector('.best')?.closest('.view').dataset.method ?? null]))")

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from helpers import load_model
 from xai_batch.cli import cli
 from xai_batch.images import load_image
+from xai_batch.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +26,17 @@ def _by_hand(checkpoint, folder):
 
     model = load_model(checkpoint)
     names = torch.load(checkpoint, weights_only=True)["class_names"]
+    frame = Preprocessing(**torch.load(checkpoint, weights_only=True).get("preprocessing", {}))
     predictions = {}
     for path in sorted(folder.rglob("*.png")):
         if path.name.endswith(".mask.pgm"):
             continue
         try:
-            pixels = load_image(path.read_bytes()).pixels
+            pixels = load_image(path.read_bytes(), preprocessing=frame).pixels
         except Exception:
             continue
         with torch.inference_mode():
-            logits = model(normalise(pixels, torch.device("cpu")).permute(2, 0, 1)[None])
+            logits = model(normalise(pixels, torch.device("cpu"), frame).permute(2, 0, 1)[None])
         predictions[path.relative_to(folder).as_posix()] = names[int(logits.argmax())]
     return predictions
 

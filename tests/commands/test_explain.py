@@ -9,9 +9,10 @@ import pytest
 import torch
 from lime.lime_image import LimeImageExplainer
 
-from helpers import SHAPE_CLASSES, assert_rows_are_limes, assert_verified, load_model
+from helpers import SHAPE_CLASSES, SHAPES_FRAME, assert_rows_are_limes, assert_verified, load_model
 from xai_batch.config import ExplainConfig
 from xai_batch.images import load_image
+from xai_batch.preprocessing import Preprocessing
 from xai_batch.manifest import read_manifest
 from xai_batch.reference import seed_batch_predict
 from xai_batch.synthetic import mask_path
@@ -183,7 +184,7 @@ def test_auto_samples_stop_at_limes_own_answer(ray_session, three_shapes, shapes
     row = min(rows, key=lambda row: row["num_samples"])
     assert row["num_samples"] < 300  # the shapes model's top superpixel settles early on some image
     with open(os.path.join(three_shapes, row["path"]), "rb") as handle:
-        image = load_image(handle.read()).pixels
+        image = load_image(handle.read(), preprocessing=Preprocessing(**SHAPES_FRAME)).pixels
     lime = LimeImageExplainer(random_state=row["seed"]).explain_instance(
         image, seed_batch_predict(load_model(shapes_model)), top_labels=1, hide_color=0,
         num_samples=row["num_samples"], random_seed=row["seed"],

@@ -10,14 +10,17 @@ from lime.lime_image import ImageExplanation
 from PIL import Image
 from skimage.segmentation import mark_boundaries
 
+from helpers import SHAPES_FRAME
 from xai_batch.cli import cli
 from xai_batch.config import ExplainConfig
 from xai_batch.images import load_image
 from xai_batch.manifest import decode_segments, read_manifest
 from xai_batch.analysis.overlays import STYLES
 from xai_batch.commands import run_explain
+from xai_batch.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.slow
+CROP = SHAPES_FRAME["crop"]  # the shapes model's input, what its overlays are drawn at
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_every_style_renders_every_row(explained, style, tmp_path):
     for row in index:
         assert row["error"] == "" and os.path.dirname(row["file"]) == ""
         picture = np.asarray(Image.open(os.path.join(to, row["file"])))
-        assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.shape[1] >= 224
+        assert picture.dtype == np.uint8 and picture.shape[2] == 3 and picture.shape[1] >= CROP
     assert sorted(os.listdir(to)) == sorted([row["file"] for row in index] + ["overlays.csv"])
 
 
@@ -61,7 +64,8 @@ def test_boundaries_overlays_are_limes_figure_for_the_row(explained):
     rows = {row["path"]: row for row in read_manifest(out).to_pylist()}
     for entry in _index(to):
         row = rows[entry["path"]]
-        image = load_image(open(os.path.join(source, row["path"]), "rb").read()).pixels
+        image = load_image(open(os.path.join(source, row["path"]), "rb").read(),
+                           preprocessing=Preprocessing(**SHAPES_FRAME)).pixels
         explanation = ImageExplanation(image, decode_segments(row["segments"]))
         weights = np.asarray(row["weights"])
         order = np.argsort(-np.abs(weights), kind="stable")
@@ -152,7 +156,7 @@ def test_stimuli_are_balanced_blind_and_reproducible(explained_classes, tmp_path
         assert row["file"] == f"{row['stimulus_id']}.png"  # the name gives nothing away
         assert row["true_label"] == row["cell"] == row["path"].split("/")[0]
         picture = np.asarray(Image.open(os.path.join(first, row["file"])))
-        assert picture.shape == (224, 2 * 224 + 8, 3)  # side by side, no caption (--blind)
+        assert picture.shape == (CROP, 2 * CROP + 8, 3)  # side by side, no caption (--blind)
     assert table == _stimuli_csv(second)
     for row in table:
         assert open(os.path.join(first, row["file"]), "rb").read() == open(os.path.join(second, row["file"]), "rb").read()

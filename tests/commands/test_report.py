@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from browser import Chromium
+from helpers import SHAPES_FRAME
 
 from xai_batch.cli import cli
 from xai_batch.manifest import read_manifest
@@ -105,7 +106,7 @@ def test_report_in_a_real_browser(audited, browser, tmp_path):
     assert browser.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
     assert browser.evaluate("document.title") != "1"
     assert browser.evaluate("(() => { const i = document.querySelector('#gallery img'); "
-                            "return new Promise(r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth)); })()") == 224
+                            "return new Promise(r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth)); })()") == SHAPES_FRAME["crop"]
     _save(browser, tmp_path, "report-all.png")
 
     # A filter: only the wrong predictions, and they are the audit's misclassified images.
@@ -135,7 +136,7 @@ def test_pictures_beside_the_page(audited, browser, tmp_path):
     assert len(files) == 8 and all(name.endswith(".jpg") for name in files)
     browser.load(page.as_uri(), ready="document.body.dataset.ready === 'true'")
     assert browser.evaluate("(() => { const i = document.querySelector('#gallery img'); "
-                            "return new Promise(r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth)); })()") == 224
+                            "return new Promise(r => i.complete ? r(i.naturalWidth) : i.onload = () => r(i.naturalWidth)); })()") == SHAPES_FRAME["crop"]
     assert browser.console_errors() == []
 
 
