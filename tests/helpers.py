@@ -96,7 +96,7 @@ SHAPE_LOGIT, NONE_LOGIT = 2.5, 0.5
 SHAPES_FRAME = {"resize": 128, "crop": 112}
 
 
-def save_shape_detector(path: str) -> str:
+def save_shape_detector(path: str, frame: dict | None = SHAPES_FRAME) -> str:
     """A ResNet18 that classifies the generated shapes by construction, not by training.
 
     The stem's first three filters average a 7x7 window and fire (after BN's
@@ -132,8 +132,9 @@ def save_shape_detector(path: str) -> str:
         state["fc.weight"][SHAPE_CLASSES.index(name), channel] = SHAPE_LOGIT / typical
     state["fc.bias"][SHAPE_CLASSES.index("none")] = NONE_LOGIT
     model.load_state_dict(state)
-    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": list(SHAPE_CLASSES),
-                "preprocessing": SHAPES_FRAME}, path)
+    frame = {} if frame is None else {"preprocessing": frame}  # None: the seeds' frame
+    torch.save({"arch": "resnet18", "state_dict": model.state_dict(), "class_names": list(SHAPE_CLASSES), **frame},
+               path)
     return path
 
 

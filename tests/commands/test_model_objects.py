@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SHAPE_CLASSES, assert_verified, load_model, save_random_model, tiny_net
+from helpers import SHAPE_CLASSES, SHAPES_FRAME, assert_verified, load_model, save_random_model, tiny_net
 from xai_batch import ConfigError, ModelError, explain_dataset, read_manifest
 from xai_batch.model_objects import model_source, torchvision_arch, weights_digest
 from xai_batch.models import NetworkObject, build_model
@@ -34,9 +34,10 @@ def test_a_closure_a_network_object_and_a_checkpoint_file_give_the_same_manifest
     from_file = explain_dataset(three_shapes, str(tmp_path / "file"), checkpoint=shapes_model, engine="torch",
                                 **options)
     from_object = explain_dataset(three_shapes, str(tmp_path / "object"), model=network, class_names=SHAPE_CLASSES,
-                                  engine="torch", **options)
+                                  preprocessing=SHAPES_FRAME, engine="torch", **options)
     from_function = explain_dataset(three_shapes, str(tmp_path / "function"), model=seed_batch_predict(network),
-                                    class_names=SHAPE_CLASSES, model_id="seeds-resnet18", **options)
+                                    class_names=SHAPE_CLASSES, preprocessing=SHAPES_FRAME, model_id="seeds-resnet18",
+                                    **options)
     assert from_file.ok == from_object.ok == from_function.ok == 3 and from_file.rows == 6
     assert _rows(str(tmp_path / "file")) == _rows(str(tmp_path / "object"))  # bit for bit: the same engine's rows
     for expected, got in zip(_rows(str(tmp_path / "file")), _rows(str(tmp_path / "function")), strict=True):
