@@ -14,7 +14,7 @@ from helpers import checkpoint_bytes, load_model, loaded_checkpoint, save_random
 from xai_batch.maths.superpixels import Quickshift
 from xai_batch.engines import TorchEngine, normalise
 from xai_batch.maths import hidden_image, perturb, quickshift_segments, sample_rows
-from xai_batch.preprocessing import SEEDS
+from xai_batch.preprocessing import SEEDS, Preprocessing
 from xai_batch.reference import seed_batch_predict
 
 
@@ -170,7 +170,7 @@ def test_a_cached_export_that_fails_its_check_is_exported_again(onnx_caches, ran
     entry = _copied_cache(onnx_caches, tmp_path, monkeypatch)
     written = b"" if damage == "empty" else _entry(onnx_caches["other"]).read_bytes()
     entry.write_bytes(written)
-    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_export"):
         engine = _engine("onnxruntime", random_checkpoint, 24)
     whole = np.stack(case[:2])
     np.testing.assert_allclose(engine.classify(whole), _torch_probabilities(random_checkpoint, whole),
@@ -194,7 +194,7 @@ def test_a_symbolic_link_in_place_of_the_entry_is_not_followed(onnx_caches, rand
     (tmp_path / "onnx").chmod(0o755)
     original = target.read_bytes()
     data = checkpoint_bytes(random_checkpoint)
-    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_export"):
         serialized = onnx_model(parse_checkpoint(data))
     assert not entry.is_symlink() and entry.read_bytes() == serialized and stat.S_IMODE(entry.stat().st_mode) == 0o600
     assert f"{entry} is a symbolic link" in caplog.text
@@ -226,10 +226,62 @@ def test_a_cache_folder_others_can_write_into_is_not_used(onnx_caches, random_ch
         f"{hashlib.sha256(planted).hexdigest()}  {entry.name}\n".encode())
     (tmp_path / "onnx").chmod(mode)
     data = checkpoint_bytes(random_checkpoint)
-    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="xai_batch.engines.onnx_export"):
         serialized = onnx_model(parse_checkpoint(data))
     assert serialized != planted and serialized == _entry(onnx_caches["random"]).read_bytes()
     assert f"not using the ONNX export cache {tmp_path / 'onnx'}: others can write into it (mode {mode:04o})" \
         in caplog.text
     assert entry.read_bytes() == planted and sorted(p.name for p in (tmp_path / "onnx").iterdir()) == \
         [entry.name, entry.name + ".sha256"]  # nothing written there either
+
+
+@pytest.mark.parametrize("preprocessing", [SEEDS, Preprocessing(resize=128, crop=112, mean=(0.5, 0.5, 0.5),
+                                                                 std=(0.25, 0.5, 0.125))])
+def test_onnx_inputs_are_torchvisions_bit_for_bit(preprocessing):
+    """ONNX Runtime's engine normalises with numpy, so that its replica needs no torch: every value equals
+    ToTensor then Normalize's (the torch engine's ``normalise``), bit for bit, over all 256 pixel values."""
+    from xai_batch.engines.onnx_engine import normalised
+
+    rng = np.random.default_rng(0)
+    image = np.concatenate([np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3),
+                            rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)])
+    expected = normalise(image, torch.device("cpu"), preprocessing).permute(2, 0, 1).numpy()
+    ours = normalised(image, preprocessing)
+    assert ours.dtype == np.float32 and np.array_equal(ours.view(np.uint32), expected.view(np.uint32))
+
+
+def test_a_replica_that_runs_an_onnx_model_loads_no_torch(random_checkpoint, case, tmp_path):
+    """What the driver ships for ONNX Runtime (the export, done once) is all a replica needs: in a fresh
+    process it loads it and answers sample rows without importing torch (four seconds of every start)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from xai_batch.engines import replica_model
+    from xai_batch.explaining.prepared import PreparedImage
+    from xai_batch.models import resolve_model
+
+    shipped = replica_model(resolve_model(random_checkpoint), "auto", cuda=False, precision="fp32", gradients=False)
+    image, hidden, segments, rows = case
+    with open(tmp_path / "call.pkl", "wb") as handle:
+        pickle.dump((shipped, PreparedImage(image, hidden, segments, rows.astype(np.uint8))), handle)
+    answers = tmp_path / "answers.npy"
+    script = f"""
+import pickle, sys
+import numpy as np
+from xai_batch.distributed.replicas import ModelReplica
+shipped, prepared = pickle.load(open({str(tmp_path / "call.pkl")!r}, "rb"))
+replica = ModelReplica(shipped, "fp32", 16, threads=1)
+count, probs = replica.predict(prepared, 0, 10)
+np.save({str(answers)!r}, probs)
+print(replica.describe()["engine"], count)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision", "pyarrow")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    engine, loaded = done.stdout.splitlines()
+    assert engine.startswith("onnxruntime ") and engine.endswith(" 10")
+    assert loaded == "[]"
+    engine = _engine("onnxruntime", random_checkpoint, 16)
+    expected = engine.predict(image, hidden, segments, rows[:10].astype(np.uint8))
+    assert np.array_equal(np.load(answers), expected)

@@ -3,7 +3,8 @@
 import numpy as np
 
 from xai_batch.explaining.plan import Finished, GradientPass, Outputs, Phase, advance, first_step, gathered
-from xai_batch.explaining.steps import ImageHeader, PreparedImage
+from xai_batch.explaining.prepared import PreparedImage
+from xai_batch.explaining.steps import ImageHeader
 from xai_batch.manifest import RowContext
 from xai_batch.methods import get_method, method_seed
 

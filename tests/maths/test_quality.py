@@ -6,7 +6,8 @@ import pytest
 from xai_batch.maths import sample_rows
 from xai_batch.maths.localisation import pointing_chance, pointing_hit
 from xai_batch.maths.quality import curve_auc, deletion_rows, insertion_rows, random_order, topk_jaccard
-from xai_batch.explaining.steps import ImageHeader, PreparedImage, finish, quality_rows, score
+from xai_batch.explaining.prepared import PreparedImage
+from xai_batch.explaining.steps import ImageHeader, finish, quality_rows, score
 from xai_batch.manifest import RowContext
 
 S = 16  # a 4x4 grid of 56x56 superpixels

@@ -56,16 +56,21 @@ def explain_on_replicas(
             shipped_bytes(name, getattr(recipe, name))
     with connected(address, quiet=True):
         function_ref = ray.put(function)
+        flow = _Instances(images, seeds, recipe, max(ROWS_PER_CALL, function.batch_size or 0), bar)
         try:
-            fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL, f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
-        except ray.exceptions.RayError as exc:
-            raise XaiBatchError(f"the model replicas could not load classifier_fn: {load_failure(exc)}") from None
-        flow = _Instances(images, seeds, recipe, fleet, max(ROWS_PER_CALL, function.batch_size or 0), bar)
-        try:
-            return flow.run()
+            flow.prepare_next()  # the first images are segmented while the replicas load the function
+            try:
+                fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL,
+                                 f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
+            except ray.exceptions.RayError as exc:
+                raise XaiBatchError(f"the model replicas could not load classifier_fn: {load_failure(exc)}") \
+                    from None
+            try:
+                return flow.run(fleet)
+            finally:
+                fleet.shutdown()
         finally:
             flow.cancel()
-            fleet.shutdown()
 
 
 @dataclass
@@ -79,7 +84,7 @@ class _Image:
 
 
 class _Instances:
-    def __init__(self, images, seeds, recipe: InstanceRecipe, replicas: Replicas, rows_per_call: int, bar) -> None:
+    def __init__(self, images, seeds, recipe: InstanceRecipe, rows_per_call: int, bar) -> None:
         self.images, self.seeds, self.bar = images, seeds, bar
         self.recipe_ref = ray.put(recipe)
         self.num_samples = recipe.num_samples
@@ -88,22 +93,29 @@ class _Instances:
         self.fit = ray.remote(max_retries=TASK_RETRIES)(_fit)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_preparing = max(1, cpus)
-        self.max_open = max(2, 2 * len(replicas)) + self.max_preparing  # prepared, awaiting the model or the fit
+        self.max_open = self.max_preparing  # prepared, awaiting the model or the fit; more once replicas run
         self.todo = deque(range(len(images)))
         self.preparing: dict[ray.ObjectRef, int] = {}
         self.open: dict[int, _Image] = {}
         self.chunks: deque[tuple[int, int]] = deque()  # (image, chunk) to send
-        self.calls: ReplicaCalls[tuple[int, int, ray.ObjectRef]] = ReplicaCalls(replicas)
+        self.calls: ReplicaCalls[tuple[int, int, ray.ObjectRef]] | None = None
         self.fitting: dict[ray.ObjectRef, int] = {}
         self.results: list = [None] * len(images)
 
-    def run(self) -> list:
+    def prepare_next(self) -> None:
+        """Start segmenting the next images, as many at once as there are CPUs (the first before any replica is up)."""
+        while self.todo and len(self.preparing) < self.max_preparing and len(self.open) < self.max_open:
+            index = self.todo.popleft()
+            ref = self.prepare.remote(self.images[index], self.seeds[index], self.recipe_ref)
+            self.preparing[ref] = index
+            self.open[index] = _Image(ref)
+
+    def run(self, replicas: Replicas) -> list:
+        """Every image explained on ``replicas``: the results, in order."""
+        self.calls = ReplicaCalls(replicas)
+        self.max_open = max(2, 2 * len(replicas)) + self.max_preparing
         while self.todo or self.preparing or self.chunks or self.calls or self.fitting:
-            while self.todo and len(self.preparing) < self.max_preparing and len(self.open) < self.max_open:
-                index = self.todo.popleft()
-                ref = self.prepare.remote(self.images[index], self.seeds[index], self.recipe_ref)
-                self.preparing[ref] = index
-                self.open[index] = _Image(ref)
+            self.prepare_next()
             self._send()
             [ready], _ = ray.wait([*self.preparing, *self.calls, *self.fitting], num_returns=1)
             if ready in self.preparing:

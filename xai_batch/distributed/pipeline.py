@@ -40,7 +40,8 @@ from xai_batch.manifest.record import RunCounts
 from xai_batch.distributed.calls import ReplicaCalls
 from xai_batch.distributed.replicas import Replicas
 from xai_batch.explaining.plan import Advanced, Finished, GradientPass, Outputs, Phase, advance, first_step, gathered
-from xai_batch.explaining.steps import ImageHeader, PreparedImage, prepare, unchanged_files
+from xai_batch.explaining.prepared import PreparedImage
+from xai_batch.explaining.steps import ImageHeader, prepare, unchanged_files
 from xai_batch.sources import ImagePaths, PathQueue, image_root
 from xai_batch.storage import locate
 

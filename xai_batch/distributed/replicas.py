@@ -1,4 +1,10 @@
-"""Model replicas: long-lived Ray actors that each hold one loaded engine."""
+"""Model replicas: long-lived Ray actors that each hold one loaded engine.
+
+A replica imports what its engine needs and no more: one that runs an
+ONNX model (the CPU default) loads neither torch nor the manifest's
+readers, so it starts in about a second; the explaining steps and the
+gradient methods are imported when a call first needs them.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,7 @@ from collections import Counter
 import ray
 
 from xai_batch.engines.function_engine import ClassifierFunction
-from xai_batch.explaining.whole import explain_whole
-from xai_batch.methods import get_method
-from xai_batch.models import NetworkObject
+from xai_batch.engines.onnx_engine import OnnxModel
 
 __all__ = ["ModelReplica", "Replicas"]
 
@@ -31,40 +35,59 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, model: bytes | NetworkObject | ClassifierFunction, precision: str, batch_size: int,
-                 threads: int, engine: str = "auto", layer: str | None = None) -> None:
-        """``model`` is what :class:`~xai_batch.models.ModelSource` ships: the checkpoint's bytes (checked
-        by the driver, parsed here once), a network object, or a user's ``classifier_fn``, which then
-        answers for the model (no gradient passes)."""
-        import torch
-
-        from xai_batch.engines import make_engine
-        from xai_batch.models import parse_checkpoint
-
-        torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
+    def __init__(self, model, precision: str, batch_size: int, threads: int, engine: str = "auto",
+                 layer: str | None = None) -> None:
+        """``model`` is what the driver ships (:func:`~xai_batch.engines.replica_model`): an ONNX model for
+        ONNX Runtime, else the checkpoint's bytes (checked by the driver, parsed here once) or a network
+        object for PyTorch, or a user's ``classifier_fn``, which then answers for the model (no gradient
+        passes)."""
         self.threads = threads
-        if isinstance(model, ClassifierFunction):
-            from xai_batch.engines.function_engine import FunctionEngine
+        self._network = None  # what gradient passes are built from: the parsed checkpoint, on first use
+        if isinstance(model, OnnxModel):
+            from xai_batch.engines.onnx_engine import OnnxEngine
 
-            self._checkpoint = None
-            self.engine = FunctionEngine(model)
+            self.engine = OnnxEngine(model, batch_size=batch_size, threads=threads)
+            self._shipped = model.network
         else:
-            self._checkpoint = model.loaded() if isinstance(model, NetworkObject) else parse_checkpoint(model, check=False)
-            self.engine = make_engine(engine, self._checkpoint, precision, batch_size, threads)
+            import torch
+
+            torch.set_num_threads(threads)  # Ray would otherwise leave one thread per CPU it reserved
+            if isinstance(model, ClassifierFunction):
+                from xai_batch.engines.function_engine import FunctionEngine
+
+                self._shipped = None
+                self.engine = FunctionEngine(model)
+            else:
+                from xai_batch.engines import make_engine
+
+                self._shipped = model
+                self.engine = make_engine(engine, self._checkpoint(), precision, batch_size, threads)
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
         self._busy: Counter[str] = Counter()  # seconds by step
         self._working = 0.0
 
+    def _checkpoint(self):
+        """The shipped network as a parsed checkpoint (``LoadedCheckpoint``), parsed once."""
+        if self._network is None:
+            from xai_batch.models import NetworkObject, parse_checkpoint
+
+            shipped = self._shipped
+            self._network = shipped.loaded() if isinstance(shipped, NetworkObject) else \
+                parse_checkpoint(shipped, check=False)
+        return self._network
+
     def describe(self) -> dict:
         """Where this replica runs: device (and a GPU's memory, in bytes), node, process, threads."""
-        import torch
+        device = str(self.engine.device)
+        memory = None
+        if device.startswith("cuda"):
+            import torch
 
-        device = self.engine.device
-        memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+            memory = torch.cuda.get_device_properties(device).total_memory
         return {
-            "device": str(device),
+            "device": device,
             "device_memory": memory,
             "engine": self.engine.version,
             "node_id": ray.get_runtime_context().get_node_id(),
@@ -97,6 +120,8 @@ class ModelReplica:
         Called with ``num_returns=2``: the driver waits on the outcomes and
         hands the rows to the writer without fetching them.
         """
+        from xai_batch.explaining.whole import explain_whole
+
         started = time.monotonic()
         done = explain_whole(list(zip(headers, decoded)), config, context, self._predict, self._gradients,
                              str(self.engine.device))
@@ -110,8 +135,10 @@ class ModelReplica:
         """Gradients need PyTorch whatever the engine: each gradient method's pass (a PyTorch copy of the
         model on the engine's device) is built the first time it is asked for."""
         if method not in self._gradient_passes:
+            from xai_batch.methods import get_method
+
             self._gradient_passes[method] = get_method(method).gradient_pass(
-                self._checkpoint, str(self.engine.device), self._layer)
+                self._checkpoint(), str(self.engine.device), self._layer)
         return self._gradient_passes[method](prepared.image, top_labels)
 
     def _worked(self, stages: dict[str, float], started: float) -> None:

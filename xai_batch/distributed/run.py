@@ -27,6 +27,7 @@ from xai_batch.distributed.cluster import check_join, connected
 from xai_batch.distributed.pipeline import FlowInputs, Pipeline, describe_failure, load_failure, lost_lease
 from xai_batch.distributed.replica_pipeline import ReplicaPipeline
 from xai_batch.distributed.replicas import Replicas
+from xai_batch.engines import replica_model
 from xai_batch.explaining.steps import STEPS
 from xai_batch.explaining.whole import maths_on_device
 from xai_batch.errors import ConfigError, XaiBatchError
@@ -36,7 +37,7 @@ from xai_batch.manifest import (
     MANIFEST_DIR, DoneIndex, ManifestWriter, RowContext, manifest_counts, new_run_id, resume_state, reuse_rows,
 )
 from xai_batch.manifest.record import RunCounts, RunRecord
-from xai_batch.methods import METHODS
+from xai_batch.methods import METHODS, GradientMethod, get_method
 from xai_batch.model_objects import check_model_runs, model_source
 from xai_batch.models import ModelSource, resolve_model
 from xai_batch.preprocessing import Preprocessing
@@ -167,7 +168,10 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
     try:
         with connected(config.address, config.insecure):
             timings["ray_start_seconds"] = time.time() - started
-            model_ref = ray.put(model.payload)  # held until the end: replacements load from it
+            cuda = bool(ray.cluster_resources().get("GPU"))  # replicas have GPUs where the cluster has them
+            gradients = any(isinstance(get_method(method), GradientMethod) for method in config.methods)
+            shipped = replica_model(model, config.engine, cuda, config.precision, gradients)
+            model_ref = ray.put(shipped)  # held until the end: replacements load from it
             try:
                 replicas = Replicas(config.actors, model_ref, config.precision, config.batch_size,
                                     f"xai-batch-{run_id}", config.engine, config.target_layer)

@@ -8,13 +8,15 @@ does (``ToTensor`` then ``Normalize``), so in fp32 each perturbed input is
 bit-identical to the one lime would feed the model.
 
 ``OnnxEngine`` runs the same network in ONNX Runtime on CPU, about 1.5x
-PyTorch eager's speed there (issue 10's measurements): the checkpoint is
-exported once per machine (cached by its hash and the software's versions),
-the perturbed batch is built with numpy in one reused input buffer from the
-same normalised arrays, and the outputs agree with PyTorch's within fp32
+PyTorch eager's speed there (issue 10's measurements): the driver exports
+the checkpoint (cached by its hash and the software's versions) and ships
+the ONNX model to the replicas, which then load no torch; the perturbed
+batch is built with numpy in one reused input buffer from the same
+normalised arrays, and the outputs agree with PyTorch's within fp32
 rounding (LIME's weights to about 1e-7). ``engine_name`` picks one: 'auto'
-is ONNX Runtime on CPU and PyTorch on CUDA. A network the exporter cannot
-export runs on PyTorch, with a warning that says so.
+is ONNX Runtime on CPU and PyTorch on CUDA; ``replica_model`` is what the
+driver ships for that choice. A network the exporter cannot export runs on
+PyTorch, with a warning that says so.
 
 ``function_engine`` holds the third kind: a user's own ``classifier_fn``
 (lime's contract: perturbed images in, probabilities out), which a replica
@@ -22,12 +24,13 @@ calls on the perturbed images lime would build.
 
 This package's face names the engines and checks a choice without loading
 torch (the CLI validates options before anything heavy); ``torch_engine`` and
-``onnx_engine`` hold the engines and load on first use. May import the maths,
+``onnx_engine`` hold the engines and ``onnx_export`` the export; they load on first use. May import the maths,
 models and storage; nothing of Ray, the manifest or the commands.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -38,11 +41,12 @@ import numpy as np
 from xai_batch.errors import ConfigError
 
 if TYPE_CHECKING:  # choosing an engine needs no torch
-    from xai_batch.models import LoadedCheckpoint
+    from xai_batch.engines.onnx_engine import OnnxModel
+    from xai_batch.models import LoadedCheckpoint, ModelSource
 
 __all__ = [
-    "Engine", "ENGINES", "PRECISIONS", "check_engine", "engine_name", "make_engine",
-    "TorchEngine", "OnnxEngine", "DEVICE_BATCH", "ONNX_BATCH", "normalise",
+    "Engine", "ENGINES", "PRECISIONS", "check_engine", "engine_name", "make_engine", "replica_model",
+    "TorchEngine", "OnnxEngine", "OnnxModel", "DEVICE_BATCH", "ONNX_BATCH", "normalise",
     "exact_fp32", "onnx_model",
 ]
 
@@ -53,7 +57,8 @@ log = logging.getLogger(__name__)
 # Names of the engines' own modules, imported on first use: choosing and checking an engine needs no torch.
 _EXPORTS = {
     "TorchEngine": "torch_engine", "DEVICE_BATCH": "torch_engine", "normalise": "torch_engine", "exact_fp32": "torch_engine",
-    "OnnxEngine": "onnx_engine", "ONNX_BATCH": "onnx_engine", "onnx_model": "onnx_engine",
+    "OnnxEngine": "onnx_engine", "OnnxModel": "onnx_engine", "ONNX_BATCH": "onnx_engine",
+    "onnx_model": "onnx_export",
 }
 
 
@@ -66,8 +71,9 @@ class Engine(Protocol):
     and a (B, S) 0/1 matrix, and returns (B, num_classes) float32 softmax
     probabilities, row b for the image with superpixels ``rows[b] == 0`` hidden.
     ``classify(images)`` gives the (N, num_classes) probabilities of N whole
-    images. ``device`` is the torch device the model runs on, ``version`` what
-    runs it ('onnxruntime 1.32.0'), as rows and job.json record it.
+    images. ``device`` is where the model runs (``str()`` of it: 'cpu',
+    'cuda:0'), ``version`` what runs it ('onnxruntime 1.32.0'), as rows and
+    job.json record it.
     """
 
     device: object
@@ -105,19 +111,50 @@ def engine_name(requested: str, cuda: bool, precision: str = "fp32", file_format
 
 
 def make_engine(requested: str, loaded: LoadedCheckpoint, precision: str, batch_size: int, threads: int) -> Engine:
-    """The engine a replica holds, for this process's device, for the checkpoint it parsed."""
+    """The engine a process holds, for its device, for the checkpoint it parsed (exported here for ONNX Runtime)."""
     import torch
 
     if engine_name(requested, torch.cuda.is_available(), precision, loaded.file_format) == "onnxruntime":
-        from xai_batch.engines.onnx_engine import NotExportable, OnnxEngine
+        from xai_batch.engines.onnx_engine import OnnxEngine
+        from xai_batch.engines.onnx_export import NotExportable, onnx_spec
 
         try:
-            return OnnxEngine(loaded, batch_size=batch_size, threads=threads)
+            return OnnxEngine(onnx_spec(loaded), batch_size=batch_size, threads=threads)
         except NotExportable as exc:
-            log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
+            _warn_not_exportable(exc)
     from xai_batch.engines.torch_engine import TorchEngine
 
     return TorchEngine(loaded, precision=precision, batch_size=batch_size)
+
+
+def replica_model(source: ModelSource, requested: str, cuda: bool, precision: str, gradients: bool):
+    """What the driver ships to the replicas: an :class:`OnnxModel` where they run ONNX Runtime (exported
+    here, once), else the source's payload, which each replica loads into PyTorch.
+
+    ``cuda`` is whether the replicas have GPUs (they do where the cluster
+    has them); ``gradients`` whether a gradient method runs, which needs the
+    network in PyTorch beside the ONNX model (``OnnxModel.network``). A
+    ``classifier_fn`` is shipped as itself.
+    """
+    from xai_batch.models import NetworkObject, parse_checkpoint
+
+    payload = source.payload
+    if not isinstance(payload, (bytes, NetworkObject)) or \
+            engine_name(requested, cuda, precision, source.file_format) != "onnxruntime":
+        return payload
+    from xai_batch.engines.onnx_export import NotExportable, onnx_spec
+
+    loaded = payload.loaded() if isinstance(payload, NetworkObject) else parse_checkpoint(payload, check=False)
+    try:
+        model = onnx_spec(loaded)
+    except NotExportable as exc:
+        _warn_not_exportable(exc)
+        return payload
+    return dataclasses.replace(model, network=payload if gradients else None)
+
+
+def _warn_not_exportable(exc: Exception) -> None:
+    log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
 
 
 def __getattr__(name: str):

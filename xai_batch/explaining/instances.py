@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xai_batch.explaining.steps import PreparedImage
+from xai_batch.explaining.prepared import PreparedImage
 from xai_batch.maths import hidden_image, sample_rows
 
 __all__ = ["InstanceRecipe", "prepare_instance", "lime_explanation"]

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xai_batch.explaining.steps import PreparedImage, ImageHeader, enough_samples, finish, quality_rows, score
+from xai_batch.explaining.prepared import PreparedImage
+from xai_batch.explaining.steps import ImageHeader, enough_samples, finish, quality_rows, score
 from xai_batch.manifest.rows import RowContext
 from xai_batch.maths.convergence import sample_schedule
 from xai_batch.methods import GradientMethod, get_method

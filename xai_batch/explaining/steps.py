@@ -29,6 +29,7 @@ import numpy as np
 
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import ImageError, one_line
+from xai_batch.explaining.prepared import PreparedImage
 from xai_batch.maths import explanation_mask, hidden_image, quickshift_segments
 from xai_batch.maths.convergence import sample_schedule, settled
 from xai_batch.maths.localisation import area_inside, pointing_chance, pointing_hit, random_area_inside, top_positive
@@ -43,7 +44,7 @@ from xai_batch.methods import DEFAULT_METHOD, explained_labels, get_method, meth
 from xai_batch.storage import Location, TooLarge
 
 __all__ = [
-    "STEPS", "ImageHeader", "DecodedImage", "PreparedImage", "decode", "unchanged_files", "sample_methods",
+    "STEPS", "ImageHeader", "DecodedImage", "decode", "unchanged_files", "sample_methods",
     "prepare", "enough_samples", "finish", "quality_rows", "score",
 ]
 
@@ -70,17 +71,6 @@ class ImageHeader:
     size: int | None = None  # the file's size and modification time, when it was read
     mtime_ns: int | None = None
     busy: dict[str, float] = field(default_factory=dict, compare=False)  # seconds by step, in prepare
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """What the model replicas need to evaluate one method's perturbations of one image."""
-
-    image: np.ndarray  # (crop, crop, 3) uint8
-    hidden: np.ndarray  # (crop, crop, 3) uint8, what hidden superpixels show
-    segments: np.ndarray  # (crop, crop) int32, ids 0..S-1
-    rows: np.ndarray  # (samples drawn, S) uint8, 1 keeps a superpixel; none for Grad-CAM
-    object_mask: np.ndarray | None = None  # (crop, crop) bool ground truth, where --masks has one
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import numpy as np
 from xai_batch.config import ExplainConfig
 from xai_batch.errors import one_line
 from xai_batch.explaining.plan import Finished, GradientPass, Phase, advance, first_step, gathered
-from xai_batch.explaining.steps import DecodedImage, ImageHeader, PreparedImage, sample_methods
+from xai_batch.explaining.prepared import PreparedImage
+from xai_batch.explaining.steps import DecodedImage, ImageHeader, sample_methods
 from xai_batch.manifest.rows import RowContext, error_row
 from xai_batch.maths import quickshift_segments
 
