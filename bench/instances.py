@@ -4,15 +4,19 @@ One run, the same images and the same ``batch_predict`` (the seeds' function
 over a ResNet18 object, 1000 classes):
 
 1. the function's own limit: perturbed images per second it answers at the
-   batch size the replicas call it with (``--batch-size``), in this process;
+   batch size the replicas call it with (``--batch-size``), in this process
+   and in as many processes side by side as ``explain_instances`` runs
+   copies of it on these CPUs; the higher is the limit;
 2. the seeds' loop: lime's ``explain_instance`` on each image in turn;
 3. ``explain_instances`` on one image and on all of them, each call starting
    its own local Ray: the difference is the per-image rate in steady state,
    the rest of the one-image call the fixed cost (Ray's start, the replica
    loading the shipped function, the pipeline filling);
 4. ``explain_dataset`` with the model object itself (``model=``) on folders
-   of the same photos, one image and all of them: xai-batch's own engines
-   then run the network, measured the same way.
+   of the same photos: one image (the first call, which exports the network
+   to ONNX into an empty cache), all of them, and one image again (the
+   export cached): xai-batch's own engines then run the network, measured
+   the same way, the export's cost stated apart.
 
     .venv/bin/python bench/instances.py --images 6 --num-samples 1000
 """
@@ -68,6 +72,38 @@ def function_limit(batch_predict, pictures: list[np.ndarray], batch_size: int, s
     return done / (time.perf_counter() - started)
 
 
+class _Copy:
+    """The function in a process of its own on ``threads`` torch threads, as a replica runs it."""
+
+    def __init__(self, batch_predict, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.batch_predict = batch_predict
+
+    def limit(self, pictures, batch_size: int) -> float:
+        return function_limit(self.batch_predict, pictures, batch_size)
+
+
+def copies_limit(batch_predict, pictures: list[np.ndarray], batch_size: int) -> tuple[float, int]:
+    """Images per second of the function in as many one-process copies as ``explain_instances`` runs on
+    this machine's CPUs (each on its share of the cores), measured side by side; and that number."""
+    import logging
+
+    import ray
+
+    from xai_batch.distributed.instances import CPU_REPLICAS
+
+    cores = os.cpu_count() or 1
+    count = max(1, min(CPU_REPLICAS, cores))
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False)
+    try:
+        copies = [ray.remote(_Copy).options(num_cpus=0).remote(batch_predict, max(1, cores // count))
+                  for _ in range(count)]
+        return sum(ray.get([copy.limit.remote(pictures, batch_size) for copy in copies])), count
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6)
@@ -80,8 +116,11 @@ def main() -> None:
     model = models.resnet18(weights=None, num_classes=1000).eval()
     batch_predict = seed_batch_predict(model)
     pictures = images(args.images)
-    limit = function_limit(batch_predict, pictures, args.batch_size)
-    print(f"classifier_fn limit: {limit:.1f} images/s at batch {args.batch_size}", flush=True)
+    alone = function_limit(batch_predict, pictures, args.batch_size)
+    print(f"classifier_fn limit: {alone:.1f} images/s at batch {args.batch_size}, in this process", flush=True)
+    in_copies, copies = copies_limit(batch_predict, pictures, args.batch_size)
+    print(f"classifier_fn limit: {in_copies:.1f} images/s in {copies} processes side by side", flush=True)
+    limit = max(alone, in_copies)  # the most this machine gets from the function
 
     started = time.perf_counter()
     for picture in pictures:
@@ -106,23 +145,27 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for count in (1, len(pictures)):
-            source = folder(photos(count), os.path.join(scratch, f"source{count}"))
+        os.environ["XAI_BATCH_CACHE"] = os.path.join(scratch, "cache")  # the first call exports the model
+        for name, count in (("first", 1), ("all", len(pictures)), ("again", 1)):
+            source = folder(photos(count), os.path.join(scratch, f"source-{name}"))
             started = time.perf_counter()
-            explain_dataset(source, os.path.join(scratch, f"out{count}"), model=model, num_samples=args.num_samples,
+            explain_dataset(source, os.path.join(scratch, f"out-{name}"), model=model, num_samples=args.num_samples,
                             progress=False)
-            runs[count] = time.perf_counter() - started
-            print(f"explain_dataset(model=) on {count}: {runs[count]:.1f} s", flush=True)
-    model_per_image = (runs[len(pictures)] - runs[1]) / (len(pictures) - 1)
-    model_fixed = runs[1] - model_per_image
+            runs[name] = time.perf_counter() - started
+            print(f"explain_dataset(model=) on {count} ({name}): {runs[name]:.1f} s", flush=True)
+    model_per_image = (runs["all"] - runs["again"]) / (len(pictures) - 1)
+    model_fixed = runs["again"] - model_per_image
+    export = runs["first"] - runs["again"]
     print(f"model=: steady {model_per_image:.2f} s/image, {loop / model_per_image:.2f}x the seeds' loop; "
-          f"fixed cost {model_fixed:.1f} s")
+          f"fixed cost {model_fixed:.1f} s, and {export:.1f} s more the first time (the ONNX export)")
     summary = {
         "machine": machine(), "args": vars(args), "function_limit_images_per_s": limit,
+        "function_limit_in_process": alone, "function_limit_in_copies": in_copies, "copies": copies,
         "seeds_loop_s_per_image": loop, "calls_s": calls, "steady_s_per_image": per_image, "fixed_s": fixed,
         "share_of_function_limit": rate / limit, "x_seeds_loop": loop / per_image,
         "model_object_runs_s": runs, "model_object_steady_s_per_image": model_per_image,
-        "model_object_fixed_s": model_fixed, "model_object_x_seeds_loop": loop / model_per_image,
+        "model_object_fixed_s": model_fixed, "model_object_first_export_s": export,
+        "model_object_x_seeds_loop": loop / model_per_image,
     }
     if args.json:
         with open(args.json, "w") as handle:

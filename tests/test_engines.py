@@ -274,7 +274,7 @@ shipped, prepared = pickle.load(open({str(tmp_path / "call.pkl")!r}, "rb"))
 replica = ModelReplica(shipped, "fp32", 16, threads=1)
 count, probs = replica.predict(prepared, 0, 10)
 np.save({str(answers)!r}, probs)
-print(replica.describe()["engine"], count)
+print(replica.engine.version, count)
 print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision", "pyarrow")))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -282,6 +282,6 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "to
     engine, loaded = done.stdout.splitlines()
     assert engine.startswith("onnxruntime ") and engine.endswith(" 10")
     assert loaded == "[]"
-    engine = _engine("onnxruntime", random_checkpoint, 16)
-    expected = engine.predict(image, hidden, segments, rows[:10].astype(np.uint8))
+    expected = _engine("onnxruntime", random_checkpoint, 16).predict(image, hidden, segments,
+                                                                  rows[:10].astype(np.uint8))
     assert np.array_equal(np.load(answers), expected)

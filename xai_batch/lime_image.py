@@ -47,7 +47,8 @@ class LimeImageExplainer:
     """lime's ``LimeImageExplainer``, its constructor's arguments and defaults, with ``explain_instances``.
 
     ``replicas`` is how many copies of ``classifier_fn`` run (default: one
-    per GPU, else one); ``address`` the Ray to join when this process has
+    per GPU; without GPUs one per core, at most four, each on its share of
+    the cores); ``address`` the Ray to join when this process has
     none (default: a local Ray started for each call and stopped after it;
     call ``ray.init()`` once to keep one between calls).
     """

@@ -33,9 +33,14 @@ from xai_batch.errors import XaiBatchError
 from xai_batch.model_objects import shipped_bytes
 from xai_batch.explaining.instances import InstanceRecipe, lime_explanation, prepare_instance
 
-__all__ = ["explain_on_replicas", "ROWS_PER_CALL"]
+__all__ = ["explain_on_replicas", "ROWS_PER_CALL", "CPU_REPLICAS"]
 
 ROWS_PER_CALL = 128  # sample rows a replica call takes (the function sees them in its own batches)
+# Copies of the function on a cluster without GPUs: one per core, up to this many, each on its share of the
+# cores. On 2 cores two one-thread copies of the seeds' ResNet18 function answered 23.6 images/s against one
+# two-thread copy's 19.0, and 16.7 against 7.5 while a segmentation ran beside them: a torch thread that
+# spins waiting for its partner loses the core to the segmentation (BENCHMARKS.md, issue 33).
+CPU_REPLICAS = 4
 
 
 def explain_on_replicas(
@@ -47,8 +52,9 @@ def explain_on_replicas(
     Runs on the Ray this process is connected to, else on ``address``, else
     on a local Ray started for the call and stopped after it (quietly: the
     workers' logs stay out of a notebook's cell). ``replicas`` is how many
-    copies of the function run (default: one per GPU, else one). ``bar``, a
-    tqdm bar, is advanced as each image is explained.
+    copies of the function run (default: one per GPU; without GPUs one per
+    core, at most ``CPU_REPLICAS``). ``bar``, a tqdm bar, is advanced as each
+    image is explained.
     """
     shipped_bytes("classifier_fn", function.fn)
     for name in ("segmentation_fn", "kernel", "model_regressor"):
@@ -60,7 +66,7 @@ def explain_on_replicas(
         try:
             flow.prepare_next()  # the first images are segmented while the replicas load the function
             try:
-                fleet = Replicas(replicas, function_ref, "fp32", ROWS_PER_CALL,
+                fleet = Replicas(replicas or _default_replicas(), function_ref, "fp32", ROWS_PER_CALL,
                                  f"xai-batch-instances-{uuid.uuid4().hex[:8]}")
             except ray.exceptions.RayError as exc:
                 raise XaiBatchError(f"the model replicas could not load classifier_fn: {load_failure(exc)}") \
@@ -71,6 +77,14 @@ def explain_on_replicas(
                 fleet.shutdown()
         finally:
             flow.cancel()
+
+
+def _default_replicas() -> int | None:
+    """None (one per GPU) where the cluster has GPUs; else one per core, at most ``CPU_REPLICAS``."""
+    resources = ray.cluster_resources()
+    if resources.get("GPU"):
+        return None
+    return max(1, min(CPU_REPLICAS, int(resources.get("CPU", 1))))
 
 
 @dataclass
@@ -127,9 +141,13 @@ class _Instances:
         return self.results
 
     def cancel(self) -> None:
-        """Stop the tasks still running (after an error or Ctrl-C; nothing when the call finished)."""
+        """Stop the tasks still running (after an error or Ctrl-C; nothing when the call finished).
+
+        Their workers are killed (``force``), not interrupted: a task interrupted while its worker
+        imported a module (scipy's ndimage, on a fresh worker) left that worker with half the module,
+        and every later call's task there failed with a ``NameError`` from inside scipy."""
         for ref in [*self.preparing, *self.fitting]:
-            ray.cancel(ref)
+            ray.cancel(ref, force=True)
 
     def _prepared(self, ref: ray.ObjectRef) -> None:
         index = self.preparing.pop(ref)
