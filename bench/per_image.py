@@ -84,10 +84,11 @@ def quickshift_alone(paths: list[str], batch: int, device: str) -> dict:
 def model_alone(checkpoint: str, paths: list[str], samples: int) -> dict:
     """Core-seconds per image of ONNX Runtime on one thread, on each image's ``samples`` perturbations."""
     from xai_batch.engines.onnx_engine import OnnxEngine
+    from xai_batch.engines.onnx_export import onnx_spec
     from xai_batch.models import parse_checkpoint
     from xai_batch.maths import hidden_image, quickshift_segments, sample_rows
 
-    engine = OnnxEngine(parse_checkpoint(open(checkpoint, "rb").read(), check=False), threads=1)
+    engine = OnnxEngine(onnx_spec(parse_checkpoint(open(checkpoint, "rb").read(), check=False)), threads=1)
     inputs = []
     for index, path in enumerate(paths):
         image = load_pixels(path)
@@ -118,7 +119,7 @@ def replica_operations(checkpoint: str, paths: list[str], samples: int, per_call
     context = RowContext(model_id=model.model_id, class_names=model.class_names, config_hashes={"lime": "-"},
                          num_samples=samples, top_labels=1, num_features=config.num_features,
                          preprocessing=model.preprocessing)
-    replica = ModelReplica(model.payload, "fp32", config.batch_size, torch.get_num_threads(), "torch")
+    replica = ModelReplica(model.payload, "fp32", config.batch_size, torch.get_num_threads())
     source = locate(os.path.dirname(paths[0]))
     counter = OperationCount()
 

@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from xai_batch.engines import OnnxEngine
+from xai_batch.engines.onnx_export import onnx_spec
 from xai_batch.images import open_rgb
 from xai_batch.manifest import read_manifest
 from xai_batch.maths import quickshift_segments
@@ -117,7 +118,8 @@ def measure_limit(model: torch.nn.Module, batch_sizes: list[int], min_seconds: f
 def measure_onnx_limit(checkpoint: str, batch_sizes: list[int], min_seconds: float, threads: int) -> dict:
     """Forwards per second of the same model in ONNX Runtime (the engine xai-batch runs), per batch size."""
     with open(checkpoint, "rb") as handle:
-        engine = OnnxEngine(parse_checkpoint(handle.read(), check=False), batch_size=max(batch_sizes), threads=threads)
+        engine = OnnxEngine(onnx_spec(parse_checkpoint(handle.read(), check=False)), batch_size=max(batch_sizes),
+                            threads=threads)
     table = []
     for size in batch_sizes:
         batch = np.random.default_rng(0).standard_normal((size, 3, 224, 224)).astype(np.float32)

@@ -28,9 +28,12 @@ def case():
 
 def _engine(kind, checkpoint, batch_size):
     from xai_batch.engines import OnnxEngine
+    from xai_batch.engines.onnx_export import onnx_spec
 
     data = loaded_checkpoint(checkpoint)
-    return TorchEngine(data, batch_size=batch_size) if kind == "torch" else OnnxEngine(data, batch_size, threads=2)
+    if kind == "torch":
+        return TorchEngine(data, batch_size=batch_size)
+    return OnnxEngine(onnx_spec(data), batch_size, threads=2)
 
 
 @pytest.mark.parametrize("kind", ["torch", "onnxruntime"])

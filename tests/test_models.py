@@ -242,8 +242,9 @@ def test_an_onnx_file_reads_external_data_only_from_its_own_folder(tmp_path, mon
     (tmp_path / "models" / "weights.bin").write_bytes(weights.tobytes())  # beside it: read, and carried inline
     model = resolve_model(_onnx_with_external_data(tmp_path / "models", "weights.bin", weights.tobytes()))
     from xai_batch.engines.onnx_engine import OnnxEngine
+    from xai_batch.engines.onnx_export import onnx_spec
 
-    engine = OnnxEngine(parse_checkpoint(model.payload, check=False), batch_size=2)
+    engine = OnnxEngine(onnx_spec(parse_checkpoint(model.payload, check=False)), batch_size=2)
     probabilities = engine.classify(np.full((1, 224, 224, 3), 255, np.uint8))
     assert probabilities.shape == (1, 2) and np.isfinite(probabilities).all()
 

@@ -31,7 +31,7 @@ def test_the_device_path_gives_limes_rows_in_calls_of_one_image_and_of_two(photo
                          config_hashes={"lime": "h", "kernelshap": "k"},
                          num_samples=NUM_SAMPLES, top_labels=1, num_features=config.num_features,
                          preprocessing=model.preprocessing)
-    replica = ModelReplica(model.payload, "fp32", config.batch_size, threads=1, engine="torch")
+    replica = ModelReplica(model.payload, "fp32", config.batch_size, threads=1)
     source = locate(photos)
     paths = sorted(os.path.relpath(os.path.join(folder, name), photos)
                    for folder, _, names in os.walk(photos) for name in names)

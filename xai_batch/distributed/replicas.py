@@ -35,12 +35,11 @@ class ModelReplica:
     (``ray.remote(ModelReplica)``); the job driver does the latter.
     """
 
-    def __init__(self, model, precision: str, batch_size: int, threads: int, engine: str = "auto",
-                 layer: str | None = None) -> None:
-        """``model`` is what the driver ships (:func:`~xai_batch.engines.replica_model`): an ONNX model for
-        ONNX Runtime, else the checkpoint's bytes (checked by the driver, parsed here once) or a network
-        object for PyTorch, or a user's ``classifier_fn``, which then answers for the model (no gradient
-        passes)."""
+    def __init__(self, model, precision: str, batch_size: int, threads: int, layer: str | None = None) -> None:
+        """``model`` is what the driver ships, having chosen the engine (:func:`~xai_batch.engines.replica_model`):
+        an ONNX model for ONNX Runtime, else the checkpoint's bytes (checked by the driver, parsed here
+        once) or a network object for PyTorch, or a user's ``classifier_fn``, which then answers for the
+        model (no gradient passes)."""
         self.threads = threads
         self._network = None  # what gradient passes are built from: the parsed checkpoint, on first use
         if isinstance(model, OnnxModel):
@@ -58,10 +57,10 @@ class ModelReplica:
                 self._shipped = None
                 self.engine = FunctionEngine(model)
             else:
-                from xai_batch.engines import make_engine
+                from xai_batch.engines.torch_engine import TorchEngine
 
                 self._shipped = model
-                self.engine = make_engine(engine, self._checkpoint(), precision, batch_size, threads)
+                self.engine = TorchEngine(self._checkpoint(), precision=precision, batch_size=batch_size)
         self._gradient_passes: dict = {}  # method -> its gradient pass, built on first use
         self._layer = layer  # the layer gradient passes explain (--target-layer); None: the family's
         self._loaded = time.monotonic()
@@ -165,7 +164,7 @@ class Replicas:
 
     def __init__(
         self, count: int | None, model_ref: ray.ObjectRef, precision: str, batch_size: int, name: str,
-        engine: str = "auto", layer: str | None = None,
+        layer: str | None = None,
     ) -> None:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -180,7 +179,7 @@ class Replicas:
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU")]
         node_cpus = max((node["Resources"]["CPU"] for node in nodes), default=1.0)
         threads = max(1, int(node_cpus // math.ceil(count / max(len(nodes), 1))))
-        self._args = (model_ref, precision, batch_size, threads, engine, layer)
+        self._args = (model_ref, precision, batch_size, threads, layer)
         self._actor = ray.remote(ModelReplica)
         self.name = name
         self.started = 0

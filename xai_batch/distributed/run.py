@@ -174,7 +174,7 @@ def _explain_holding_out(config: ExplainConfig, inputs: Inputs, context: RowCont
             model_ref = ray.put(shipped)  # held until the end: replacements load from it
             try:
                 replicas = Replicas(config.actors, model_ref, config.precision, config.batch_size,
-                                    f"xai-batch-{run_id}", config.engine, config.target_layer)
+                                    f"xai-batch-{run_id}", config.target_layer)
             except ray.exceptions.RayError as exc:
                 raise XaiBatchError(f"the model replicas could not load the model: {load_failure(exc)}") from None
             context = dataclasses.replace(

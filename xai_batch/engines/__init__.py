@@ -115,13 +115,11 @@ def make_engine(requested: str, loaded: LoadedCheckpoint, precision: str, batch_
     import torch
 
     if engine_name(requested, torch.cuda.is_available(), precision, loaded.file_format) == "onnxruntime":
-        from xai_batch.engines.onnx_engine import OnnxEngine
-        from xai_batch.engines.onnx_export import NotExportable, onnx_spec
+        model = _exported(loaded)
+        if model is not None:
+            from xai_batch.engines.onnx_engine import OnnxEngine
 
-        try:
-            return OnnxEngine(onnx_spec(loaded), batch_size=batch_size, threads=threads)
-        except NotExportable as exc:
-            _warn_not_exportable(exc)
+            return OnnxEngine(model, batch_size=batch_size, threads=threads)
     from xai_batch.engines.torch_engine import TorchEngine
 
     return TorchEngine(loaded, precision=precision, batch_size=batch_size)
@@ -134,7 +132,8 @@ def replica_model(source: ModelSource, requested: str, cuda: bool, precision: st
     ``cuda`` is whether the replicas have GPUs (they do where the cluster
     has them); ``gradients`` whether a gradient method runs, which needs the
     network in PyTorch beside the ONNX model (``OnnxModel.network``). A
-    ``classifier_fn`` is shipped as itself.
+    ``classifier_fn`` is shipped as itself. The choice is the driver's
+    alone: a replica runs what it is shipped (``ModelReplica``).
     """
     from xai_batch.models import NetworkObject, parse_checkpoint
 
@@ -142,19 +141,23 @@ def replica_model(source: ModelSource, requested: str, cuda: bool, precision: st
     if not isinstance(payload, (bytes, NetworkObject)) or \
             engine_name(requested, cuda, precision, source.file_format) != "onnxruntime":
         return payload
-    from xai_batch.engines.onnx_export import NotExportable, onnx_spec
-
     loaded = payload.loaded() if isinstance(payload, NetworkObject) else parse_checkpoint(payload, check=False)
-    try:
-        model = onnx_spec(loaded)
-    except NotExportable as exc:
-        _warn_not_exportable(exc)
+    model = _exported(loaded)
+    if model is None:
         return payload
     return dataclasses.replace(model, network=payload if gradients else None)
 
 
-def _warn_not_exportable(exc: Exception) -> None:
-    log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
+def _exported(loaded: LoadedCheckpoint) -> OnnxModel | None:
+    """The network exported for ONNX Runtime, or None, with a warning, where torch's exporter cannot export
+    it (PyTorch runs it then)."""
+    from xai_batch.engines.onnx_export import NotExportable, onnx_spec
+
+    try:
+        return onnx_spec(loaded)
+    except NotExportable as exc:
+        log.warning("%s; running it on PyTorch instead (the same probabilities in fp32, more slowly)", exc)
+        return None
 
 
 def __getattr__(name: str):

@@ -56,18 +56,13 @@ class OnnxEngine:
     Its threads block between runs instead of spinning: the replica shares
     its node's cores with the segmentation tasks, whose time a spinning
     thread would take (13% faster at 16 samples on 2 cores: BENCHMARKS.md).
-    A checkpoint given instead of an :class:`OnnxModel` is exported here
-    (:func:`~xai_batch.engines.onnx_export.onnx_spec`), which needs torch.
+    A checkpoint becomes an :class:`OnnxModel` through
+    :func:`~xai_batch.engines.onnx_export.onnx_spec`, which needs torch.
     """
 
-    def __init__(self, model, batch_size: int = 256, threads: int = 1) -> None:
-        """``model`` is an :class:`OnnxModel`, or a parsed checkpoint (``LoadedCheckpoint``) to export."""
+    def __init__(self, model: OnnxModel, batch_size: int = 256, threads: int = 1) -> None:
         import onnxruntime
 
-        if not isinstance(model, OnnxModel):
-            from xai_batch.engines.onnx_export import onnx_spec
-
-            model = onnx_spec(model)
         self.num_classes = model.num_classes
         self.preprocessing = model.preprocessing
         self.batch_size = min(batch_size, ONNX_BATCH)
